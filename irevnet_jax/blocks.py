@@ -1,0 +1,144 @@
+"""The residual function F and the i-RevNet block, as pure functions of F's variables.
+
+A block maps a pair (x1, x2) to (S(x2), F(x2) + S(x1)), where S is psi(2) for a
+stride-2 block and the identity otherwise; an injective block first merges the
+pair, appends zero channels and splits it again. F is the only part with
+parameters, so a block is `block_forward(spec, f, pair)` with `f` a closure
+over F's variables, and `block_inverse` sits right below it.
+"""
+import functools
+from typing import Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from irevnet_jax import ops
+from irevnet_jax.presets import Architecture, BlockSpec
+
+Pair = Tuple[jax.Array, jax.Array]
+# f(u) -> (F(u) in the stream dtype, updated batch_stats of F)
+FFn = Callable[[jax.Array], Tuple[jax.Array, dict]]
+
+BLOCK_BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def _same_padding(kernel_size):
+  """Explicit centred padding: Flax's 'SAME' pads stride-2 convs asymmetrically."""
+  p = kernel_size // 2
+  return ((p, p), (p, p))
+
+
+class Bottleneck(nn.Module):
+  """F, the pre-activation bottleneck: (N, H, W, C_in) -> (N, H/s, W/s, width).
+
+  [BN -> ReLU ->] conv k1 (stride s, C_in -> hidden) -> BN -> ReLU -> conv k2
+  -> Dropout -> BN -> ReLU -> conv k3 (hidden -> width); no conv biases. The
+  network's first block omits the leading BN-ReLU.
+  """
+  width: int
+  hidden: int
+  stride: int
+  first: bool
+  kernel_sizes: Sequence[int]
+  dropout_rate: float = 0.0
+  dtype: str = 'float32'
+  precision: str = 'highest'
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    param_dtype = jnp.float64 if self.dtype == 'float64' else jnp.float32
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=BLOCK_BN_MOMENTUM,
+        epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=param_dtype,
+        axis_name=self.bn_axis_name)
+    conv = functools.partial(
+        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype,
+        precision=self.precision)
+    k1, k2, k3 = self.kernel_sizes
+    if not self.first:
+      x = nn.relu(norm()(x))
+    x = conv(self.hidden, (k1, k1), strides=(self.stride, self.stride),
+             padding=_same_padding(k1))(x)
+    x = nn.relu(norm()(x))
+    x = conv(self.hidden, (k2, k2), padding=_same_padding(k2))(x)
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.relu(norm()(x))
+    return conv(self.width, (k3, k3), padding=_same_padding(k3))(x)
+
+
+def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> Bottleneck:
+  """The (unbound) F of one block."""
+  return Bottleneck(
+      width=spec.width, hidden=spec.width // arch.bottleneck_mult, stride=spec.stride,
+      first=spec.first, kernel_sizes=arch.kernel_sizes, dropout_rate=arch.dropout_rate,
+      dtype=arch.dtype, precision=arch.precision, bn_axis_name=bn_axis_name, parent=None)
+
+
+def init_bottleneck(f: Bottleneck, spec: BlockSpec, rng) -> dict:
+  """F's variables {'params', 'batch_stats'}, from a dummy one-image input."""
+  param_dtype = jnp.float64 if f.dtype == 'float64' else jnp.float32
+  dummy = jnp.zeros((1, *spec.spatial, spec.f_in_channels), param_dtype)
+  return f.init({'params': rng}, dummy, train=False)
+
+
+def apply_bottleneck(f: Bottleneck, variables, u, train: bool, key) -> Tuple[jax.Array, dict]:
+  """F(u) cast to u's dtype (the coupling stream stays float32 when F runs in bfloat16).
+
+  Returns (F(u), batch_stats): updated running statistics in train mode, the
+  given ones otherwise. `key` drives dropout and is only read in train mode.
+  """
+  if train:
+    h, updates = f.apply(variables, u, train=True, rngs={'dropout': key},
+                         mutable=['batch_stats'])
+    return h.astype(u.dtype), updates['batch_stats']
+  return f.apply(variables, u, train=False).astype(u.dtype), variables['batch_stats']
+
+
+def block_forward(spec: BlockSpec, f: FFn, pair: Pair) -> Tuple[Pair, dict]:
+  """(x1, x2) -> (S(x2), F(x2) + S(x1)); also returns F's updated batch_stats.
+
+  Shapes: each half (N, H, W, C_in/2) -> (N, H/s, W/s, width).
+  """
+  x1, x2 = pair
+  if spec.pad:
+    x1, x2 = ops.split(ops.pad_channels(ops.merge(x1, x2), spec.pad))
+  h, stats = f(x2)
+  return (ops.psi(x2, spec.stride), h + ops.psi(x1, spec.stride)), stats
+
+
+def block_inverse(spec: BlockSpec, f: FFn, pair: Pair) -> Pair:
+  """Inverse of `block_forward`: x2 = S^-1(a), x1 = S^-1(b - F(x2))."""
+  a, b = pair
+  x2 = ops.psi_inverse(a, spec.stride)
+  h, _ = f(x2)
+  x1 = ops.psi_inverse(b - h, spec.stride)
+  if spec.pad:
+    x1, x2 = ops.split(ops.unpad_channels(ops.merge(x1, x2), spec.pad))
+  return x1, x2
+
+
+def block_reverse_step(spec: BlockSpec, f_of_params: Callable, params, pair: Pair,
+                       grads: Pair) -> Tuple[Pair, Pair, dict]:
+  """One backward step of reversible backprop, with a single evaluation of F.
+
+  From the block's output pair and the loss gradient at it, rebuilds the
+  block's input and returns (input pair, gradient at the input pair, gradient
+  at F's params). `f_of_params(params, u) -> F(u)`. psi is a permutation, so
+  its transpose (which carries gradients back) is its inverse.
+  """
+  a, b = pair
+  ga, gb = grads
+  s = spec.stride
+  u2 = ops.psi_inverse(a, s)
+  h, f_vjp = jax.vjp(f_of_params, params, u2)
+  u1 = ops.psi_inverse(b - h, s)
+  g_params, g_u2_from_f = f_vjp(gb)
+  g_u1 = ops.psi_inverse(gb, s)
+  g_u2 = ops.psi_inverse(ga, s) + g_u2_from_f
+  if spec.pad:
+    u1, u2 = ops.split(ops.unpad_channels(ops.merge(u1, u2), spec.pad))
+    g_u1, g_u2 = ops.split(ops.unpad_channels(ops.merge(g_u1, g_u2), spec.pad))
+  return (u1, u2), (g_u1, g_u2), g_params

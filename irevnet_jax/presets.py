@@ -1,0 +1,287 @@
+"""Model configurations, and the validation that turns one into an invertible layout.
+
+A model config is an `ml_collections.ConfigDict` (the `model` field of an
+experiment config). `layout(config)` checks it and returns a frozen
+`Architecture`: the per-block channel plan that the network module is built
+from. Every config that cannot be invertible is rejected here with a
+`ValueError` naming the field and a value that would work.
+"""
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+import ml_collections
+
+BACKPROP_MODES = ('autodiff', 'reversible', 'remat')
+PRECISIONS = ('default', 'high', 'highest')
+DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
+
+
+def base() -> ml_collections.ConfigDict:
+  """Defaults shared by every i-RevNet model config; presets override a few fields."""
+  c = ml_collections.ConfigDict()
+  c.arch = 'irevnet'
+  c.num_classes = 10
+  c.input_shape = (32, 32, 3)     # (H, W, C)
+  c.init_ds = 0                   # stem psi block size; 0 or 1 = no stem
+  c.blocks = (18, 18, 18)         # blocks per stage
+  c.strides = (1, 2, 2)           # stride of each stage's first block
+  c.widths = (16, 64, 256)        # channels of each half of the pair, per stage
+  c.kernel_sizes = (3, 3, 3)      # (k1, k2, k3) of the bottleneck F
+  c.bottleneck_mult = 4           # F's hidden width = width // bottleneck_mult
+  c.dropout_rate = 0.0
+  c.dtype = 'float32'             # compute dtype of F and the head; coupling streams stay float32
+  # Precision of F's convolutions, the same in forward and inverse. 'highest'
+  # keeps float32 convolutions in true float32: on GPUs the default is
+  # TF32-like, and a network run that way inverts with ~3e-4 relative error
+  # instead of ~1e-6. For fast training use dtype='bfloat16' instead.
+  c.precision = 'highest'
+  c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
+  return c
+
+
+def digits() -> ml_collections.ConfigDict:
+  """A small i-RevNet for scikit-learn's 8x8 digits: 8x8x1 -> z of 128x4x4."""
+  c = base()
+  c.input_shape = (8, 8, 1)
+  c.blocks = (3, 3)
+  c.strides = (1, 2)
+  c.widths = (16, 64)
+  return c
+
+
+def cifar10() -> ml_collections.ConfigDict:
+  """The authors' released CIFAR-10 i-RevNet: 6,274,826 parameters."""
+  c = base()
+  c.dropout_rate = 0.1
+  return c
+
+
+def bijective() -> ml_collections.ConfigDict:
+  """The paper's ImageNet i-RevNet (b), kernels (1, 3, 1): 29,201,092 parameters.
+
+  3x224x224 -> psi(2) -> 12x112x112 -> ... -> z of 3072x7x7: exactly bijective.
+  """
+  c = base()
+  c.num_classes = 1000
+  c.input_shape = (224, 224, 3)
+  c.init_ds = 2
+  c.blocks = (6, 16, 72, 6)
+  c.strides = (2, 2, 2, 2)
+  c.widths = (24, 96, 384, 1536)
+  c.kernel_sizes = (1, 3, 1)
+  return c
+
+
+def bijective_released() -> ml_collections.ConfigDict:
+  """ImageNet (b) as released with the authors' pretrained weights, kernels (3, 3, 3): 125,120,356 parameters."""
+  c = bijective()
+  c.kernel_sizes = (3, 3, 3)
+  return c
+
+
+def injective(base_width: int = 64) -> ml_collections.ConfigDict:
+  """A reconstruction of the paper's injective ImageNet i-RevNet (a).
+
+  The paper gives only "injective, 181M parameters, 24.7% top-1 error"; its
+  layout is unpublished. This one follows the released code's style: stem
+  psi(4) (48 channels at 56x56), strides (1, 2, 2, 2), blocks (6, 16, 72, 6),
+  kernels (1, 3, 1), widths w * (1, 4, 16, 64). The first block pads 48 -> 2w
+  channels. w = 64 gives 193,465,960 parameters; w = 62 gives 181,819,706,
+  closest to the paper's figure.
+  """
+  c = bijective()
+  c.init_ds = 4
+  c.strides = (1, 2, 2, 2)
+  c.widths = tuple(base_width * m for m in (1, 4, 16, 64))
+  return c
+
+
+PRESETS = {
+    'digits': digits,
+    'cifar10': cifar10,
+    'bijective': bijective,
+    'bijective_released': bijective_released,
+    'injective': injective,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """One i-RevNet block. `in_channels` counts both halves of the incoming pair."""
+  in_channels: int
+  width: int              # channels of each output half
+  stride: int             # 1 or 2
+  pad: int                # injective zero channels added before the coupling (stride 1 only)
+  first: bool             # the network's first block: F has no leading BN-ReLU
+  spatial: Tuple[int, int]  # (H, W) of the incoming pair
+
+  @property
+  def f_in_channels(self) -> int:
+    return (self.in_channels + self.pad) // 2
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """A stage: one leading block, then `num_rest` alike stride-1 blocks (run as one scan)."""
+  first: BlockSpec
+  rest: Optional[BlockSpec]
+  num_rest: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """A validated, hashable i-RevNet layout: what the Flax module is built from."""
+  input_shape: Tuple[int, int, int]
+  init_ds: int
+  stages: Tuple[StageSpec, ...]
+  kernel_sizes: Tuple[int, int, int]
+  bottleneck_mult: int
+  dropout_rate: float
+  dtype: str
+  precision: str
+  num_classes: int
+  backprop: str
+
+  @property
+  def z_shape(self) -> Tuple[int, int, int]:
+    """(H, W, C) of the representation z."""
+    last = self.stages[-1].first
+    h, w = last.spatial
+    s = last.stride
+    return (h // s, w // s, 2 * last.width)
+
+  @property
+  def num_blocks(self) -> int:
+    return sum(1 + s.num_rest for s in self.stages)
+
+
+def _as_tuple(config, field, length=None):
+  value = config[field]
+  if isinstance(value, int):
+    value = (value,)
+  try:
+    value = tuple(int(v) for v in value)
+  except (TypeError, ValueError):
+    raise ValueError(f'model.{field} must be a list of integers, got {value!r}.') from None
+  if length is not None and len(value) != length:
+    raise ValueError(f'model.{field} must have {length} entries, got {value!r}.')
+  return value
+
+
+def check_known_fields(config):
+  """Rejects fields that no i-RevNet model config has (typos in overrides)."""
+  known = set(base().keys())
+  unknown = sorted(set(config.keys()) - known)
+  if unknown:
+    raise ValueError(
+        f'Unknown model config field(s) {unknown}; known fields are {sorted(known)}.')
+
+
+def layout(config) -> Architecture:
+  """Validates a model config and returns its block-by-block `Architecture`."""
+  check_known_fields(config)
+  h, w, c = _as_tuple(config, 'input_shape', 3)
+  blocks = _as_tuple(config, 'blocks')
+  strides = _as_tuple(config, 'strides')
+  widths = _as_tuple(config, 'widths')
+  kernels = _as_tuple(config, 'kernel_sizes', 3)
+  mult = int(config.bottleneck_mult)
+  init_ds = int(config.init_ds)
+
+  if not blocks:
+    raise ValueError('model.blocks is empty; give at least one stage, e.g. blocks=(2,).')
+  if not len(blocks) == len(strides) == len(widths):
+    raise ValueError(
+        f'model.blocks, model.strides and model.widths need one entry per stage, '
+        f'got {len(blocks)}, {len(strides)} and {len(widths)} entries '
+        f'(blocks={blocks}, strides={strides}, widths={widths}).')
+  if min(blocks) < 1:
+    raise ValueError(f'model.blocks={blocks}: every stage needs at least 1 block.')
+  bad = [s for s in strides if s not in (1, 2)]
+  if bad:
+    raise ValueError(f'model.strides={strides}: each stride must be 1 or 2 (psi downsamples by 2).')
+  for k in kernels:
+    if k < 1 or k % 2 == 0:
+      raise ValueError(
+          f'model.kernel_sizes={kernels}: kernel sizes must be odd and positive '
+          f'(a centred "same" convolution), e.g. (3, 3, 3) or (1, 3, 1).')
+  if mult < 1:
+    raise ValueError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
+  if init_ds < 0:
+    raise ValueError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
+  if min(h, w, c) < 1:
+    raise ValueError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
+  if config.dtype not in DTYPES:
+    raise ValueError(f'model.dtype={config.dtype!r} is not one of {DTYPES}.')
+  if config.precision not in PRECISIONS:
+    raise ValueError(f'model.precision={config.precision!r} is not one of {PRECISIONS}; '
+                     f"'highest' is needed for exact inversion in float32.")
+  if config.backprop not in BACKPROP_MODES:
+    raise ValueError(f'model.backprop={config.backprop!r} is not one of {BACKPROP_MODES}.')
+  if not 0.0 <= float(config.dropout_rate) < 1.0:
+    raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
+
+  ds = max(init_ds, 1)
+  downsampling = ds * 2 ** sum(s == 2 for s in strides)
+  if h % downsampling or w % downsampling:
+    fit_h = max(downsampling, h - h % downsampling)
+    fit_w = max(downsampling, w - w % downsampling)
+    raise ValueError(
+        f'model.input_shape={(h, w, c)}: height and width must be divisible by the total '
+        f'downsampling {downsampling} (init_ds={init_ds}, strides={strides}); '
+        f'e.g. input_shape=({fit_h}, {fit_w}, {c}), or fewer stride-2 stages.')
+
+  spatial = (h // ds, w // ds)
+  in_channels = c * ds * ds
+  stages = []
+  for index, (n, stride, width) in enumerate(zip(blocks, strides, widths)):
+    where = f'stage {index} (blocks={blocks}, strides={strides}, widths={widths})'
+    if width // mult < 1:
+      raise ValueError(
+          f'model.widths[{index}]={width} is smaller than bottleneck_mult={mult}: F would '
+          f'have no hidden channels; use widths[{index}] >= {mult}.')
+    if stride == 2:
+      if in_channels % 2:
+        raise ValueError(
+            f'{where}: a stride-2 block splits its {in_channels} input channels into unequal '
+            f'halves; make the first stage stride 1 (it then pads injectively), or use '
+            f'model.init_ds=2 so that the input has an even channel count.')
+      if width != 2 * in_channels:
+        raise ValueError(
+            f'{where}: a stride-2 block quadruples each half ({in_channels // 2} -> '
+            f'{2 * in_channels} channels), so model.widths[{index}] must be '
+            f'{2 * in_channels}, not {width}.')
+      pad = 0
+    else:
+      if 2 * width < in_channels:
+        raise ValueError(
+            f'{where}: a stride-1 block cannot shrink {in_channels} channels to 2 x {width}; '
+            f'use model.widths[{index}] >= {(in_channels + 1) // 2} '
+            f'(= {in_channels // 2} keeps it bijective).')
+      pad = 2 * width - in_channels
+    first = BlockSpec(in_channels, width, stride, pad, first=(index == 0), spatial=spatial)
+    spatial = (spatial[0] // stride, spatial[1] // stride)
+    rest = BlockSpec(2 * width, width, 1, 0, first=False, spatial=spatial) if n > 1 else None
+    stages.append(StageSpec(first, rest, n - 1))
+    in_channels = 2 * width
+
+  return Architecture(
+      input_shape=(h, w, c), init_ds=ds, stages=tuple(stages), kernel_sizes=kernels,
+      bottleneck_mult=mult, dropout_rate=float(config.dropout_rate), dtype=config.dtype,
+      precision=config.precision, num_classes=int(config.num_classes),
+      backprop=config.backprop)
+
+
+def describe(arch: Architecture) -> str:
+  """A short human-readable summary of the layout (one line per stage)."""
+  lines = [f'input {arch.input_shape}, stem psi({arch.init_ds})' if arch.init_ds > 1
+           else f'input {arch.input_shape}, no stem']
+  for i, stage in enumerate(arch.stages):
+    b = stage.first
+    inj = f', pads {b.in_channels}->{2 * b.width}' if b.pad else ''
+    lines.append(f'stage {i}: {1 + stage.num_rest} blocks, stride {b.stride}, '
+                 f'width {b.width}, at {b.spatial[0]}x{b.spatial[1]}{inj}')
+  h, w, c = arch.z_shape
+  lines.append(f'z: {h}x{w}x{c} = {math.prod(arch.z_shape)} values per image')
+  return '\n'.join(lines)

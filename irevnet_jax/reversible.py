@@ -1,0 +1,106 @@
+"""Running a stack of alike blocks in one of three backprop modes.
+
+- 'autodiff': a `lax.scan` over the stacked block variables; JAX stores every
+  block's activations for the backward pass.
+- 'remat': the same scan with `jax.checkpoint` around each block: only block
+  inputs are stored, block internals are recomputed.
+- 'reversible': a `jax.custom_vjp` around the scan that stores only the stack's
+  output. The backward pass walks the blocks in reverse and rebuilds each
+  block's input from its output with one evaluation of F, whose vjp also gives
+  the gradients (`blocks.block_reverse_step`).
+
+Every mode takes and returns the same pytrees, so a parameter tree trained in
+one mode runs in any other. Running BN statistics come out of the forward pass
+only: the backward pass recomputes F with the same batch statistics (the
+inputs it rebuilds are the same) and discards its updates. Dropout masks are
+replayed from the per-block keys.
+"""
+import jax
+from jax import lax
+
+from irevnet_jax import blocks
+
+
+def _scan(step, carry, xs, reverse=False):
+  """`lax.scan`, except that a single block runs unscanned: a stage's leading block
+  may change the pair's shape, which a scan carry cannot."""
+  if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
+    carry, y = step(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
+    return carry, jax.tree_util.tree_map(lambda a: a[None], y)
+  return lax.scan(step, carry, xs, reverse=reverse)
+
+
+def _bound_f(f_module, variables, train, key):
+  return lambda u: blocks.apply_bottleneck(f_module, variables, u, train, key)
+
+
+def _forward_scan(spec, f_module, train, checkpoint, params, stats, pair, keys):
+  def step(pair, xs):
+    p, s, k = xs
+    return blocks.block_forward(spec, _bound_f(f_module, {'params': p, 'batch_stats': s}, train, k),
+                                pair)
+  if checkpoint:
+    step = jax.checkpoint(step)
+  return _scan(step, pair, (params, stats, keys))
+
+
+def _reversible_scan(spec, f_module, train):
+  """A custom_vjp function (params, stats, pair, keys) -> (pair, new_stats) over stacked blocks."""
+
+  @jax.custom_vjp
+  def run(params, stats, pair, keys):
+    return _forward_scan(spec, f_module, train, False, params, stats, pair, keys)
+
+  def run_fwd(params, stats, pair, keys):
+    out, new_stats = run(params, stats, pair, keys)
+    return (out, new_stats), (params, stats, out, keys)
+
+  def run_bwd(residuals, cotangents):
+    params, stats, out, keys = residuals
+    g_out, _ = cotangents  # running statistics carry no gradient
+
+    def step(carry, xs):
+      pair, grads = carry
+      p, s, k = xs
+
+      def f_of_params(p_, u):
+        return blocks.apply_bottleneck(f_module, {'params': p_, 'batch_stats': s}, u, train, k)[0]
+
+      pair, grads, g_p = blocks.block_reverse_step(spec, f_of_params, p, pair, grads)
+      return (pair, grads), g_p
+
+    (_, g_in), g_params = _scan(step, (out, g_out), (params, stats, keys), reverse=True)
+    return g_params, None, g_in, None
+
+  run.defvjp(run_fwd, run_bwd)
+  return run
+
+
+def run_blocks(mode, spec, f_module, stacked, pair, keys, train):
+  """Applies len(keys) alike blocks whose variables are stacked on axis 0.
+
+  Args:
+    mode: 'autodiff', 'remat' or 'reversible'.
+    spec: the `BlockSpec` shared by the blocks.
+    f_module: their (unbound) `Bottleneck`.
+    stacked: {'params', 'batch_stats'} with a leading block axis.
+    pair: the input pair, each half (N, H, W, C).
+    keys: (num_blocks, ...) dropout keys, one per block.
+    train: batch statistics and dropout if True, running statistics otherwise.
+  Returns:
+    (output pair, stacked batch_stats after the blocks' updates).
+  """
+  params, stats = stacked['params'], stacked['batch_stats']
+  if mode == 'reversible':
+    return _reversible_scan(spec, f_module, train)(params, stats, pair, keys)
+  return _forward_scan(spec, f_module, train, mode == 'remat', params, stats, pair, keys)
+
+
+def invert_blocks(spec, f_module, stacked, pair, keys, train):
+  """Inverse of `run_blocks` (any mode): walks the stacked blocks in reverse."""
+  def step(pair, xs):
+    p, s, k = xs
+    return blocks.block_inverse(
+        spec, _bound_f(f_module, {'params': p, 'batch_stats': s}, train, k), pair), None
+  pair, _ = _scan(step, pair, (stacked['params'], stacked['batch_stats'], keys), reverse=True)
+  return pair
