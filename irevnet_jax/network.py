@@ -144,6 +144,8 @@ class Net:
   works under `jax.jit`, `jax.vmap`, `jax.grad` and `jax.pmap`.
   """
 
+  invertible = True
+
   def __init__(self, module: IRevNet):
     self.module = module
     self.arch = module.arch
@@ -189,6 +191,10 @@ def build(model_config, bn_axis_name: Optional[str] = None) -> Net:
   `bn_axis_name`: the pmap / shard_map axis over which train-mode batch
   statistics are averaged (synchronised BN); None for per-device statistics.
   """
+  arch = model_config.get('arch', 'irevnet')
+  if arch != 'irevnet':
+    from irevnet_jax import baselines  # the non-invertible comparison networks
+    return baselines.build(model_config, bn_axis_name)
   return Net(IRevNet(presets.layout(model_config), bn_axis_name))
 
 
