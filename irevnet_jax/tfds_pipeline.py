@@ -201,8 +201,9 @@ def imagenet_missing_message(opts: Options, builder_data_dir: str, detail: str =
       f'       python launch/prepare_data.py --dataset={opts.name} --data_dir={data_dir} '
       f'--manual_dir={manual}\n'
       '     which runs tfds.builder("imagenet2012", data_dir=DATA_DIR).download_and_prepare('
-      'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR)); the CLI '
-      f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}`.\n'
+      'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR)); the TFDS CLI '
+      f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}` '
+      '(TFDS 4.9 needs apache-beam installed for its CLI).\n'
       '  4. Train with dataset.data_dir set to that data dir (see docs/data_and_launch.md).')
 
 
