@@ -1,0 +1,69 @@
+"""Analyses a training run: reconstruction, interpolation, probes by depth, PCA.
+
+    python -m experiments.main --workdir=/tmp/digits        # train (the digits default)
+    python -m experiments.analyze --workdir=/tmp/digits     # -> /tmp/digits/analysis/
+
+Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
+float32 with precision 'highest', and writes PNGs plus report.md / report.json.
+See docs/analysis.md for what each plot shows.
+"""
+import dataclasses
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from irevnet_jax.analysis import pipeline
+
+_DEFAULTS = pipeline.Options()
+flags.DEFINE_string('workdir', None, 'Training run directory (config.json + checkpoints).',
+                    required=True)
+flags.DEFINE_integer('step', None, 'Checkpoint step to analyse (default: the latest).')
+flags.DEFINE_string('out_dir', None, 'Output directory (default: <workdir>/analysis).')
+flags.DEFINE_integer('batch_size', 256, 'Examples per forward pass.')
+_HELP = {
+    'max_train_examples': 'Train examples whose features train the probes.',
+    'max_eval_examples': 'Eval examples scored and reconstructed.',
+    'max_contraction_examples': 'Eval examples in the intra/inter distance ratio (O(N^2)).',
+    'every_k_blocks': 'Also probe after every k blocks (0: stage outputs only).',
+    'pool_size': 'Average-pool feature maps to at most this grid (0: only when too big).',
+    'max_feature_dim': 'Max features per depth after pooling / random projection (0: no limit).',
+    'num_images': 'Images in the reconstruction grid.',
+    'num_pairs': 'Image pairs in the interpolation grid.',
+    'num_steps': 'Interpolation steps, end points included.',
+    'probe_c': 'Inverse L2 strength of the logistic-regression probe.',
+    'pca_fraction': 'Report the smallest PCA d reaching this share of the full accuracy.',
+    'blas_threads': 'numpy / scikit-learn threads (0: library default, e.g. for big probes).',
+    'seed': 'Seed of the random feature projections.',
+}
+for _field in dataclasses.fields(pipeline.Options):
+  _define = flags.DEFINE_float if _field.type is float else flags.DEFINE_integer
+  _define(_field.name, getattr(_DEFAULTS, _field.name), _HELP[_field.name])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import irevnet_jax  # pylint: disable=g-import-not-at-top
+  from irevnet_jax import checkpoints, input_pipeline, metrics  # pylint: disable=g-import-not-at-top
+  metrics.quiet_library_logs()
+  config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
+  logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
+  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
+  source = input_pipeline.get_source(config.dataset, config.model.input_shape)
+  options = pipeline.Options(**{f.name: FLAGS[f.name].value
+                                for f in dataclasses.fields(pipeline.Options)})
+  pipeline.analyze(
+      net, variables,
+      source.train_batches(FLAGS.batch_size, 0, 1, seed=options.seed, start_step=0),
+      source.eval_batches(FLAGS.batch_size, 0, 1),
+      FLAGS.out_dir or os.path.join(FLAGS.workdir, 'analysis'), options,
+      num_train=source.num_train_examples, num_eval=source.num_eval_examples,
+      run_info={'workdir': FLAGS.workdir, 'step': step,
+                'arch': config.model.get('arch', 'irevnet'), 'dataset': config.dataset.name})
+
+
+if __name__ == '__main__':
+  app.run(main)
