@@ -1,0 +1,219 @@
+"""Model configs of the paper's baselines, and their validation.
+
+A baseline model config is an `ml_collections.ConfigDict` with `arch` 'resnet'
+or 'revnet'. `layout(config)` checks it and returns a frozen, hashable
+`BaselineArch` that the Flax modules are built from. Fields:
+
+  arch          'resnet' (ResNet v1.5) or 'revnet' (RevNet, Gomez et al. 2017)
+  num_classes   classifier outputs
+  input_shape   (H, W, C)
+  stem          'imagenet': 7x7 conv stride 2 + 3x3 max-pool stride 2 (4x downsampling);
+                'small': 3x3 conv stride 1, no pool (for CIFAR- or digits-size images)
+  stem_width    channels of the stem convolution
+  units         residual units per stage
+  strides       stride of each stage's first unit (1 or 2)
+  widths        bottleneck width per stage; a unit outputs 4 * width channels.
+                ResNet: the 3x3 conv has `width` channels. RevNet: the authors'
+                `filters`; each half has 2 * width channels and F, G have width // 2.
+  dtype         compute dtype ('float32', 'bfloat16', 'float16', 'float64')
+  precision     convolution precision: 'default', 'high' or 'highest'
+  backprop      ResNet: 'autodiff' | 'remat'; RevNet: also 'reversible'
+"""
+import dataclasses
+import math
+from typing import Tuple
+
+import ml_collections
+
+from irevnet_jax.presets import DTYPES, PRECISIONS
+
+ARCHS = ('resnet', 'revnet')
+STEMS = ('imagenet', 'small')
+BACKPROP_MODES = {'resnet': ('autodiff', 'remat'), 'revnet': ('autodiff', 'reversible', 'remat')}
+
+
+def base(arch: str = 'resnet') -> ml_collections.ConfigDict:
+  """Defaults shared by the baseline configs (ImageNet-size input)."""
+  c = ml_collections.ConfigDict()
+  c.arch = arch
+  c.num_classes = 1000
+  c.input_shape = (224, 224, 3)
+  c.stem = 'imagenet'
+  c.stem_width = 64
+  c.units = (3, 4, 6, 3)
+  c.strides = (1, 2, 2, 2)
+  c.widths = (64, 128, 256, 512)
+  c.dtype = 'float32'
+  c.precision = 'default'
+  c.backprop = 'autodiff'
+  return c
+
+
+def resnet50() -> ml_collections.ConfigDict:
+  """ResNet-50 v1.5 (stride in the 3x3 conv): 25,557,032 parameters; 24.7% top-1 in the paper."""
+  return base('resnet')
+
+
+def revnet56() -> ml_collections.ConfigDict:
+  """The RevNet authors' ImageNet RevNet-56 (their `revnet-54` config): 27,553,128 parameters.
+
+  Units (2, 2, 3, 2), filters 128 (stem) and (128, 256, 512, 832) per stage.
+  Backprop 'reversible' stores activations only at each stage's first,
+  non-invertible unit; precision 'highest' keeps the reconstruction exact
+  (TF32-like convolutions make rebuilt activations, and so gradients, drift).
+  """
+  c = base('revnet')
+  c.stem_width = 128
+  c.units = (2, 2, 3, 2)
+  c.widths = (128, 256, 512, 832)
+  c.precision = 'highest'
+  c.backprop = 'reversible'
+  return c
+
+
+def revnet104() -> ml_collections.ConfigDict:
+  """The RevNet authors' ImageNet RevNet-104: units (2, 2, 11, 2), 45,428,072 parameters."""
+  c = revnet56()
+  c.units = (2, 2, 11, 2)
+  return c
+
+
+PRESETS = {'resnet50': resnet50, 'revnet56': revnet56, 'revnet104': revnet104}
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineArch:
+  """A validated, hashable baseline layout (see the module docstring for the fields)."""
+  kind: str
+  input_shape: Tuple[int, int, int]
+  num_classes: int
+  stem: str
+  stem_width: int
+  units: Tuple[int, ...]
+  strides: Tuple[int, ...]
+  widths: Tuple[int, ...]
+  dtype: str
+  precision: str
+  backprop: str
+
+  @property
+  def stem_downsampling(self) -> int:
+    return 4 if self.stem == 'imagenet' else 1
+
+  @property
+  def downsampling(self) -> int:
+    return self.stem_downsampling * 2 ** sum(s == 2 for s in self.strides)
+
+  @property
+  def features_shape(self) -> Tuple[int, int, int]:
+    """(H, W, C) of the features: the last stage's output, before the head."""
+    h, w, _ = self.input_shape
+    return (h // self.downsampling, w // self.downsampling, 4 * self.widths[-1])
+
+
+def _as_tuple(config, field, length=None):
+  value = config[field]
+  if isinstance(value, int):
+    value = (value,)
+  try:
+    value = tuple(int(v) for v in value)
+  except (TypeError, ValueError):
+    raise ValueError(f'model.{field} must be a list of integers, got {value!r}.') from None
+  if length is not None and len(value) != length:
+    raise ValueError(f'model.{field} must have {length} entries, got {value!r}.')
+  return value
+
+
+def layout(config) -> BaselineArch:
+  """Validates a baseline model config; a ValueError names the field and a value that works."""
+  kind = config.get('arch', 'irevnet')
+  if kind not in ARCHS:
+    raise ValueError(f'model.arch={kind!r} is not a baseline; use one of {ARCHS} '
+                     f"(or 'irevnet' through irevnet_jax.build).")
+  known = set(base(kind).keys())
+  unknown = sorted(set(config.keys()) - known)
+  if unknown:
+    raise ValueError(f'Unknown model config field(s) {unknown} for arch={kind!r}; '
+                     f'known fields are {sorted(known)}.')
+  missing = sorted(known - set(config.keys()))
+  if missing:
+    raise ValueError(f'model config for arch={kind!r} lacks field(s) {missing}; start from '
+                     f'irevnet_jax.baselines.resnet50() / revnet56().')
+
+  h, w, c = _as_tuple(config, 'input_shape', 3)
+  units = _as_tuple(config, 'units')
+  strides = _as_tuple(config, 'strides')
+  widths = _as_tuple(config, 'widths')
+  stem_width = int(config.stem_width)
+  if not units:
+    raise ValueError('model.units is empty; give at least one stage, e.g. units=(2,).')
+  if not len(units) == len(strides) == len(widths):
+    raise ValueError(
+        f'model.units, model.strides and model.widths need one entry per stage, got '
+        f'units={units}, strides={strides}, widths={widths}.')
+  if min(units) < 1:
+    raise ValueError(f'model.units={units}: every stage needs at least 1 unit.')
+  if any(s not in (1, 2) for s in strides):
+    raise ValueError(f'model.strides={strides}: each stride must be 1 or 2.')
+  min_width = 2 if kind == 'revnet' else 1
+  if min(widths) < min_width:
+    raise ValueError(f'model.widths={widths}: each width must be >= {min_width} '
+                     f'(RevNet\'s F and G have width // 2 hidden channels).')
+  if stem_width < 2:
+    raise ValueError(f'model.stem_width={stem_width} must be >= 2, e.g. 64.')
+  if config.stem not in STEMS:
+    raise ValueError(f'model.stem={config.stem!r} is not one of {STEMS}.')
+  if int(config.num_classes) < 1:
+    raise ValueError(f'model.num_classes={config.num_classes} must be >= 1.')
+  if config.dtype not in DTYPES:
+    raise ValueError(f'model.dtype={config.dtype!r} is not one of {DTYPES}.')
+  if config.precision not in PRECISIONS:
+    raise ValueError(f'model.precision={config.precision!r} is not one of {PRECISIONS}.')
+  modes = BACKPROP_MODES[kind]
+  if config.backprop not in modes:
+    hint = (" (reversible backprop needs invertible units: use arch='revnet')"
+            if kind == 'resnet' else '')
+    raise ValueError(f'model.backprop={config.backprop!r} is not one of {modes} for '
+                     f'arch={kind!r}{hint}.')
+  if min(h, w, c) < 1:
+    raise ValueError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
+
+  arch = BaselineArch(
+      kind=kind, input_shape=(h, w, c), num_classes=int(config.num_classes), stem=config.stem,
+      stem_width=stem_width, units=units, strides=strides, widths=widths, dtype=config.dtype,
+      precision=config.precision, backprop=config.backprop)
+  ds = arch.downsampling
+  if h % ds or w % ds:
+    hint = (" or model.stem='small' (3x3 conv, no max-pool) for small images"
+            if config.stem == 'imagenet' else '')
+    raise ValueError(
+        f'model.input_shape={(h, w, c)}: height and width must be divisible by the total '
+        f'downsampling {ds} (stem={config.stem!r}, strides={strides}); use e.g. '
+        f'input_shape=({max(ds, h - h % ds)}, {max(ds, w - w % ds)}, {c}){hint}, '
+        f'or fewer stride-2 stages.')
+  return arch
+
+
+def describe(arch: BaselineArch) -> str:
+  """A short summary of the layout, one line per stage."""
+  name = 'ResNet v1.5' if arch.kind == 'resnet' else 'RevNet'
+  h, w, _ = arch.input_shape
+  s = arch.stem_downsampling
+  lines = [f'{name}: input {arch.input_shape}, stem {arch.stem!r} -> {arch.stem_width} channels '
+           f'at {h // s}x{w // s}']
+  for i, (n, stride, width) in enumerate(zip(arch.units, arch.strides, arch.widths)):
+    s *= stride
+    lines.append(f'stage {i}: {n} units, stride {stride}, {4 * width} channels at '
+                 f'{h // s}x{w // s}')
+  fh, fw, fc = arch.features_shape
+  lines.append(f'features: {fh}x{fw}x{fc} = {math.prod(arch.features_shape)} values per image')
+  return '\n'.join(lines)
+
+
+def check_input(arch: BaselineArch, x):
+  """Raises a ValueError unless x has shape (N, *arch.input_shape)."""
+  if x.ndim != 4 or tuple(x.shape[1:]) != tuple(arch.input_shape):
+    raise ValueError(
+        f'x must have shape (N, {", ".join(map(str, arch.input_shape))}) for this model '
+        f'(model.input_shape={arch.input_shape}), got {tuple(x.shape)}. Resize the input '
+        f'or set model.input_shape to match it.')

@@ -1,0 +1,100 @@
+"""ResNet v1.5 (He et al. 2016; stride in the 3x3 conv), the paper's ResNet-50 baseline.
+
+    x (N, H, W, C) -> stem -> stages of bottleneck units -> features (N, H/32, W/32, 4 * width)
+    logits = Dense(mean_HW(features))
+
+A unit: relu(BN(conv1x1(relu(BN(conv3x3_s(relu(BN(conv1x1(x))))))), zero-init scale) + shortcut),
+with a strided 1x1 projection + BN as the shortcut where the shape changes.
+"""
+import functools
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from irevnet_jax.baselines.presets import BaselineArch, check_input
+
+BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
+BN_EPSILON = 1e-5
+he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def param_dtype(arch: BaselineArch):
+  return jnp.float64 if arch.dtype == 'float64' else jnp.float32
+
+
+def conv_and_norm(arch: BaselineArch, train: bool, bn_axis_name: Optional[str]):
+  """Partials of the convolution (no bias, He init) and BatchNorm shared by the baselines."""
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=arch.dtype,
+                           param_dtype=param_dtype(arch), precision=arch.precision,
+                           kernel_init=he_normal)
+  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+                           epsilon=BN_EPSILON, dtype=arch.dtype, param_dtype=param_dtype(arch),
+                           axis_name=bn_axis_name)
+  return conv, norm
+
+
+def pad(k):
+  """Centred explicit padding for a k x k kernel (Flax 'SAME' is asymmetric at stride 2)."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+class Stem(nn.Module):
+  """The stem, (N, H, W, C) -> (N, H/d, W/d, stem_width).
+
+  'imagenet' (d = 4): 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2.
+  'small' (d = 1): 3x3 conv stride 1, BN, ReLU.
+  """
+  arch: BaselineArch
+  train: bool = False
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
+    if self.arch.stem == 'imagenet':
+      x = nn.relu(norm()(conv(self.arch.stem_width, (7, 7), strides=(2, 2), padding=pad(7))(x)))
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))
+    return nn.relu(norm()(conv(self.arch.stem_width, (3, 3), padding=pad(3))(x)))
+
+
+class ResNetUnit(nn.Module):
+  """Bottleneck unit v1.5: (N, H, W, C_in) -> (N, H/s, W/s, 4 * width)."""
+  arch: BaselineArch
+  width: int
+  stride: int
+  train: bool = False
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x):
+    conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
+    s = (self.stride, self.stride)
+    out = 4 * self.width
+    y = nn.relu(norm()(conv(self.width, (1, 1))(x)))
+    y = nn.relu(norm()(conv(self.width, (3, 3), strides=s, padding=pad(3))(y)))
+    y = norm(scale_init=nn.initializers.zeros)(conv(out, (1, 1))(y))
+    if self.stride != 1 or x.shape[-1] != out:
+      x = norm(name='proj_norm')(conv(out, (1, 1), strides=s, name='proj_conv')(x))
+    return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+  """`__call__(x, train) -> (logits (N, num_classes) float32, features (N, H', W', C'))`."""
+  arch: BaselineArch
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    arch = self.arch
+    check_input(arch, x)
+    x = jnp.asarray(x, param_dtype(arch))
+    x = Stem(arch, train, self.bn_axis_name, name='stem')(x)
+    unit = nn.remat(ResNetUnit) if arch.backprop == 'remat' else ResNetUnit
+    for i, (n, stride, width) in enumerate(zip(arch.units, arch.strides, arch.widths)):
+      for j in range(n):
+        x = unit(arch, width, stride if j == 0 else 1, train, self.bn_axis_name,
+                 name=f'stage{i}_unit{j}')(x)
+    logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=param_dtype(arch),
+                      name='classifier')(jnp.mean(x, axis=(1, 2)))
+    return logits.astype(jnp.float32), x
