@@ -145,9 +145,9 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
     rec = {'skipped': f'{type(net).__name__} is not invertible: no reconstruction.'}
 
   # 2. Interpolation.
-  if invertible:
+  pairs = interpolation.pick_pairs(samples['label'], options.num_pairs) if invertible else []
+  if pairs:
     with timer('interpolation'):
-      pairs = interpolation.pick_pairs(samples['label'], options.num_pairs)
       a = samples['x'][[i for i, _ in pairs]]
       b = samples['x'][[j for _, j in pairs]]
       pixel_paths, latent_paths, predicted = interpolation.interpolate(
@@ -161,6 +161,8 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
                               for i, j in pairs],
               'steps': options.num_steps, 'endpoint_max_abs_error': end_error,
               'predictions': predicted.astype(int).tolist()}
+  elif invertible:
+    interp = {'skipped': 'No two kept eval images have different labels: no interpolation.'}
   else:
     interp = {'skipped': f'{type(net).__name__} is not invertible: no interpolation.'}
 

@@ -108,8 +108,10 @@ def depth_plot(names: List[str], blocks: List[int], linear: List[float], nn1: Li
   ax2.set_ylabel('mean intra / inter-class distance')
   for ax, title in ((ax1, 'Separation with depth'), (ax2, 'Contraction with depth')):
     ax.set_xticks(blocks)
-    ax.set_xticklabels([f'{n}\n({b})' for n, b in zip(names, blocks)], fontsize=7,
-                       rotation=0 if len(names) <= 6 else 60)
+    crowded = len(names) > 5
+    ax.set_xticklabels([f'{n} ({b})' if crowded else f'{n}\n({b})'
+                        for n, b in zip(names, blocks)], fontsize=7,
+                       rotation=40 if crowded else 0, ha='right' if crowded else 'center')
     ax.set_xlabel('depth (blocks applied)')
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
