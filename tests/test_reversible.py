@@ -1,0 +1,239 @@
+"""Backprop modes: 'reversible' and 'remat' give autodiff's gradients and running statistics.
+
+Every check differentiates a train-mode forward (batch statistics, dropout) through
+a loss on both the logits and z, so the gradient reaches every block by two paths.
+The variables come from one init per layout and are used by all three modes: the
+parameter pytree is the same in every mode.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import irevnet_jax
+from irevnet_jax import presets
+
+MODES = ('autodiff', 'reversible', 'remat')
+BATCH = 4
+# XLA:CPU compiles ~2.5x faster without LLVM optimisation; compile time dominates these tests.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
+
+
+def _run_jitted(fn, *args):
+  """fn(*args) under jax.jit, compiled with FAST_COMPILE."""
+  return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
+
+
+def cifar_like(**overrides):
+  """No stem; stage 0 is injective (3 -> 16 channels), stage 1 has a stride-2 first block.
+
+  Stage 0 has one alike block after its leading one (run unscanned), stage 1 two (a scan).
+  """
+  c = presets.base()
+  c.input_shape = (8, 8, 3)
+  c.blocks = (2, 3)
+  c.strides = (1, 2)
+  c.widths = (8, 32)
+  c.num_classes = 5
+  c.dropout_rate = 0.1
+  c.update(overrides)
+  return c
+
+
+def imagenet_like(**overrides):
+  """psi(2) stem (8x8x3 -> 4x4x12), two stride-2 stages, kernels (1, 3, 1) as in the paper."""
+  c = cifar_like()
+  c.init_ds = 2
+  c.blocks = (2, 3)
+  c.strides = (2, 2)
+  c.widths = (24, 96)
+  c.kernel_sizes = (1, 3, 1)
+  c.update(overrides)
+  return c
+
+
+LAYOUTS = {'cifar_like': cifar_like, 'imagenet_like': imagenet_like}
+
+
+@functools.lru_cache(maxsize=None)
+def _float32_variables(layout):
+  """One init per layout, as numpy arrays (shared by every mode and dtype)."""
+  net = irevnet_jax.build(LAYOUTS[layout]())
+  x = jnp.zeros((1, *net.input_shape), jnp.float32)
+  return jax.tree_util.tree_map(np.asarray, _run_jitted(net.init, jax.random.PRNGKey(0), x))
+
+
+def _inputs(net, dtype):
+  """A batch x in [0, 1), loss weights w for z, and a dropout key."""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (BATCH, *net.input_shape), dtype)
+  w = jax.random.normal(jax.random.PRNGKey(2), (BATCH, *net.z_shape), dtype)
+  return x, w, jax.random.PRNGKey(3)
+
+
+def _loss_fn(net, batch_stats, x, w, key):
+  """params -> (loss on logits and z, (updated batch_stats, z))."""
+  def loss(params):
+    (logits, z), state = net.forward({'params': params, 'batch_stats': batch_stats}, x,
+                                     train=True, rngs={'dropout': key})
+    value = jnp.mean(jax.nn.log_softmax(logits)[:, 0]) + jnp.mean(z.astype(jnp.float32) * w)
+    return value, (state['batch_stats'], z)
+  return loss
+
+
+def _grads(config, variables, dtype):
+  """(gradient at the params, updated batch_stats, z) of one train-mode step."""
+  net = irevnet_jax.build(config)
+  x, w, key = _inputs(net, dtype)
+  loss = _loss_fn(net, variables['batch_stats'], x, w, key)
+  grads, (stats, z) = _run_jitted(jax.grad(loss, has_aux=True), variables['params'])
+  return jax.tree_util.tree_map(np.asarray, (grads, stats, z))
+
+
+def _leaf_errors(reference, other):
+  """{leaf path: ||other - reference|| / ||reference||} (absolute where the reference is 0)."""
+  errors = {}
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(reference)[0],
+                          jax.tree_util.tree_leaves(other)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    # Zero references happen: in cifar_like the first block's F sees only the injective
+    # zero padding, so ReLU'(0) = 0 stops its gradient. Then the error is absolute.
+    norm = np.linalg.norm(a)
+    errors[jax.tree_util.keystr(path)] = float(np.linalg.norm(a - b) / (norm if norm else 1.0))
+  return errors
+
+
+def _global_error(reference, other):
+  a = np.concatenate([np.ravel(v).astype(np.float64) for v in jax.tree_util.tree_leaves(reference)])
+  b = np.concatenate([np.ravel(v).astype(np.float64) for v in jax.tree_util.tree_leaves(other)])
+  return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def _assert_stats_equal(reference, other, rtol):
+  for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other)):
+    np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol)
+
+
+def test_parameter_tree_is_the_same_in_every_mode():
+  shapes = []
+  for mode in MODES:
+    net = irevnet_jax.build(cifar_like(backprop=mode))
+    x = jax.ShapeDtypeStruct((1, *net.input_shape), jnp.float32)
+    shapes.append(jax.eval_shape(net.init, jax.random.PRNGKey(0), x))
+  for other in shapes[1:]:
+    assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(shapes[0])
+    assert jax.tree_util.tree_leaves(other) == jax.tree_util.tree_leaves(shapes[0])
+
+
+@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+def test_float64_gradients_and_running_stats_equal_autodiff(layout, x64):
+  variables = jax.tree_util.tree_map(lambda a: a.astype(np.float64), _float32_variables(layout))
+  results = {m: _grads(LAYOUTS[layout](backprop=m, dtype='float64'), variables, jnp.float64)
+             for m in MODES}
+  grads_ad, stats_ad, z_ad = results['autodiff']
+  for mode in ('reversible', 'remat'):
+    grads, stats, z = results[mode]
+    errors = _leaf_errors(grads_ad, grads)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-10, f'{mode}: {worst} has relative error {errors[worst]:.3g}'
+    _assert_stats_equal(stats_ad, stats, rtol=1e-12)   # updated once, from the forward pass
+    np.testing.assert_allclose(z, z_ad, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_gradients_equal_autodiff():
+  variables = _float32_variables('cifar_like')
+  results = {m: _grads(cifar_like(backprop=m), variables, jnp.float32) for m in MODES}
+  grads_ad, stats_ad, _ = results['autodiff']
+  for mode in ('reversible', 'remat'):
+    grads, stats, _ = results[mode]
+    error = _global_error(grads_ad, grads)
+    assert error <= 1e-4, f'{mode}: relative L2 error {error:.3g} over the whole gradient'
+    _assert_stats_equal(stats_ad, stats, rtol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_streams():
+  variables = _float32_variables('cifar_like')
+  results = {m: _grads(cifar_like(backprop=m, dtype='bfloat16'), variables, jnp.float32)
+             for m in ('autodiff', 'reversible')}
+  grads_ad, _, z_ad = results['autodiff']
+  grads, _, z = results['reversible']
+  assert z.dtype == np.float32 and z_ad.dtype == np.float32
+  assert all(g.dtype == np.float32 for g in jax.tree_util.tree_leaves(grads))
+  error = _global_error(grads_ad, grads)
+  assert error <= 1e-3, f'reversible bfloat16: relative L2 error {error:.3g} vs autodiff'
+
+
+def test_synchronised_batch_norm_under_pmap(x64):
+  """4 CPU devices, 2 images each, BN statistics averaged over the pmap axis."""
+  num_devices = 4
+  assert jax.local_device_count() >= num_devices, 'tests/conftest.py forces 4 CPU devices'
+  variables = jax.tree_util.tree_map(lambda a: a.astype(np.float64),
+                                     _float32_variables('cifar_like'))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (num_devices, 2, 8, 8, 3), jnp.float64)
+
+  def step_fn(net):
+    w = jax.random.normal(jax.random.PRNGKey(2), (2, *net.z_shape), jnp.float64)
+
+    def step(params, batch_stats, x, key):
+      key = jax.random.fold_in(key, jax.lax.axis_index('batch'))   # a dropout mask per device
+      loss = _loss_fn(net, batch_stats, x, w, key)
+      grads, (stats, _) = jax.grad(loss, has_aux=True)(params)
+      return jax.lax.pmean(grads, 'batch'), stats
+
+    return jax.pmap(step, axis_name='batch', in_axes=(None, None, 0, None),
+                    devices=jax.local_devices()[:num_devices])
+
+  args = (variables['params'], variables['batch_stats'], x, jax.random.PRNGKey(3))
+
+  results = {}
+  for mode in MODES:
+    net = irevnet_jax.build(cifar_like(backprop=mode, dtype='float64'), bn_axis_name='batch')
+    out = step_fn(net).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
+    results[mode] = jax.tree_util.tree_map(np.asarray, out)
+
+  grads_ad, stats_ad = results['autodiff']
+  for leaf in jax.tree_util.tree_leaves(stats_ad):   # synchronised: every device agrees
+    np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
+  for mode in ('reversible', 'remat'):
+    grads, stats = results[mode]
+    errors = _leaf_errors(jax.tree_util.tree_map(lambda a: a[0], grads_ad),
+                          jax.tree_util.tree_map(lambda a: a[0], grads))
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= 1e-10, f'{mode} under pmap: {worst} has relative error {errors[worst]:.3g}'
+    _assert_stats_equal(stats_ad, stats, rtol=1e-12)
+
+
+def _temp_bytes(config):
+  """XLA's temp memory of one jitted gradient evaluation (compiled, not run)."""
+  net = irevnet_jax.build(config)
+  x = jax.ShapeDtypeStruct((8, *net.input_shape), jnp.float32)
+  variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+
+  def loss(params, batch_stats, x):
+    (logits, z), _ = net.forward({'params': params, 'batch_stats': batch_stats}, x, train=True)
+    return jnp.mean(logits) + jnp.mean(z)
+
+  lowered = jax.jit(jax.grad(loss)).lower(variables['params'], variables['batch_stats'], x)
+  compiled = lowered.compile(compiler_options=FAST_COMPILE)
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_reversible_memory_is_flat_in_depth():
+  """One stage of 3 vs 12 blocks: reversible temp memory stays, autodiff's grows."""
+  memory = {(m, d): _temp_bytes(_one_stage(m, d)) for m in ('autodiff', 'reversible') for d in (3, 12)}
+  assert memory['reversible', 12] <= 1.25 * memory['reversible', 3], memory
+  assert memory['autodiff', 12] >= 2.5 * memory['autodiff', 3], memory
+  assert memory['reversible', 12] < memory['autodiff', 12] / 2, memory
+
+
+def _one_stage(mode, depth):
+  """A single stride-1 stage of `depth` blocks at 16x16 (activations dwarf the parameters)."""
+  c = presets.base()
+  c.input_shape = (16, 16, 4)
+  c.blocks = (depth,)
+  c.strides = (1,)
+  c.widths = (8,)
+  c.backprop = mode
+  return c
