@@ -47,7 +47,7 @@ class Stage(nn.Module):
     init_first = functools.partial(blocks.init_bottleneck, self.first_f, spec.first)
     self.first_params = self.param('first', lambda rng: init_first(rng)['params'])
     self.first_stats = self.variable(
-        'batch_stats', 'first', lambda: init_first(jax.random.PRNGKey(0))['batch_stats'])
+        'batch_stats', 'first', lambda: blocks.initial_batch_stats(self.first_f, spec.first))
     if spec.num_rest:
       self.rest_f = blocks.make_bottleneck(self.arch, spec.rest, self.bn_axis_name)
       init_one = functools.partial(blocks.init_bottleneck, self.rest_f, spec.rest)
@@ -57,7 +57,8 @@ class Stage(nn.Module):
 
       self.rest_params = self.param('rest', lambda rng: init_rest(rng)['params'])
       self.rest_stats = self.variable(
-          'batch_stats', 'rest', lambda: init_rest(jax.random.PRNGKey(0))['batch_stats'])
+          'batch_stats', 'rest',
+          lambda: blocks.initial_batch_stats(self.rest_f, spec.rest, spec.num_rest))
 
   def _keys(self, train):
     """One dropout key per block; drawn from the 'dropout' stream only when dropout is active."""
@@ -107,7 +108,7 @@ class IRevNet(nn.Module):
         momentum=HEAD_BN_MOMENTUM, epsilon=blocks.BN_EPSILON, dtype=self.arch.dtype,
         param_dtype=param_dtype, axis_name=self.bn_axis_name)
     self.classifier = nn.Dense(self.arch.num_classes, dtype=self.arch.dtype,
-                               param_dtype=param_dtype)
+                               param_dtype=param_dtype, kernel_init=blocks.torch_default_init)
 
   def _check_shape(self, array, expected, name):
     if tuple(array.shape[1:]) != tuple(expected) or array.ndim != 4:
@@ -163,7 +164,7 @@ class Net:
 
   def init(self, rng, x):
     """Fresh variables {'params', 'batch_stats'}; x (N, H, W, C) fixes nothing but is checked."""
-    variables = self.module.init({'params': rng}, x, train=False)
+    variables = jax.jit(functools.partial(self.module.init, train=False))({'params': rng}, x)
     return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
   def forward(self, variables, x, train: bool = False, rngs=None):
