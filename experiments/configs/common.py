@@ -1,4 +1,8 @@
-"""Training defaults shared by every experiment config (configs override a few fields)."""
+"""Training defaults shared by every experiment config (configs override a few fields).
+
+Every field here must exist in a config (`irevnet_jax.train.check_config` rejects
+unknown and missing ones); see docs/training.md for what each one does.
+"""
 import ml_collections
 
 
@@ -11,23 +15,25 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.dataset.name = 'digits'        # 'digits' | 'synthetic' | TFDS names (imagenet2012, cifar10, ...)
 
   c.batch_size = 128               # global, over all devices and processes
-  c.eval_batch_size = 256
+  c.eval_batch_size = 256          # global; the last eval batch is padded and masked
   c.num_train_steps = -1           # > 0 wins over num_epochs
   c.num_epochs = 10.0
 
-  c.learning_rate = 0.1            # for batch_size 256; see each config for its scaling
+  c.learning_rate = 0.1            # peak rate (after warm-up)
   c.lr_schedule = 'step'           # 'step' | 'cosine'
   c.lr_boundaries = ()             # in epochs, for 'step'
   c.lr_decay_factor = 0.1          # multiplies the rate at each boundary
-  c.warmup_epochs = 0.0
+  c.warmup_epochs = 0.0            # linear warm-up from ~0 to learning_rate
   c.momentum = 0.9
   c.nesterov = False
   c.weight_decay = 1e-4            # L2 on all parameters, as in the paper
 
   c.log_every_steps = 50
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
+  c.eval_every_steps = 500         # <= 0: evaluate only at the end
+  c.checkpoint_every_steps = 500   # <= 0: checkpoint only at the end (and on SIGTERM)
   c.keep_checkpoints = 3
+  c.async_checkpoints = True       # write checkpoints in the background (Orbax async)
   c.seed = 0
   c.half_precision = False         # bfloat16 compute, float32 parameters and coupling streams
+  c.num_devices = 0                # local devices to use; 0 = all (single-process runs only)
   return c

@@ -1,0 +1,208 @@
+"""Data sources for training and evaluation: digits, synthetic, and the dispatch to TFDS.
+
+Every source follows the `DataSource` protocol below. Batches are numpy arrays
+for this process only: with P processes, process p yields rows
+[p * B_local, (p + 1) * B_local) of each global batch, so that a run on one
+process and a run on several see the same global batches.
+
+    source = get_source(config.dataset, model_input_shape=(8, 8, 1))
+    for batch in source.train_batches(64, 0, 1, seed=0, start_step=0):
+      batch['image']  # float32 (64, 8, 8, 1) in [0, 1]
+      batch['label']  # int32 (64,)
+
+TensorFlow is imported only for TFDS names (`irevnet_jax.tfds_pipeline`).
+"""
+from typing import Iterator, Protocol, Tuple
+
+import numpy as np
+
+# Names served by `irevnet_jax.tfds_pipeline` (imported lazily: it needs TensorFlow).
+TFDS_NAMES = ('imagenet2012', 'imagenet', 'cifar10', 'cifar100')
+LOCAL_NAMES = ('digits', 'synthetic')
+
+
+class DataSource(Protocol):
+  """What the training loop reads batches from."""
+  name: str
+  input_shape: Tuple[int, int, int]   # (H, W, C) of the images it yields
+  num_classes: int
+  num_train_examples: int
+  num_eval_examples: int
+
+  def train_batches(self, local_batch_size: int, process_index: int, process_count: int,
+                    seed: int, start_step: int) -> Iterator[dict]:
+    """Endless iterator of {'image': float32 (B, H, W, C), 'label': int32 (B,)} for this
+    process; deterministic in (seed, step): starting at start_step yields exactly the
+    batches a run from step 0 would have yielded from that step on."""
+
+  def eval_batches(self, local_batch_size: int, process_index: int,
+                   process_count: int) -> Iterator[dict]:
+    """One pass over the eval split: {'image', 'label', 'mask' float32 (B,)}; the last batch
+    is padded (mask 0); over all processes every eval example appears exactly once with
+    mask 1, and every process yields the same number of batches."""
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  """The shuffled order of the n training examples in one epoch."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class ArraySource:
+  """A source over in-memory arrays: images float32 (N, H, W, C), labels int (N,).
+
+  Training reads an endless stream of epochs, each a fresh permutation drawn
+  from (seed, epoch); global batch s is positions [s * G, (s + 1) * G) of that
+  stream (G = local batch x process count), so any step is reachable directly.
+  """
+
+  def __init__(self, name, train_images, train_labels, eval_images, eval_labels,
+               num_classes):
+    self.name = name
+    self._train = (np.asarray(train_images, np.float32), np.asarray(train_labels, np.int32))
+    self._eval = (np.asarray(eval_images, np.float32), np.asarray(eval_labels, np.int32))
+    self.input_shape = tuple(self._train[0].shape[1:])
+    self.num_classes = int(num_classes)
+    self.num_train_examples = len(self._train[1])
+    self.num_eval_examples = len(self._eval[1])
+
+  def train_batches(self, local_batch_size, process_index, process_count, seed, start_step):
+    images, labels = self._train
+    n = len(labels)
+    global_batch = local_batch_size * process_count
+    orders = {}
+    step = start_step
+    while True:
+      first = step * global_batch + process_index * local_batch_size
+      positions = np.arange(first, first + local_batch_size)
+      epochs = positions // n
+      for epoch in np.unique(epochs):
+        if epoch not in orders:
+          orders[epoch] = _epoch_order(seed, int(epoch), n)
+      for epoch in [e for e in orders if e < epochs[0]]:
+        del orders[epoch]
+      index = np.array([orders[e][p] for e, p in zip(epochs, positions % n)])
+      yield {'image': images[index], 'label': labels[index]}
+      step += 1
+
+  def eval_batches(self, local_batch_size, process_index, process_count):
+    images, labels = self._eval
+    n = len(labels)
+    global_batch = local_batch_size * process_count
+    for start in range(0, n, global_batch):
+      first = start + process_index * local_batch_size
+      positions = np.arange(first, first + local_batch_size)
+      valid = positions < n
+      index = np.where(valid, positions, 0)
+      image = images[index] * valid[:, None, None, None]
+      yield {'image': image.astype(np.float32), 'label': labels[index] * valid,
+             'mask': valid.astype(np.float32)}
+
+
+# scikit-learn's 8x8 digits: 1,797 images, pixel values 0..16.
+DIGITS_EVAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def digits_source() -> ArraySource:
+  """scikit-learn's bundled 8x8 handwritten digits, scaled to [0, 1], shape (8, 8, 1).
+
+  Fixed split: within each class, a shuffle with numpy seed 0 holds out
+  round(20%) of its images for evaluation: 359 eval and 1,438 train images,
+  the same on every machine.
+  """
+  from sklearn import datasets  # bundled with scikit-learn: no download
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  labels = digits.target.astype(np.int32)
+  rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+  eval_index = []
+  for c in range(10):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    eval_index.extend(members[:int(round(len(members) * DIGITS_EVAL_FRACTION))])
+  eval_mask = np.zeros(len(labels), bool)
+  eval_mask[eval_index] = True
+  train_index = rng.permutation(np.flatnonzero(~eval_mask))
+  eval_index = np.sort(np.flatnonzero(eval_mask))
+  return ArraySource('digits', images[train_index], labels[train_index],
+                     images[eval_index], labels[eval_index], num_classes=10)
+
+
+class SyntheticSource:
+  """Random images of the model's input shape and random labels, for benchmarks.
+
+  Training cycles through a small pool of batches drawn once per (seed,
+  process), so producing a batch costs nothing; there is nothing to learn.
+  """
+  POOL = 4
+
+  def __init__(self, input_shape, num_classes, num_train_examples, num_eval_examples):
+    self.name = 'synthetic'
+    self.input_shape = tuple(int(d) for d in input_shape)
+    self.num_classes = int(num_classes)
+    self.num_train_examples = int(num_train_examples)
+    self.num_eval_examples = int(num_eval_examples)
+
+  def _random_batch(self, rng, size):
+    return {'image': rng.random((size, *self.input_shape), dtype=np.float32),
+            'label': rng.integers(0, self.num_classes, size, dtype=np.int32)}
+
+  def train_batches(self, local_batch_size, process_index, process_count, seed, start_step):
+    rng = np.random.default_rng([seed, process_index, local_batch_size])
+    pool = [self._random_batch(rng, local_batch_size) for _ in range(self.POOL)]
+    step = start_step
+    while True:
+      yield pool[step % self.POOL]
+      step += 1
+
+  def eval_batches(self, local_batch_size, process_index, process_count):
+    global_batch = local_batch_size * process_count
+    for index, start in enumerate(range(0, self.num_eval_examples, global_batch)):
+      rng = np.random.default_rng([1, index, process_index])
+      batch = self._random_batch(rng, local_batch_size)
+      first = start + process_index * local_batch_size
+      batch['mask'] = (np.arange(first, first + local_batch_size)
+                       < self.num_eval_examples).astype(np.float32)
+      yield batch
+
+
+# Fields the synthetic source understands (beyond `name`) and their defaults; others are typos.
+SYNTHETIC_FIELDS = {'num_classes': None, 'num_train_examples': 1_281_167,
+                    'num_eval_examples': 1024}
+
+
+def _check_fields(dataset_config, allowed):
+  unknown = sorted(set(dataset_config.keys()) - {'name'} - set(allowed))
+  if unknown:
+    raise ValueError(
+        f'dataset.name={dataset_config.name!r} has no field(s) {unknown}; its fields are '
+        f'{sorted({"name", *allowed})}.')
+
+
+def get_source(dataset_config, model_input_shape) -> DataSource:
+  """The `DataSource` named by `dataset_config.name`.
+
+  `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
+  to it; digits must match it (8, 8, 1).
+  """
+  name = dataset_config.get('name', None)
+  model_input_shape = tuple(int(d) for d in model_input_shape)
+  if name == 'digits':
+    _check_fields(dataset_config, ())
+    source = digits_source()
+  elif name == 'synthetic':
+    _check_fields(dataset_config, SYNTHETIC_FIELDS)
+    fields = {k: dataset_config.get(k, v) for k, v in SYNTHETIC_FIELDS.items()}
+    source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
+                             fields['num_train_examples'], fields['num_eval_examples'])
+  elif name in TFDS_NAMES:
+    from irevnet_jax import tfds_pipeline  # needs TensorFlow; only for these names
+    return tfds_pipeline.get_tfds_source(dataset_config, model_input_shape)
+  else:
+    raise ValueError(
+        f'Unknown dataset.name={name!r}; known names are {list(LOCAL_NAMES + TFDS_NAMES)} '
+        f"(e.g. --config.dataset.name=digits).")
+  if source.input_shape != model_input_shape:
+    raise ValueError(
+        f'dataset.name={name!r} yields images of shape {source.input_shape}, but '
+        f'model.input_shape={model_input_shape}; set model.input_shape={source.input_shape}.')
+  return source

@@ -1,0 +1,109 @@
+"""Metric output: TensorBoard events, `<workdir>/metrics.jsonl`, console progress.
+
+Only process 0 writes; on other processes every method is a no-op. Each
+`write(step, scalars)` becomes one JSON line `{"step": step, **scalars}` and
+one TensorBoard scalar per key (tensorboardX: no TensorFlow needed).
+"""
+import json
+import math
+import os
+import time
+from typing import Dict, Optional
+
+from absl import logging
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class _QuietLibraries:
+  """A logging filter: INFO records from Orbax's modules are dropped."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def quiet_library_logs():
+  """Keeps the console to this package's progress lines: drops Orbax's INFO chatter."""
+  import logging as std_logging
+  for handler in [logging.get_absl_handler(), *std_logging.getLogger().handlers]:
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+      handler.addFilter(_QuietLibraries())
+
+
+def read_jsonl(workdir) -> list:
+  """All records of `<workdir>/metrics.jsonl` (an empty list when there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricWriter:
+  """Writes scalars to TensorBoard and JSON lines; `enabled=False` makes it silent."""
+
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+    """`resume_step`: on resume, JSON lines of later steps (written by the run that was
+    interrupted after its last checkpoint) are dropped, so each step appears once."""
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._path = os.path.join(workdir, METRICS_FILE)
+    kept = [r for r in read_jsonl(workdir) if r.get('step', 0) <= resume_step]
+    with open(self._path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in kept)
+    os.replace(self._path + '.tmp', self._path)
+    self._file = open(self._path, 'a')
+    from tensorboardX import SummaryWriter  # pure Python, no TensorFlow
+    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: Dict[str, float]):
+    if not self.enabled:
+      return
+    record = {'step': int(step)}
+    record.update({k: float(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(record) + '\n')
+    self._file.flush()
+    for key, value in scalars.items():
+      self._tb.add_scalar(key, float(value), int(step))
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._file.close()
+      self._tb.close()
+      self.enabled = False
+
+
+def _duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return '?'
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+class Progress:
+  """Console progress: step, loss, steps/s and ETA, from wall time between reports."""
+
+  def __init__(self, start_step: int, total_steps: int, enabled: bool = True):
+    self.total_steps = total_steps
+    self.enabled = enabled
+    self._last_step = start_step
+    self._last_time = time.time()
+
+  def steps_per_second(self, step: int) -> float:
+    """Steps/s since the previous call (and resets the clock)."""
+    now = time.time()
+    rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    return rate
+
+  def report(self, step: int, loss: float, rate: float, extra: Optional[str] = None):
+    if not self.enabled:
+      return
+    eta = (self.total_steps - step) / rate if rate > 0 else float('inf')
+    line = (f'step {step}/{self.total_steps}  loss {loss:.4f}  {rate:.2f} steps/s  '
+            f'ETA {_duration(eta)}')
+    logging.info(line + (f'  {extra}' if extra else ''))

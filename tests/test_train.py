@@ -1,0 +1,150 @@
+"""Tests of the training runner (irevnet_jax.train, experiments.main) on tiny digits runs."""
+import json
+import math
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.configs import common
+from irevnet_jax import checkpoints, metrics, presets, train
+import train_testlib as lib
+
+
+def test_config_fields_match_common_defaults():
+  assert set(common.base_config(presets.digits()).keys()) == train.CONFIG_FIELDS
+
+
+@pytest.mark.parametrize('override, message', [
+    ({'batchsize': 16}, 'Unknown config field'),
+    ({'batch_size': 18}, 'batch_size=18 is not divisible by the 4 devices'),
+    ({'eval_batch_size': 10}, 'eval_batch_size=10'),
+    ({'num_devices': 9}, 'num_devices=9'),
+    ({'lr_schedule': 'linear'}, 'lr_schedule'),
+    ({'dataset__name': 'mnistx'}, "Unknown dataset.name='mnistx'"),
+    ({'model__input_shape': (16, 16, 1)}, 'model.input_shape=(16, 16, 1)'),
+    ({'model__blokcs': (1, 1)}, 'blokcs'),
+])
+def test_config_errors(tmp_path, override, message):
+  config = lib.make_config()
+  for key, value in override.items():
+    node, leaf = (config.model, key[7:]) if key.startswith('model__') else (
+        (config.dataset, key[9:]) if key.startswith('dataset__') else (config, key))
+    with node.unlocked():
+      node[leaf] = value
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_learning_rate_schedules():
+  config = lib.make_config(learning_rate=0.4, warmup_epochs=1.0, lr_schedule='step',
+                           lr_boundaries=(2, 3), lr_decay_factor=0.1)
+  schedule = train.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
+  rates = np.array([float(schedule(s)) for s in range(40)])
+  np.testing.assert_allclose(rates[:10], 0.4 * np.arange(1, 11) / 10, rtol=1e-6)
+  np.testing.assert_allclose(rates[[10, 19, 20, 29, 30, 39]],
+                             [0.4, 0.4, 0.04, 0.04, 0.004, 0.004], rtol=1e-5)
+  config.lr_schedule = 'cosine'
+  schedule = train.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
+  assert float(schedule(10)) == pytest.approx(0.4)
+  assert float(schedule(25)) == pytest.approx(0.2, rel=1e-5)
+  assert float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """The reference: the tiny run from step 0 to 24 in one go, on 4 devices."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  return workdir, train.train_and_evaluate(lib.make_config(), str(workdir))
+
+
+def test_loss_falls_and_outputs_are_written(uninterrupted):
+  workdir, result = uninterrupted
+  records = metrics.read_jsonl(str(workdir))
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert len(losses) == 3 and losses[-1] < losses[0], losses
+  assert losses[-1] < 0.6 * math.log(10), losses     # ln(10): the loss of a guess
+  last = records[-1]
+  assert last['step'] == 24 and last['eval/num_examples'] == 359
+  assert last['eval/accuracy'] > 0.25   # chance: 0.1
+  assert last['eval/inversion_rel_error'] < 1e-5
+  assert result.eval_metrics == {k: v for k, v in last.items() if k != 'step'}
+  assert {'train/accuracy', 'train/learning_rate', 'steps_per_second'} <= set(records[0])
+  assert os.listdir(workdir / 'tensorboard')
+  assert json.load(open(workdir / 'config.json'))['num_train_steps'] == 24
+  # load_run returns the final variables.
+  config, variables, step = checkpoints.load_run(str(workdir))
+  assert step == 24 and config.model.blocks == (1, 1, 1)
+  lib.assert_trees_close(variables['params'], result.state['params'], rtol=0, atol=0)
+  lib.assert_trees_close(variables['batch_stats'], result.state['batch_stats'], rtol=0, atol=0)
+
+
+def test_four_devices_match_one_device(tmp_path):
+  finals = []
+  for n in (1, 4):   # without dropout: its masks are drawn per device
+    config = lib.make_config(num_devices=n, num_train_steps=6, model__dropout_rate=0.0,
+                             checkpoint_every_steps=0)
+    finals.append(train.train_and_evaluate(config, str(tmp_path / f'd{n}')))
+  lib.assert_trees_close(finals[0].state['params'], finals[1].state['params'],
+                         rtol=1e-4, atol=1e-5)
+  lib.assert_trees_close(finals[0].state['batch_stats'], finals[1].state['batch_stats'],
+                         rtol=1e-4, atol=1e-5)
+  assert finals[0].eval_metrics['eval/loss'] == pytest.approx(
+      finals[1].eval_metrics['eval/loss'], rel=1e-4)
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+  config = lib.make_config(learning_rate=1e9, warmup_epochs=0.0, lr_schedule='step',
+                           num_train_steps=40, log_every_steps=1, checkpoint_every_steps=1)
+  with pytest.raises(FloatingPointError, match=r'Non-finite .* at step (\d+)') as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  bad_step = int(e.value.args[0].split('at step ')[1].split(';')[0])
+  steps = checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps()
+  assert steps and max(steps) == bad_step - 1
+  _, variables, step = checkpoints.load_run(str(tmp_path))
+  assert step == bad_step - 1
+  assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(variables))
+
+
+@pytest.mark.parametrize('signal_name', ['KILL', 'TERM'])
+def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
+  reference = uninterrupted[1].state
+  workdir = str(tmp_path)
+  args = lib.flag_args() + [f'--workdir={workdir}', '--kill_at_step=12',
+                            '--wait_for_checkpoint=8', f'--kill_signal={signal_name}']
+  code, output = lib.finish(lib.start(args, script=lib.HELPER))
+  steps = checkpoints.Checkpointer(workdir, keep=3).all_steps()
+  if signal_name == 'KILL':
+    assert code == -signal.SIGKILL, output[-3000:]
+    assert max(steps) == 8, steps
+  else:   # SIGTERM: saves after the step in flight, exits with 128 + 15
+    assert code == 143, output[-3000:]
+    assert max(steps) == 13, steps
+  # Rerunning the same command resumes and ends where the uninterrupted run ends
+  # (same data order, same dropout masks).
+  result = train.train_and_evaluate(lib.make_config(), workdir)
+  assert result.step == 24
+  lib.assert_trees_close(result.state, reference)
+  # Each logged step appears once in metrics.jsonl.
+  logged = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
+  assert logged == [8, 16, 24]
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # Orbax, after the failed restore
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
+  reference = uninterrupted[1].state
+  workdir = str(tmp_path)
+  train.train_and_evaluate(lib.make_config(), workdir)
+  for root, _, files in os.walk(tmp_path / 'checkpoints' / '24'):
+    for name in files:
+      if name.endswith('.ocdbt') or os.path.basename(root) == 'd':
+        with open(os.path.join(root, name), 'wb') as f:
+          f.write(b'garbage')
+  _, _, step = checkpoints.load_run(workdir)      # reported and skipped
+  assert step == 16
+  result = train.train_and_evaluate(lib.make_config(), workdir)   # falls back, moves 24 aside
+  assert os.listdir(tmp_path / 'corrupt_checkpoints')
+  assert result.step == 24
+  lib.assert_trees_close(result.state, reference)
