@@ -67,7 +67,7 @@ def test_load_run(tmp_path):
   checkpoints.write_config(workdir, config)
   _save_steps(workdir, [5, 10])
   loaded, variables, step = checkpoints.load_run(workdir)
-  assert step == 10 and loaded.model.blocks == (1, 1) and loaded.model.input_shape == (8, 8, 1)
+  assert step == 10 and loaded.model.blocks == (1, 1, 1) and loaded.model.input_shape == (8, 8, 1)
   assert loaded.to_dict() == config.to_dict()
   assert set(variables) == {'params', 'batch_stats'}
   np.testing.assert_array_equal(variables['params']['dense']['kernel'], np.full((3, 2), 10.0))

@@ -1,0 +1,84 @@
+"""Training throughput of the runner's pmapped step: steps/s and images/s per config.
+
+    python benchmarks/train_speed.py     # digits (real data) + cifar10, 1 block/stage (synthetic)
+    python benchmarks/train_speed.py --configs=bijective --blocks= --batch_size=256 --half_precision
+
+Each config is experiments/configs/<name>.py; every one but digits reads
+synthetic images of its model's input shape (no dataset or TensorFlow needed).
+The timed loop is the training loop's own: next batch, shard, train step; the
+first `--warmup` steps (compilation included) are not timed. Prints a table.
+"""
+import importlib
+import time
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+from irevnet_jax import count_params, input_pipeline, train
+
+flags.DEFINE_list('configs', ['digits', 'cifar10'], 'Names in experiments/configs/.')
+flags.DEFINE_integer('steps', 20, 'Timed steps per config.')
+flags.DEFINE_integer('warmup', 3, 'Untimed steps first (compilation).')
+flags.DEFINE_integer('batch_size', 0, 'Global batch; 0 = the config\'s (digits) or 16 (others).')
+flags.DEFINE_list('blocks', ['1', '1', '1'],
+                  'Override model.blocks of the synthetic configs (empty: keep the config\'s); '
+                  'the default keeps a CPU run short.')
+flags.DEFINE_bool('half_precision', False, 'bfloat16 compute.')
+flags.DEFINE_string('backprop', '', "Override model.backprop: autodiff | remat | reversible.")
+FLAGS = flags.FLAGS
+
+
+def benchmark(name):
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  if name != 'digits':
+    config.dataset = ml_collections.ConfigDict({"name": "synthetic"})
+    config.batch_size = 16
+    if FLAGS.blocks:
+      config.model.blocks = tuple(int(b) for b in FLAGS.blocks)
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  config.half_precision = FLAGS.half_precision
+  if FLAGS.backprop:
+    config.model.backprop = FLAGS.backprop
+  devices = jax.local_devices()
+  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
+  program = train.build_program(config, source.num_train_examples, devices)
+  state = train.replicate(train.create_state(program.train_net, program.tx, 0), devices)
+  batches = source.train_batches(config.batch_size, 0, 1, seed=0, start_step=0)
+
+  def run(steps):
+    nonlocal state
+    for _ in range(steps):
+      state, step_metrics = program.p_train(state, train.shard(next(batches), len(devices)))
+    jax.block_until_ready(step_metrics)
+
+  start = time.perf_counter()
+  run(FLAGS.warmup)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  run(FLAGS.steps)
+  rate = FLAGS.steps / (time.perf_counter() - start)
+  blocks = ','.join(map(str, config.model.blocks))
+  return (name, source.name, blocks, count_params(program.train_net), config.model.backprop,
+          'bf16' if config.half_precision else 'f32', config.batch_size, len(devices),
+          compile_s, rate, rate * config.batch_size)
+
+
+def main(argv):
+  del argv
+  header = ('config', 'data', 'blocks', 'params', 'backprop', 'dtype', 'batch', 'devices',
+            'warmup s', 'steps/s', 'images/s')
+  rows = [benchmark(name) for name in FLAGS.configs]
+  print(f'\n{jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}')
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
+  for row in rows:
+    cells = [f'{v:,}' if isinstance(v, int) else f'{v:.2f}' if isinstance(v, float) else str(v)
+             for v in row]
+    print('| ' + ' | '.join(cells) + ' |')
+
+
+if __name__ == '__main__':
+  app.run(main)
