@@ -13,7 +13,10 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
+
+from irevnet_jax import metrics, train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'digits.py')
 
@@ -31,14 +34,15 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  import jax  # after flag parsing
   if FLAGS.distributed or FLAGS.coordinator_address:
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU multi-process
+    try:  # CPU devices of several processes talk through gloo (the default in recent JAX)
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    except (AttributeError, KeyError, ValueError):
+      pass
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                FLAGS.process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  from irevnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
   metrics.quiet_library_logs()
   config_name = os.path.splitext(os.path.basename(FLAGS['config'].config_filename))[0]
   workdir = FLAGS.workdir or os.path.join('runs', config_name)

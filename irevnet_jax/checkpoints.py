@@ -61,14 +61,29 @@ def _sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
+def _check_matches(target, restored, what):
+  """Orbax returns stored shapes even when the target's differ: reject those."""
+  expected = jax.tree_util.tree_flatten_with_path(target)[0]
+  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+  wrong = [f'{jax.tree_util.keystr(path)}: {np.shape(got.get(path))} instead of {np.shape(leaf)}'
+           for path, leaf in expected if np.shape(got.get(path)) != np.shape(leaf)]
+  if wrong:
+    raise ValueError(f'{what} does not fit this run ({len(wrong)} arrays differ, e.g. '
+                     f'{"; ".join(wrong[:3])}). If this workdir holds a run of another model '
+                     f'or optimizer, use a new --workdir.')
+
+
 class Checkpointer:
   """Saves and restores the host train state under `<workdir>/checkpoints`."""
 
-  def __init__(self, workdir: str, keep: int, use_async: bool = True):
+  def __init__(self, workdir: str, keep: int, use_async: bool = True, read_only: bool = False):
+    """`read_only`: for readers of a run that may still be training (no writes, no
+    clean-up); otherwise unfinished saves of an interrupted run are deleted."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=use_async)
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
     self._manager = self._open()
 
   def _open(self):
@@ -95,27 +110,41 @@ class Checkpointer:
               move_corrupt: bool = True) -> Tuple[Optional[dict], Optional[int]]:
     """Restores checkpoint `step`, or the latest one that restores cleanly.
 
-    A checkpoint that fails to restore is reported and, with `move_corrupt`,
-    moved to `<workdir>/corrupt_checkpoints/` (by process 0), after which the
-    previous one is tried. `target` gives the tree structure and dtypes (numpy
-    leaves); without it the raw tree of dicts and lists comes back.
-    Returns (state, step), or (None, None) when there is no usable checkpoint.
+    Checkpoints newer than the one restored that fail to restore are reported
+    and, with `move_corrupt`, moved to `<workdir>/corrupt_checkpoints/` (by
+    process 0). When none restores, nothing is moved and the error is raised:
+    that is a mismatch (another model in this workdir), not corruption.
+    `target` gives the tree structure and dtypes (numpy leaves); without it the
+    raw tree of dicts and lists comes back.
+    Returns (state, step), or (None, None) when there are no checkpoints.
     """
-    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
-    if step is not None and step not in self._manager.all_steps():
+    available = sorted(self._manager.all_steps(), reverse=True)
+    if step is not None and step not in available:
       raise ValueError(f'No checkpoint at step {step} in {self.directory}; '
-                       f'available steps: {self.all_steps()}.')
-    for candidate in steps:
+                       f'available steps: {sorted(available)}.')
+    failed = []
+    for candidate in [step] if step is not None else available:
       try:
         restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(target))
-        return restored, candidate
       except Exception as error:  # pylint: disable=broad-except
-        logging.error('Checkpoint %d in %s cannot be restored (%s: %s); falling back to the '
-                      'previous one.', candidate, self.directory, type(error).__name__, error)
-        if step is not None:
-          raise
+        logging.error('Checkpoint %d in %s cannot be restored (%s: %s).', candidate,
+                      self.directory, type(error).__name__, error)
+        failed.append((candidate, error))
+        continue
+      if target is not None:
+        _check_matches(target, restored, f'Checkpoint {candidate} in {self.directory}')
+      if failed:
+        logging.error('Using the previous checkpoint, step %d.', candidate)
         if move_corrupt:
-          self._move_aside(candidate)
+          for bad, _ in failed:
+            self._move_aside(bad)
+      return restored, candidate
+    if failed:
+      bad, error = failed[0]
+      raise ValueError(
+          f'No checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); '
+          f'step {bad}: {type(error).__name__}: {error}. If this workdir holds a run of '
+          f'another model or optimizer, use a new --workdir.') from error
     return None, None
 
   def _move_aside(self, step: int):
@@ -139,7 +168,7 @@ def load_run(workdir: str, step: Optional[int] = None):
   """
   config = read_config(workdir)
   checkpointer = Checkpointer(workdir, keep=max(1, int(config.get('keep_checkpoints', 1))),
-                              use_async=False)
+                              use_async=False, read_only=True)
   try:
     if not checkpointer.all_steps():
       raise FileNotFoundError(f'No checkpoints in {checkpointer.directory}.')

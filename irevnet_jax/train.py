@@ -17,7 +17,7 @@ import functools
 import math
 import signal
 import threading
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple
 
 from absl import logging
 import jax

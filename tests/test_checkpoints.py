@@ -40,7 +40,8 @@ def test_no_checkpoint_gives_none(tmp_path):
   checkpointer.close()
 
 
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # Orbax, after the failed restore
+# Orbax leaves an unraisable asyncio warning after a failed restore.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_corrupt_or_partial_latest_falls_back_to_previous(tmp_path):
   workdir = str(tmp_path)
   _save_steps(workdir, [1, 2, 3])
@@ -59,6 +60,7 @@ def test_corrupt_or_partial_latest_falls_back_to_previous(tmp_path):
   assert len(os.listdir(tmp_path / 'corrupt_checkpoints')) == 1
   checkpointer.save(3, _state(30))   # the step can be written again
   checkpointer.close()
+  assert not os.path.exists(tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp')  # cleaned up
 
 
 def test_load_run(tmp_path):
@@ -77,3 +79,16 @@ def test_load_run(tmp_path):
     checkpoints.load_run(workdir, step=7)
   with pytest.raises(FileNotFoundError, match='config.json'):
     checkpoints.load_run(str(tmp_path / 'nothing'))
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_mismatched_target_is_an_error_not_corruption(tmp_path):
+  _save_steps(str(tmp_path), [1, 2])
+  other_model = _state(0)
+  other_model['params']['dense']['kernel'] = np.zeros((5, 2), np.float32)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  with pytest.raises(ValueError, match='use a new --workdir'):
+    checkpointer.restore(target=other_model)
+  assert checkpointer.all_steps() == [1, 2]
+  checkpointer.close()
+  assert not os.path.exists(tmp_path / 'corrupt_checkpoints')

@@ -132,7 +132,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
   assert logged == [8, 16, 24]
 
 
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')  # Orbax, after the failed restore
+# Orbax leaves an unraisable asyncio warning after a failed restore.
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
   reference = uninterrupted[1].state
   workdir = str(tmp_path)
