@@ -170,12 +170,15 @@ SYNTHETIC_FIELDS = {'num_classes': None, 'num_train_examples': 1_281_167,
                     'num_eval_examples': 1024}
 
 
-def _check_fields(dataset_config, allowed):
-  unknown = sorted(set(dataset_config.keys()) - {'name'} - set(allowed))
+def _check_fields(dataset_config):
+  """Rejects dataset fields that no source reads (typos). Fields of other sources are
+  allowed, so that `--config.dataset.name=synthetic` works on an ImageNet config."""
+  from irevnet_jax import tfds_pipeline  # its field names only; imports no TensorFlow
+  known = {'name', *SYNTHETIC_FIELDS, *tfds_pipeline.FIELDS}
+  unknown = sorted(set(dataset_config.keys()) - known)
   if unknown:
     raise ValueError(
-        f'dataset.name={dataset_config.name!r} has no field(s) {unknown}; its fields are '
-        f'{sorted({"name", *allowed})}.')
+        f'dataset has no field(s) {unknown}; dataset fields are {sorted(known)}.')
 
 
 def get_source(dataset_config, model_input_shape) -> DataSource:
@@ -186,11 +189,10 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)
+  _check_fields(dataset_config)
   if name == 'digits':
-    _check_fields(dataset_config, ())
     source = digits_source()
   elif name == 'synthetic':
-    _check_fields(dataset_config, SYNTHETIC_FIELDS)
     fields = {k: dataset_config.get(k, v) for k, v in SYNTHETIC_FIELDS.items()}
     source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
                              fields['num_train_examples'], fields['num_eval_examples'])

@@ -8,6 +8,8 @@ Command:  python -m experiments.main --config=experiments/configs/cifar10.py --w
 Expected: ~94.5% test accuracy after 200 epochs; relative inversion error ~1e-7
           (float32, precision 'highest').
 """
+from ml_collections.config_dict import placeholder
+
 from experiments.configs import common
 from irevnet_jax import presets
 
@@ -15,6 +17,10 @@ from irevnet_jax import presets
 def get_config():
   c = common.base_config(presets.cifar10())
   c.dataset.name = 'cifar10'
+  c.dataset.data_dir = placeholder(str)       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.dataset.normalization = 'mean_std'        # per-channel, the released code's constants
+  c.dataset.cache = True
+  c.dataset.shuffle_buffer = 50_000
   c.batch_size = 128
   c.num_epochs = 200.0
   c.learning_rate = 0.1
