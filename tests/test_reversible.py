@@ -1,7 +1,8 @@
 """Backprop modes: 'reversible' and 'remat' give autodiff's gradients and running statistics.
 
 Every check differentiates a train-mode forward (batch statistics, dropout) through
-a loss on both the logits and z, so the gradient reaches every block by two paths.
+a loss on both the logits and z, so the gradient reaches every block by two paths,
+with respect to the parameters and (except under pmap) the input image.
 The variables come from one init per layout and are used by all three modes: the
 parameter pytree is the same in every mode.
 """
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import presets
+from irevnet_jax import presets, reversible
 
 MODES = ('autodiff', 'reversible', 'remat')
 BATCH = 4
@@ -72,9 +73,9 @@ def _inputs(net, dtype):
   return x, w, jax.random.PRNGKey(3)
 
 
-def _loss_fn(net, batch_stats, x, w, key):
-  """params -> (loss on logits and z, (updated batch_stats, z))."""
-  def loss(params):
+def _loss_fn(net, batch_stats, w, key):
+  """(params, x) -> (loss on logits and z, (updated batch_stats, z))."""
+  def loss(params, x):
     (logits, z), state = net.forward({'params': params, 'batch_stats': batch_stats}, x,
                                      train=True, rngs={'dropout': key})
     value = jnp.mean(jax.nn.log_softmax(logits)[:, 0]) + jnp.mean(z.astype(jnp.float32) * w)
@@ -83,11 +84,12 @@ def _loss_fn(net, batch_stats, x, w, key):
 
 
 def _grads(config, variables, dtype):
-  """(gradient at the params, updated batch_stats, z) of one train-mode step."""
+  """(gradients at the params and at the image x, updated batch_stats, z) of a train-mode step."""
   net = irevnet_jax.build(config)
   x, w, key = _inputs(net, dtype)
-  loss = _loss_fn(net, variables['batch_stats'], x, w, key)
-  grads, (stats, z) = _run_jitted(jax.grad(loss, has_aux=True), variables['params'])
+  loss = _loss_fn(net, variables['batch_stats'], w, key)
+  grads, (stats, z) = _run_jitted(jax.grad(loss, argnums=(0, 1), has_aux=True),
+                                  variables['params'], x)
   return jax.tree_util.tree_map(np.asarray, (grads, stats, z))
 
 
@@ -142,9 +144,15 @@ def test_float64_gradients_and_running_stats_equal_autodiff(layout, x64):
     np.testing.assert_allclose(z, z_ad, rtol=1e-12, atol=1e-12)
 
 
+@functools.lru_cache(maxsize=None)
+def _cifar_like_grads(mode, dtype):
+  """`_grads` of cifar_like with float32 inputs and variables, once per (mode, dtype)."""
+  return _grads(cifar_like(backprop=mode, dtype=dtype), _float32_variables('cifar_like'),
+                jnp.float32)
+
+
 def test_float32_gradients_equal_autodiff():
-  variables = _float32_variables('cifar_like')
-  results = {m: _grads(cifar_like(backprop=m), variables, jnp.float32) for m in MODES}
+  results = {m: _cifar_like_grads(m, 'float32') for m in MODES}
   grads_ad, stats_ad, _ = results['autodiff']
   for mode in ('reversible', 'remat'):
     grads, stats, _ = results[mode]
@@ -154,15 +162,21 @@ def test_float32_gradients_equal_autodiff():
 
 
 def test_bfloat16_compute_keeps_float32_streams():
-  variables = _float32_variables('cifar_like')
-  results = {m: _grads(cifar_like(backprop=m, dtype='bfloat16'), variables, jnp.float32)
-             for m in ('autodiff', 'reversible')}
-  grads_ad, _, z_ad = results['autodiff']
-  grads, _, z = results['reversible']
+  """Reversible's deviation from autodiff is far below bfloat16's own deviation from float32.
+
+  (Measured: 2.7e-3 vs 0.15. A rebuilt activation differs from the original by a
+  float32 rounding, which flips the bfloat16 rounding of a few of F's inputs.)
+  """
+  grads_ad, _, z_ad = _cifar_like_grads('autodiff', 'bfloat16')
+  grads, _, z = _cifar_like_grads('reversible', 'bfloat16')
+  grads_f32, _, _ = _cifar_like_grads('autodiff', 'float32')
   assert z.dtype == np.float32 and z_ad.dtype == np.float32
   assert all(g.dtype == np.float32 for g in jax.tree_util.tree_leaves(grads))
   error = _global_error(grads_ad, grads)
-  assert error <= 1e-3, f'reversible bfloat16: relative L2 error {error:.3g} vs autodiff'
+  bfloat16_error = _global_error(grads_f32, grads_ad)
+  assert error <= 1e-2 and error <= 0.1 * bfloat16_error, (
+      f'reversible vs autodiff in bfloat16: relative L2 error {error:.3g}; '
+      f'bfloat16 vs float32 autodiff: {bfloat16_error:.3g}')
 
 
 def test_synchronised_batch_norm_under_pmap(x64):
@@ -178,8 +192,8 @@ def test_synchronised_batch_norm_under_pmap(x64):
 
     def step(params, batch_stats, x, key):
       key = jax.random.fold_in(key, jax.lax.axis_index('batch'))   # a dropout mask per device
-      loss = _loss_fn(net, batch_stats, x, w, key)
-      grads, (stats, _) = jax.grad(loss, has_aux=True)(params)
+      loss = _loss_fn(net, batch_stats, w, key)
+      grads, (stats, _) = jax.grad(loss, has_aux=True)(params, x)
       return jax.lax.pmean(grads, 'batch'), stats
 
     return jax.pmap(step, axis_name='batch', in_axes=(None, None, 0, None),
@@ -220,8 +234,10 @@ def _temp_bytes(config):
   return compiled.memory_analysis().temp_size_in_bytes
 
 
-def test_reversible_memory_is_flat_in_depth():
+@pytest.mark.parametrize('unroll', [None, 1], ids=['cpu_default_unrolled', 'rolled_as_on_gpu'])
+def test_reversible_memory_is_flat_in_depth(unroll, monkeypatch):
   """One stage of 3 vs 12 blocks: reversible temp memory stays, autodiff's grows."""
+  monkeypatch.setattr(reversible, 'UNROLL', unroll)
   memory = {(m, d): _temp_bytes(_one_stage(m, d)) for m in ('autodiff', 'reversible') for d in (3, 12)}
   assert memory['reversible', 12] <= 1.25 * memory['reversible', 3], memory
   assert memory['autodiff', 12] >= 2.5 * memory['autodiff', 3], memory

@@ -1,0 +1,1 @@
+"""Benchmarks that print tables: `python -m benchmarks.memory`, `.speed`, `.inversion`; gpu.sh."""

@@ -1,0 +1,79 @@
+"""Inversion error ||invert(forward(x)) - x|| / ||x|| per model and numeric setting.
+
+    python -m benchmarks.inversion                                 # cifar10, on this machine
+    python -m benchmarks.inversion --models=cifar10,bijective_released --batch=8
+
+Settings: float32 with 'default' precision (TF32-like convolutions on NVIDIA
+GPUs; full float32 on CPUs), float32 with 'highest' precision (what exact
+inversion needs), and bfloat16 compute (float32 coupling streams). Eval mode
+(running BN statistics) on freshly initialised variables and x uniform in [0, 1).
+"""
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import common
+
+SETTINGS = {   # name -> (dtype, precision)
+    'float32/default': ('float32', 'default'),
+    'float32/highest': ('float32', 'highest'),
+    'bfloat16': ('bfloat16', 'default'),
+}
+
+
+def _variables(net, x):
+  return jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])
+
+
+def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, report=print):
+  """Rows {model, setting, rel_error, max_abs_error, z dtype, seconds}, one per setting."""
+  rows, variables = [], None
+  for setting in settings:
+    dtype, precision = SETTINGS[setting]
+    config = common.model_config(model, smoke=smoke, dtype=dtype, precision=precision)
+    net = common.build(config)
+    x, _ = common.synthetic_batch(net, batch)
+    if variables is None:   # the parameter tree (float32) is the same for every setting
+      variables = _variables(net, x)
+
+    def roundtrip(variables, x):
+      _, z = net.forward(variables, x)
+      return net.invert(variables, z), z
+
+    start = time.perf_counter()
+    x_again, z = jax.jit(roundtrip)(variables, x)
+    x_again = np.asarray(x_again, np.float64)
+    seconds = time.perf_counter() - start
+    x64 = np.asarray(x, np.float64)
+    row = {'model': model, 'setting': setting, 'batch': batch,
+           'rel_error': float(np.linalg.norm(x_again - x64) / np.linalg.norm(x64)),
+           'max_abs_error': float(np.max(np.abs(x_again - x64))),
+           'z_dtype': str(z.dtype), 'seconds': seconds}
+    rows.append(row)
+    report(f'  {model} {setting}: relative error {row["rel_error"]:.2e}')
+  return rows
+
+
+COLUMNS = [('model', 'model', ''), ('setting', 'setting', ''), ('batch', 'batch', 'd'),
+           ('z_dtype', 'z dtype', ''), ('rel_error', 'rel. error', '.2e'),
+           ('max_abs_error', 'max abs error', '.2e'), ('seconds', 'compile+run s', '.1f')]
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--models', default='cifar10')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--settings', default=','.join(SETTINGS))
+  parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
+  args = parser.parse_args()
+  print(f'inversion error on {common.device_name()}, jax {jax.__version__}')
+  rows = []
+  for model in args.models.split(','):
+    rows += measure(model, args.batch, args.settings.split(','), args.smoke)
+  print(common.format_table(rows, COLUMNS))
+
+
+if __name__ == '__main__':
+  main()
