@@ -36,6 +36,7 @@ def tiny_model():
   c.strides = (1, 2)
   c.widths = (2, 8)
   c.bottleneck_mult = 1
+  c.dropout_rate = 0.0
   return c
 
 
