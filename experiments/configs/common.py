@@ -4,6 +4,7 @@ Every field here must exist in a config (`irevnet_jax.train.check_config` reject
 unknown and missing ones); see docs/training.md for what each one does.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -36,4 +37,30 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.seed = 0
   c.half_precision = False         # bfloat16 compute, float32 parameters and coupling streams
   c.num_devices = 0                # local devices to use; 0 = all (single-process runs only)
+  return c
+
+
+def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`base_config(model)` with TFDS ImageNet and the paper's recipe (shared by every ImageNet model).
+
+  SGD momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 divided by 10 every 32
+  epochs, 120 epochs, images in [0, 1]. For another global batch B scale the
+  rate linearly: learning_rate = 0.1 * B / 256.
+  """
+  c = base_config(model)
+  c.dataset.name = 'imagenet2012'
+  c.dataset.data_dir = placeholder(str)       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.dataset.manual_dir = placeholder(str)     # holds ILSVRC2012_img_{train,val}.tar; see docs
+  c.dataset.normalization = 'unit'            # images in [0, 1], as in the paper
+  c.dataset.shuffle_buffer = 10_000
+  c.batch_size = 256
+  c.num_epochs = 120.0
+  c.learning_rate = 0.1
+  c.lr_schedule = 'step'
+  c.lr_boundaries = (32, 64, 96)
+  c.lr_decay_factor = 0.1
+  c.weight_decay = 1e-4
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 2000
   return c

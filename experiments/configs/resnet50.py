@@ -16,16 +16,4 @@ from irevnet_jax import baselines
 
 
 def get_config():
-  c = common.base_config(baselines.resnet50())
-  c.dataset.name = 'imagenet2012'
-  c.batch_size = 256
-  c.num_epochs = 120.0
-  c.learning_rate = 0.1
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (32, 64, 96)
-  c.lr_decay_factor = 0.1
-  c.weight_decay = 1e-4
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 2000
-  return c
+  return common.imagenet_config(baselines.resnet50())
