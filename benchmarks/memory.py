@@ -8,7 +8,8 @@ Compiles (never runs) the jitted training step of `benchmarks.common` at 1x, 2x,
 allocates beyond its arguments (params, optimizer state, batch) and outputs.
 'autodiff' stores every block's activations, so it grows with depth;
 'reversible' stores only each stage's outputs and should stay flat (the
-gradient buffers, a few bytes per parameter, still grow with depth).
+gradient buffers, as large as the parameters, still grow with depth: the
+'temp-grads' columns leave them out).
 On CPU the block scans are unrolled by default (see `reversible.scan_unroll`);
 --rolled measures the rolled program that GPUs run.
 """
@@ -27,18 +28,21 @@ def measure(model: str, batch: int, base_blocks, multipliers, dtype='float32', m
   """Rows {mode, depth, blocks, temp_gib, ratio (to 1x), compile_s}, printed as they come."""
   rows = []
   for mode in modes:
-    first = None
+    first = first_act = None
     for m in multipliers:
       blocks = tuple(b * m for b in base_blocks)
       config = common.with_dtype(
           common.model_config(model, smoke=smoke, blocks=blocks, backprop=mode), dtype)
       compiled = common.compile_step(common.build(config), batch)
       first = first or compiled.temp_bytes
+      first_act = first_act or compiled.temp_bytes - compiled.param_bytes
       row = {'model': model, 'dtype': dtype, 'mode': mode, 'depth': f'{m}x',
              'blocks': '/'.join(map(str, blocks)), 'batch': batch,
              'temp_gib': compiled.temp_bytes / common.GIB,
+             'act_gib': (compiled.temp_bytes - compiled.param_bytes) / common.GIB,
              'peak_gib': compiled.peak_bytes / common.GIB,
              'ratio': compiled.temp_bytes / first, 'compile_s': compiled.compile_s}
+      row['act_ratio'] = row['act_gib'] * common.GIB / first_act
       rows.append(row)
       report(f'  {mode:10s} {row["blocks"]:>12s} temp {row["temp_gib"]:.3f} GiB '
              f'({row["ratio"]:.2f}x of 1x), compiled in {row["compile_s"]:.1f} s')
@@ -48,6 +52,7 @@ def measure(model: str, batch: int, base_blocks, multipliers, dtype='float32', m
 COLUMNS = [('model', 'model', ''), ('dtype', 'dtype', ''), ('mode', 'mode', ''),
            ('depth', 'depth', ''), ('blocks', 'blocks/stage', ''), ('batch', 'batch', 'd'),
            ('temp_gib', 'temp GiB', '.3f'), ('ratio', 'x of 1x', '.2f'),
+           ('act_gib', 'temp-grads GiB', '.3f'), ('act_ratio', 'x of 1x', '.2f'),
            ('peak_gib', 'peak GiB', '.3f'), ('compile_s', 'compile s', '.1f')]
 
 

@@ -16,6 +16,7 @@ inputs it rebuilds are the same) and discards its updates. Dropout masks are
 replayed from the per-block keys.
 """
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from irevnet_jax import blocks
@@ -65,6 +66,19 @@ def _forward_scan(spec, f_module, train, checkpoint, params, stats, pair, keys):
   return _scan(step, pair, (params, stats, keys))
 
 
+def _zero_after(tree):
+  """A float32 0 that XLA cannot know is 0 and that depends on every leaf of `tree`."""
+  return 0 * sum(jnp.ravel(leaf)[0].astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _plus(x, zero):
+  """x + zero for a float, integer or typed-key array: x, computed after `zero`'s inputs."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    data = _plus(jax.random.key_data(x), zero)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+  return x + zero.astype(x.dtype)
+
+
 def _reversible_scan(spec, f_module, train):
   """A custom_vjp function (params, stats, pair, keys) -> (pair, new_stats) over stacked blocks."""
 
@@ -83,12 +97,19 @@ def _reversible_scan(spec, f_module, train):
     def step(carry, xs):
       pair, grads = carry
       p, s, k = xs
+      # Exact no-ops that keep each block's backward step in one piece once a scan
+      # is unrolled (CPU), where XLA drops optimization barriers without ordering
+      # anything. Without them XLA merges the replayed dropout masks with the
+      # forward's (keeping every block's mask alive) and puts off the parameter
+      # gradients, needed only at the end, holding every block's F residuals:
+      # memory would grow with depth again. Costs one scalar per leaf.
+      k = _plus(k, _zero_after(grads))
 
       def f_of_params(p_, u):
         return blocks.apply_bottleneck(f_module, {'params': p_, 'batch_stats': s}, u, train, k)[0]
 
-      pair, grads, g_p = blocks.block_reverse_step(spec, f_of_params, p, pair, grads)
-      return (pair, grads), g_p
+      (u1, u2), grads, g_p = blocks.block_reverse_step(spec, f_of_params, p, pair, grads)
+      return ((_plus(u1, _zero_after(g_p)), u2), grads), g_p
 
     (_, g_in), g_params = _scan(step, (out, g_out), (params, stats, keys), reverse=True)
     return g_params, None, g_in, None
