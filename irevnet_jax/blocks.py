@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from irevnet_jax import norm as normalization
 from irevnet_jax import ops
 from irevnet_jax.presets import Architecture, BlockSpec
 
@@ -20,8 +21,6 @@ Pair = Tuple[jax.Array, jax.Array]
 # f(u) -> (F(u) in the stream dtype, updated batch_stats of F)
 FFn = Callable[[jax.Array], Tuple[jax.Array, dict]]
 
-BLOCK_BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
-BN_EPSILON = 1e-5
 # PyTorch's default conv/linear initialisation (the released code's), uniform with
 # variance 1 / (3 fan_in): smaller than LeCun's, which keeps F's gain and so the
 # float error of a reconstruction through ~100 blocks small.
@@ -55,9 +54,8 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     param_dtype = jnp.float64 if self.dtype == 'float64' else jnp.float32
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, momentum=BLOCK_BN_MOMENTUM,
-        epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=param_dtype,
-        axis_name=self.bn_axis_name)
+        normalization.BatchNorm, use_running_average=not train, dtype=self.dtype,
+        param_dtype=param_dtype, axis_name=self.bn_axis_name)
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype,
         precision=self.precision, kernel_init=torch_default_init)

@@ -12,10 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irevnet_jax import blocks, ops, presets, reversible
+from irevnet_jax import blocks, norm, ops, presets, reversible
 from irevnet_jax.presets import Architecture, StageSpec
-
-HEAD_BN_MOMENTUM = 0.1   # the released head BN uses PyTorch momentum 0.9
 
 
 def stream_dtype(arch: Architecture):
@@ -104,9 +102,9 @@ class IRevNet(nn.Module):
   def setup(self):
     self.stages = [Stage(self.arch, spec, self.bn_axis_name) for spec in self.arch.stages]
     param_dtype = stream_dtype(self.arch)
-    self.head_norm = nn.BatchNorm(
-        momentum=HEAD_BN_MOMENTUM, epsilon=blocks.BN_EPSILON, dtype=self.arch.dtype,
-        param_dtype=param_dtype, axis_name=self.bn_axis_name)
+    self.head_norm = norm.BatchNorm(
+        momentum=norm.HEAD_MOMENTUM, dtype=self.arch.dtype, param_dtype=param_dtype,
+        axis_name=self.bn_axis_name)
     self.classifier = nn.Dense(self.arch.num_classes, dtype=self.arch.dtype,
                                param_dtype=param_dtype, kernel_init=blocks.torch_default_init)
 
@@ -118,7 +116,10 @@ class IRevNet(nn.Module):
           f'Resize the input or set model.input_shape to match it.')
 
   def __call__(self, x, train: bool = False):
-    """x (N, H, W, C) -> (logits (N, num_classes) float32, z (N, H', W', C'))."""
+    """x (N, H, W, C) -> (logits (N, num_classes), z (N, H', W', C')).
+
+    logits are float32 (float64 in a float64 model) whatever F computes in.
+    """
     self._check_shape(x, self.arch.input_shape, 'x')
     x = jnp.asarray(x, stream_dtype(self.arch))
     pair = ops.split(ops.psi(x, self.arch.init_ds))
@@ -127,7 +128,7 @@ class IRevNet(nn.Module):
     z = ops.merge(*pair)
     h = nn.relu(self.head_norm(z, use_running_average=not train))
     logits = self.classifier(jnp.mean(h, axis=(1, 2)))
-    return logits.astype(jnp.float32), z
+    return logits.astype(stream_dtype(self.arch)), z
 
   def invert(self, z, train: bool = False):
     """z (N, H', W', C') -> x (N, H, W, C). Exact up to float rounding."""

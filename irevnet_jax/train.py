@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 import irevnet_jax
-from irevnet_jax import checkpoints, input_pipeline, metrics
+from irevnet_jax import checkpoints, collectives, input_pipeline, metrics
 
 AXIS = 'batch'   # the device axis: gradients, metrics and BN statistics are averaged over it
 
@@ -237,14 +237,14 @@ def train_step(state, batch, *, net, tx, schedule, axis_name=AXIS):
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state['params'])
-  grads = lax.pmean(grads, axis_name)
+  grads = collectives.ordered_mean(grads, axis_name)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   new_state = dict(state, step=state['step'] + 1, params=params, batch_stats=batch_stats,
                    opt_state=opt_state)
   step_metrics = {'loss': loss,
                   'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
-  step_metrics = lax.pmean(step_metrics, axis_name)
+  step_metrics = collectives.ordered_mean(step_metrics, axis_name)
   step_metrics['learning_rate'] = schedule(state['step'])
   step_metrics['param_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(p))
                                             for p in jax.tree_util.tree_leaves(params)))
@@ -273,7 +273,7 @@ def eval_step(state, batch, *, net, inverse_net=None, axis_name=AXIS):
     per_image = lambda a: jnp.sum(jnp.square(a.astype(jnp.float32)), axis=(1, 2, 3))
     sums['inversion_error_sq'] = jnp.sum(per_image(x_again - x) * mask)
     sums['image_sq'] = jnp.sum(per_image(x) * mask)
-  return lax.psum(sums, axis_name)
+  return collectives.ordered_sum(sums, axis_name)
 
 
 # ----------------------------------------------------------------------------- loop

@@ -10,7 +10,8 @@ import train_testlib as lib
 
 @pytest.fixture(scope='module')
 def single_process(tmp_path_factory):
-  """The reference: the tiny digits run in this process, on 4 devices, global batch 32."""
+  """The reference: the tiny digits run (dropout on) in this process, on 4 devices, global
+  batch 32."""
   workdir = str(tmp_path_factory.mktemp('single'))
   return train.train_and_evaluate(lib.make_config(), workdir).state
 
@@ -44,9 +45,11 @@ def test_two_processes_match_one_process(tmp_path, single_process):
   _assert_ok(_two_processes(workdir))
   _, variables, step = checkpoints.load_run(workdir)
   assert step == 24
-  lib.assert_trees_close(variables['params'], single_process['params'], rtol=1e-4, atol=1e-5)
+  # Cross-device means add in an order fixed by device index (irevnet_jax.collectives), so
+  # the runs agree to the last bit; with the backend's native all-reduce they drift apart.
+  lib.assert_trees_close(variables['params'], single_process['params'], rtol=1e-6, atol=1e-7)
   lib.assert_trees_close(variables['batch_stats'], single_process['batch_stats'],
-                         rtol=1e-4, atol=1e-5)
+                         rtol=1e-6, atol=1e-7)
   # Only process 0 writes metrics; each logged step once; eval saw every example once.
   records = metrics.read_jsonl(workdir)
   assert [r['step'] for r in records if 'train/loss' in r] == [8, 16, 24]
@@ -75,3 +78,14 @@ def test_two_processes_interrupted_and_restarted_resume(tmp_path, single_process
   lib.assert_trees_close(variables['params'], single_process['params'], rtol=1e-4, atol=1e-5)
   logged = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
   assert logged == [8, 16, 24]
+
+
+def test_two_processes_match_one_process_at_another_batch_size(tmp_path):
+  """Global batch 56 (14 per device), dropout on, 16 steps."""
+  overrides = {'batch_size': 56, 'num_train_steps': 16, 'checkpoint_every_steps': 16}
+  reference = train.train_and_evaluate(lib.make_config(**overrides), str(tmp_path / 'one'))
+  workdir = str(tmp_path / 'two')
+  _assert_ok(_two_processes(workdir, extra=[f'--config.{k}={v}' for k, v in overrides.items()]))
+  _, variables, step = checkpoints.load_run(workdir)
+  assert step == 16
+  lib.assert_trees_close(variables['params'], reference.state['params'], rtol=1e-6, atol=1e-7)

@@ -12,10 +12,9 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from irevnet_jax import norm as normalization
 from irevnet_jax.baselines.presets import BaselineArch, check_input
 
-BN_MOMENTUM = 0.9   # PyTorch momentum 0.1
-BN_EPSILON = 1e-5
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
@@ -28,8 +27,8 @@ def conv_and_norm(arch: BaselineArch, train: bool, bn_axis_name: Optional[str]):
   conv = functools.partial(nn.Conv, use_bias=False, dtype=arch.dtype,
                            param_dtype=param_dtype(arch), precision=arch.precision,
                            kernel_init=he_normal)
-  norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
-                           epsilon=BN_EPSILON, dtype=arch.dtype, param_dtype=param_dtype(arch),
+  norm = functools.partial(normalization.BatchNorm, use_running_average=not train,
+                           dtype=arch.dtype, param_dtype=param_dtype(arch),
                            axis_name=bn_axis_name)
   return conv, norm
 
@@ -97,4 +96,4 @@ class ResNet(nn.Module):
                  name=f'stage{i}_unit{j}')(x)
     logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=param_dtype(arch),
                       name='classifier')(jnp.mean(x, axis=(1, 2)))
-    return logits.astype(jnp.float32), x
+    return logits.astype(param_dtype(arch)), x

@@ -273,4 +273,4 @@ class RevNet(nn.Module):
     h = nn.relu(norm(name='head_norm')(features))
     logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=stream,
                       name='classifier')(jnp.mean(h, axis=(1, 2)))
-    return logits.astype(jnp.float32), features
+    return logits.astype(stream), features

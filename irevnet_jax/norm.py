@@ -1,0 +1,72 @@
+"""Batch normalisation for every network here, and its constants in one place.
+
+`BatchNorm` computes what `flax.linen.BatchNorm` computes (same variable names
+and initial values, statistics in at least float32, Var = E[x^2] - E[x]^2
+clipped at 0), with two differences:
+
+- synchronised statistics (`axis_name`) are averaged with
+  `collectives.ordered_mean`, so they have the same bits whatever the process
+  layout (Flax's `lax.pmean` does not; see `irevnet_jax.collectives`);
+- the running statistics have the parameters' dtype (float64 in a float64 model;
+  Flax creates them in float32).
+
+PyTorch's momentum m is Flax's 1 - m.
+"""
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from irevnet_jax import collectives
+
+EPSILON = 1e-5              # PyTorch's default
+BLOCK_MOMENTUM = 0.9        # every BN inside F and the baselines: PyTorch momentum 0.1
+HEAD_MOMENTUM = 0.1         # the released i-RevNet head BN: PyTorch momentum 0.9
+
+
+class BatchNorm(nn.Module):
+  """BN over all axes but the last: (..., C) -> (..., C).
+
+  Variables: params 'scale', 'bias' (C,); batch_stats 'mean', 'var' (C,).
+  `use_running_average` may be given here or at call time.
+  """
+  use_running_average: Optional[bool] = None
+  momentum: float = BLOCK_MOMENTUM
+  epsilon: float = EPSILON
+  dtype: Optional[Any] = None          # of the output; None: of the input
+  param_dtype: Any = jnp.float32
+  axis_name: Optional[str] = None      # pmap / shard_map axis of synchronised statistics
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x, use_running_average: Optional[bool] = None):
+    use_running_average = nn.merge_param(
+        'use_running_average', self.use_running_average, use_running_average)
+    features = x.shape[-1]
+    stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), stats_dtype)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), stats_dtype)
+
+    if use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean, var = self._batch_moments(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+      if not self.is_initializing():
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1 - m) * mean.astype(stats_dtype)
+        running_var.value = m * running_var.value + (1 - m) * var.astype(stats_dtype)
+
+    scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+    y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y if self.dtype is None else jnp.asarray(y, self.dtype)
+
+  def _batch_moments(self, x):
+    """(mean, variance) over all axes but the last, synchronised over `axis_name`."""
+    axes = tuple(range(x.ndim - 1))
+    moments = jnp.stack([x.mean(axes), lax.square(x).mean(axes)])
+    if self.axis_name is not None:
+      moments = collectives.ordered_mean(moments, self.axis_name)
+    mean, mean_sq = moments[0], moments[1]
+    return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
