@@ -1,12 +1,13 @@
 """Training throughput of the runner's pmapped step: steps/s and images/s per config.
 
     python benchmarks/train_speed.py     # digits (real data) + cifar10, 1 block/stage (synthetic)
-    python benchmarks/train_speed.py --configs=bijective --blocks= --batch_size=256 --half_precision
+    python benchmarks/train_speed.py --configs=bijective --blocks= --batch_size=256 --train_dtype=bfloat16
 
 Each config is experiments/configs/<name>.py; every one but digits reads
 synthetic images of its model's input shape (no dataset or TensorFlow needed).
-The timed loop is the training loop's own: next batch, shard, train step; the
-first `--warmup` steps (compilation included) are not timed. Prints a table.
+The timed loop is the training loop's own: prefetched batches (uint8, put on the
+devices two steps ahead), the compiled train step of `irevnet_jax.train.program`;
+the first `--warmup` steps (compilation included) are not timed. Prints a table.
 """
 import importlib
 import time
@@ -16,7 +17,11 @@ from absl import flags
 import jax
 import ml_collections
 
-from irevnet_jax import count_params, input_pipeline, train
+from irevnet_jax import count_params, input_pipeline
+from irevnet_jax.train import config as config_lib
+from irevnet_jax.train import program as program_lib
+from irevnet_jax.train import state as state_lib
+from irevnet_jax.train import steps as steps_lib
 
 flags.DEFINE_list('configs', ['digits', 'cifar10'], 'Names in experiments/configs/.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per config.')
@@ -25,7 +30,9 @@ flags.DEFINE_integer('batch_size', 0, 'Global batch; 0 = the config\'s (digits) 
 flags.DEFINE_list('blocks', ['1', '1', '1'],
                   'Override model.blocks of the synthetic configs (empty: keep the config\'s); '
                   'the default keeps a CPU run short.')
-flags.DEFINE_bool('half_precision', False, 'bfloat16 compute.')
+flags.DEFINE_enum('train_dtype', 'auto', ['auto', 'float32', 'bfloat16'],
+                  "Training compute dtype ('auto': bfloat16 on GPU/TPU, float32 on CPU).")
+flags.DEFINE_enum('parallel', 'pmap', ['pmap', 'shard_map'], 'Parallel back end.')
 flags.DEFINE_string('backprop', '', "Override model.backprop: autodiff | remat | reversible.")
 FLAGS = flags.FLAGS
 
@@ -39,19 +46,23 @@ def benchmark(name):
       config.model.blocks = tuple(int(b) for b in FLAGS.blocks)
   if FLAGS.batch_size:
     config.batch_size = FLAGS.batch_size
-  config.half_precision = FLAGS.half_precision
+  config.train_dtype = FLAGS.train_dtype
+  config.parallel = FLAGS.parallel
   if FLAGS.backprop:
     config.model.backprop = FLAGS.backprop
   devices = jax.local_devices()
   source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
-  program = train.build_program(config, source.num_train_examples, devices)
-  state = train.replicate(train.create_state(program.train_net, program.tx, 0), devices)
-  batches = source.train_batches(config.batch_size, 0, 1, seed=0, start_step=0)
+  normalization = steps_lib.Normalization(source.pixel_mean, source.pixel_std)
+  program = program_lib.build_program(config, source.num_train_examples, normalization,
+                                      devices)
+  state = program.backend.put_state(state_lib.create_state(program.train_net, program.tx, 0))
+  batches = program.backend.prefetch(
+      source.train_batches(config.batch_size, 0, 1, seed=0, start_step=0))
 
   def run(steps):
     nonlocal state
     for _ in range(steps):
-      state, step_metrics = program.p_train(state, train.shard(next(batches), len(devices)))
+      state, step_metrics = program.train_step(state, next(batches))
     jax.block_until_ready(step_metrics)
 
   start = time.perf_counter()
@@ -62,7 +73,7 @@ def benchmark(name):
   rate = FLAGS.steps / (time.perf_counter() - start)
   blocks = ','.join(map(str, config.model.blocks))
   return (name, source.name, blocks, count_params(program.train_net), config.model.backprop,
-          'bf16' if config.half_precision else 'f32', config.batch_size, len(devices),
+          config_lib.resolved_train_dtype(config), config.batch_size, len(devices),
           compile_s, rate, rate * config.batch_size)
 
 

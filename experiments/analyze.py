@@ -57,8 +57,9 @@ def main(argv):
                                 for f in dataclasses.fields(pipeline.Options)})
   pipeline.analyze(
       net, variables,
-      source.train_batches(FLAGS.batch_size, 0, 1, seed=options.seed, start_step=0),
-      source.eval_batches(FLAGS.batch_size, 0, 1),
+      input_pipeline.normalized(
+          source.train_batches(FLAGS.batch_size, 0, 1, seed=options.seed, start_step=0), source),
+      input_pipeline.normalized(source.eval_batches(FLAGS.batch_size, 0, 1), source),
       FLAGS.out_dir or os.path.join(FLAGS.workdir, 'analysis'), options,
       num_train=source.num_train_examples, num_eval=source.num_eval_examples,
       run_info={'workdir': FLAGS.workdir, 'step': step,

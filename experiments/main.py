@@ -50,7 +50,7 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, workdir)
   except train.Preempted as preempted:
     logging.warning('%s', preempted)
-    sys.exit(143)   # 128 + SIGTERM: schedulers see an interrupted job
+    sys.exit(preempted.exit_code)   # 143 (SIGTERM) or 130 (Ctrl-C): an interrupted job
 
 
 if __name__ == '__main__':

@@ -7,8 +7,12 @@ process and a run on several see the same global batches.
 
     source = get_source(config.dataset, model_input_shape=(8, 8, 1))
     for batch in source.train_batches(64, 0, 1, seed=0, start_step=0):
-      batch['image']  # float32 (64, 8, 8, 1) in [0, 1]
+      batch['image']  # uint8 (64, 8, 8, 1) pixels
       batch['label']  # int32 (64,)
+    x = (batch['image'] - source.pixel_mean) / source.pixel_std   # the model's input
+
+Images stay uint8 up to the device (a quarter of float32's bytes to move); the
+training step normalises them there with the source's `pixel_mean` / `pixel_std`.
 
 TensorFlow is imported only for TFDS names (`irevnet_jax.tfds_pipeline`).
 """
@@ -28,18 +32,30 @@ class DataSource(Protocol):
   num_classes: int
   num_train_examples: int
   num_eval_examples: int
+  pixel_mean: Tuple[float, ...]       # per channel, in pixel units: the model's input is
+  pixel_std: Tuple[float, ...]        # (image - pixel_mean) / pixel_std
 
   def train_batches(self, local_batch_size: int, process_index: int, process_count: int,
                     seed: int, start_step: int) -> Iterator[dict]:
-    """Endless iterator of {'image': float32 (B, H, W, C), 'label': int32 (B,)} for this
+    """Endless iterator of {'image': uint8 (B, H, W, C), 'label': int32 (B,)} for this
     process; deterministic in (seed, step): starting at start_step yields exactly the
     batches a run from step 0 would have yielded from that step on."""
 
   def eval_batches(self, local_batch_size: int, process_index: int,
                    process_count: int) -> Iterator[dict]:
-    """One pass over the eval split: {'image', 'label', 'mask' float32 (B,)}; the last batch
-    is padded (mask 0); over all processes every eval example appears exactly once with
-    mask 1, and every process yields the same number of batches."""
+    """One pass over the eval split: {'image', 'label', 'mask' float32 (B,), 'index' int32
+    (B,)}; `index` numbers the examples of the split (-1 for padding); the last batch is
+    padded (mask 0); over all processes every eval example appears exactly once with mask
+    1, and every process yields the same number of batches."""
+
+
+def normalized(batches: Iterator[dict], source) -> Iterator[dict]:
+  """`batches` with 'image' as the model's float32 input, (image - pixel_mean) / pixel_std,
+  on the host (the training step does the same on the device)."""
+  mean = np.asarray(source.pixel_mean, np.float32)
+  std = np.asarray(source.pixel_std, np.float32)
+  for batch in batches:
+    yield dict(batch, image=(np.asarray(batch['image'], np.float32) - mean) / std)
 
 
 def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -48,7 +64,7 @@ def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 class ArraySource:
-  """A source over in-memory arrays: images float32 (N, H, W, C), labels int (N,).
+  """A source over in-memory arrays: images uint8 (N, H, W, C), labels int (N,).
 
   Training reads an endless stream of epochs, each a fresh permutation drawn
   from (seed, epoch); global batch s is positions [s * G, (s + 1) * G) of that
@@ -56,10 +72,12 @@ class ArraySource:
   """
 
   def __init__(self, name, train_images, train_labels, eval_images, eval_labels,
-               num_classes):
+               num_classes, pixel_mean, pixel_std):
     self.name = name
-    self._train = (np.asarray(train_images, np.float32), np.asarray(train_labels, np.int32))
-    self._eval = (np.asarray(eval_images, np.float32), np.asarray(eval_labels, np.int32))
+    self._train = (np.asarray(train_images, np.uint8), np.asarray(train_labels, np.int32))
+    self._eval = (np.asarray(eval_images, np.uint8), np.asarray(eval_labels, np.int32))
+    self.pixel_mean = tuple(float(m) for m in pixel_mean)
+    self.pixel_std = tuple(float(s) for s in pixel_std)
     self.input_shape = tuple(self._train[0].shape[1:])
     self.num_classes = int(num_classes)
     self.num_train_examples = len(self._train[1])
@@ -93,9 +111,10 @@ class ArraySource:
       positions = np.arange(first, first + local_batch_size)
       valid = positions < n
       index = np.where(valid, positions, 0)
-      image = images[index] * valid[:, None, None, None]
-      yield {'image': image.astype(np.float32), 'label': labels[index] * valid,
-             'mask': valid.astype(np.float32)}
+      image = images[index] * valid[:, None, None, None].astype(np.uint8)
+      yield {'image': image, 'label': labels[index] * valid,
+             'mask': valid.astype(np.float32),
+             'index': np.where(valid, positions, -1).astype(np.int32)}
 
 
 # scikit-learn's 8x8 digits: 1,797 images, pixel values 0..16.
@@ -104,7 +123,8 @@ DIGITS_SPLIT_SEED = 0
 
 
 def digits_source() -> ArraySource:
-  """scikit-learn's bundled 8x8 handwritten digits, scaled to [0, 1], shape (8, 8, 1).
+  """scikit-learn's bundled 8x8 handwritten digits, shape (8, 8, 1): uint8 values 0..16,
+  normalised to [0, 1] (pixel_std 16).
 
   Fixed split: within each class, a shuffle with numpy seed 0 holds out
   round(20%) of its images for evaluation: 359 eval and 1,438 train images,
@@ -112,7 +132,7 @@ def digits_source() -> ArraySource:
   """
   from sklearn import datasets  # bundled with scikit-learn: no download
   digits = datasets.load_digits()
-  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  images = digits.images.astype(np.uint8)[..., None]
   labels = digits.target.astype(np.int32)
   rng = np.random.default_rng(DIGITS_SPLIT_SEED)
   eval_index = []
@@ -124,11 +144,13 @@ def digits_source() -> ArraySource:
   train_index = rng.permutation(np.flatnonzero(~eval_mask))
   eval_index = np.sort(np.flatnonzero(eval_mask))
   return ArraySource('digits', images[train_index], labels[train_index],
-                     images[eval_index], labels[eval_index], num_classes=10)
+                     images[eval_index], labels[eval_index], num_classes=10,
+                     pixel_mean=(0.0,), pixel_std=(16.0,))
 
 
 class SyntheticSource:
-  """Random images of the model's input shape and random labels, for benchmarks.
+  """Random uint8 images of the model's input shape (normalised to [0, 1]) and random
+  labels, for benchmarks and tests.
 
   Training cycles through a small pool of batches drawn once per (seed,
   process), so producing a batch costs nothing; there is nothing to learn.
@@ -141,9 +163,11 @@ class SyntheticSource:
     self.num_classes = int(num_classes)
     self.num_train_examples = int(num_train_examples)
     self.num_eval_examples = int(num_eval_examples)
+    self.pixel_mean = (0.0,) * self.input_shape[-1]
+    self.pixel_std = (255.0,) * self.input_shape[-1]
 
   def _random_batch(self, rng, size):
-    return {'image': rng.random((size, *self.input_shape), dtype=np.float32),
+    return {'image': rng.integers(0, 256, (size, *self.input_shape), dtype=np.uint8),
             'label': rng.integers(0, self.num_classes, size, dtype=np.int32)}
 
   def train_batches(self, local_batch_size, process_index, process_count, seed, start_step):
@@ -159,9 +183,11 @@ class SyntheticSource:
     for index, start in enumerate(range(0, self.num_eval_examples, global_batch)):
       rng = np.random.default_rng([1, index, process_index])
       batch = self._random_batch(rng, local_batch_size)
-      first = start + process_index * local_batch_size
-      batch['mask'] = (np.arange(first, first + local_batch_size)
-                       < self.num_eval_examples).astype(np.float32)
+      positions = np.arange(start + process_index * local_batch_size,
+                            start + (process_index + 1) * local_batch_size)
+      valid = positions < self.num_eval_examples
+      batch['mask'] = valid.astype(np.float32)
+      batch['index'] = np.where(valid, positions, -1).astype(np.int32)
       yield batch
 
 

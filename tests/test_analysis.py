@@ -18,7 +18,7 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import blocks, presets
+from irevnet_jax import blocks, input_pipeline, presets
 from irevnet_jax.analysis import (features, interpolation, pca, pipeline, plots, probes,
                                   reconstruction)
 
@@ -57,14 +57,16 @@ def train_tiny(net, source, steps=TRAIN_STEPS, batch=64):
     params = optax.apply_updates(variables['params'], updates)
     return {'params': params, 'batch_stats': state['batch_stats']}, opt_state
 
-  for _, b in zip(range(steps), source.train_batches(batch, 0, 1, seed=0, start_step=0)):
+  batches = input_pipeline.normalized(source.train_batches(batch, 0, 1, seed=0, start_step=0),
+                                      source)
+  for _, b in zip(range(steps), batches):
     variables, opt_state = step(variables, opt_state, b['image'], b['label'])
   return jax.device_get(variables)
 
 
 def all_eval(source):
   xs, ys = [], []
-  for b in source.eval_batches(256, 0, 1):
+  for b in input_pipeline.normalized(source.eval_batches(256, 0, 1), source):
     keep = b['mask'] > 0
     xs.append(b['image'][keep])
     ys.append(b['label'][keep])
@@ -73,8 +75,8 @@ def all_eval(source):
 
 def all_train(source):
   xs, ys = [], []
-  for _, b in zip(range(-(-source.num_train_examples // 256)),
-                  source.train_batches(256, 0, 1, seed=0, start_step=0)):
+  for _, b in zip(range(-(-source.num_train_examples // 256)), input_pipeline.normalized(
+      source.train_batches(256, 0, 1, seed=0, start_step=0), source)):
     xs.append(b['image'])
     ys.append(b['label'])
   n = source.num_train_examples
@@ -122,7 +124,7 @@ def test_reconstruction_numbers_equal_direct_computation(run):
   fn = features.make_batch_fn(net, features.irevnet_depths(net.arch, every_k=1),
                               with_inverse=True)
   x, x_hat = [], []
-  for b in source.eval_batches(128, 0, 1):
+  for b in input_pipeline.normalized(source.eval_batches(128, 0, 1), source):
     keep = b['mask'] > 0
     x.append(b['image'][keep])
     x_hat.append(np.asarray(fn(variables, b['image'])['x_hat'])[keep])

@@ -20,7 +20,8 @@ def test_digits_split_is_fixed_and_real(digits):
   assert digits.input_shape == (8, 8, 1) and digits.num_classes == 10
   train_images, train_labels = digits._train
   eval_images, eval_labels = digits._eval
-  assert train_images.min() == 0.0 and train_images.max() == 1.0
+  assert train_images.dtype == np.uint8 and train_images.min() == 0 and train_images.max() == 16
+  assert digits.pixel_mean == (0.0,) and digits.pixel_std == (16.0,)   # the model sees [0, 1]
   assert np.bincount(eval_labels).min() >= 35    # stratified: every class held out
   # The split is a partition of the 1,797 scikit-learn images (no overlap).
   rows = {r.tobytes() for r in train_images.reshape(len(train_images), -1)}
@@ -38,7 +39,7 @@ def test_train_batches_resume_at_any_step(digits):
     batch = next(resumed)
     np.testing.assert_array_equal(batch['image'], batches[step]['image'])
     np.testing.assert_array_equal(batch['label'], batches[step]['label'])
-  assert batches[0]['image'].dtype == np.float32 and batches[0]['label'].dtype == np.int32
+  assert batches[0]['image'].dtype == np.uint8 and batches[0]['label'].dtype == np.int32
   # An epoch visits every training image once.
   epoch = np.concatenate([b['label'] for b in batches])[:1438]
   np.testing.assert_array_equal(np.bincount(epoch), np.bincount(digits._train[1]))

@@ -8,13 +8,19 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs import common
-from irevnet_jax import checkpoints, metrics, presets, train
+from irevnet_jax import checkpoints, metrics, train
+from irevnet_jax.train import optimizer, parallel
 import train_testlib as lib
 
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(lib.REPO, 'experiments', 'configs'))
+                 if f.endswith('.py') and f not in ('__init__.py', 'common.py'))
 
-def test_config_fields_match_common_defaults():
-  assert set(common.base_config(presets.digits()).keys()) == train.CONFIG_FIELDS
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_every_experiment_config_passes_the_checks(name):
+  import importlib
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  train.check_config(config)
 
 
 @pytest.mark.parametrize('override, message', [
@@ -41,13 +47,13 @@ def test_config_errors(tmp_path, override, message):
 def test_learning_rate_schedules():
   config = lib.make_config(learning_rate=0.4, warmup_epochs=1.0, lr_schedule='step',
                            lr_boundaries=(2, 3), lr_decay_factor=0.1)
-  schedule = train.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
+  schedule = optimizer.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
   rates = np.array([float(schedule(s)) for s in range(40)])
   np.testing.assert_allclose(rates[:10], 0.4 * np.arange(1, 11) / 10, rtol=1e-6)
   np.testing.assert_allclose(rates[[10, 19, 20, 29, 30, 39]],
                              [0.4, 0.4, 0.04, 0.04, 0.004, 0.004], rtol=1e-5)
   config.lr_schedule = 'cosine'
-  schedule = train.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
+  schedule = optimizer.learning_rate_schedule(config, total_steps=40, steps_per_epoch=10)
   assert float(schedule(10)) == pytest.approx(0.4)
   assert float(schedule(25)) == pytest.approx(0.2, rel=1e-5)
   assert float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
@@ -119,9 +125,10 @@ def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
   if signal_name == 'KILL':
     assert code == -signal.SIGKILL, output[-3000:]
     assert max(steps) == 8, steps
-  else:   # SIGTERM: saves after the step in flight, exits with 128 + 15
+  else:   # SIGTERM: saves after the step in flight, exits with 128 + 15. Batches are
+    # prefetched PREFETCH ahead: batch 12 is read while step 12 - PREFETCH + 2 is dispatched.
     assert code == 143, output[-3000:]
-    assert max(steps) == 13, steps
+    assert max(steps) == 12 - parallel.PREFETCH + 2, steps
   # Rerunning the same command resumes and ends where the uninterrupted run ends
   # (same data order, same dropout masks).
   result = train.train_and_evaluate(lib.make_config(), workdir)

@@ -1,43 +1,14 @@
-"""Training defaults shared by every experiment config (configs override a few fields).
+"""Training defaults shared by the experiment configs.
 
-Every field here must exist in a config (`irevnet_jax.train.check_config` rejects
-unknown and missing ones); see docs/training.md for what each one does.
+`base_config(model)` (from `irevnet_jax.train.config`, where every field is
+documented and checked) sets every field; `imagenet_config(model)` adds the
+paper's ImageNet recipe. Each config file overrides a few fields; see
+docs/training.md for what each one does.
 """
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-
-def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """An experiment config around `model` (a preset from `irevnet_jax.presets`)."""
-  c = ml_collections.ConfigDict()
-  c.model = model
-
-  c.dataset = ml_collections.ConfigDict()
-  c.dataset.name = 'digits'        # 'digits' | 'synthetic' | TFDS names (imagenet2012, cifar10, ...)
-
-  c.batch_size = 128               # global, over all devices and processes
-  c.eval_batch_size = 256          # global; the last eval batch is padded and masked
-  c.num_train_steps = -1           # > 0 wins over num_epochs
-  c.num_epochs = 10.0
-
-  c.learning_rate = 0.1            # peak rate (after warm-up)
-  c.lr_schedule = 'step'           # 'step' | 'cosine'
-  c.lr_boundaries = ()             # in epochs, for 'step'
-  c.lr_decay_factor = 0.1          # multiplies the rate at each boundary
-  c.warmup_epochs = 0.0            # linear warm-up from ~0 to learning_rate
-  c.momentum = 0.9
-  c.nesterov = False
-  c.weight_decay = 1e-4            # L2 on all parameters, as in the paper
-
-  c.log_every_steps = 50
-  c.eval_every_steps = 500         # <= 0: evaluate only at the end
-  c.checkpoint_every_steps = 500   # <= 0: checkpoint only at the end (and on SIGTERM)
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True       # write checkpoints in the background (Orbax async)
-  c.seed = 0
-  c.half_precision = False         # bfloat16 compute, float32 parameters and coupling streams
-  c.num_devices = 0                # local devices to use; 0 = all (single-process runs only)
-  return c
+from irevnet_jax.train.config import base_config
 
 
 def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -63,4 +34,5 @@ def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2000
+  c.eval_inversion_examples = 1024   # a fixed subset: 2 exact passes each
   return c

@@ -1,0 +1,132 @@
+"""Data-parallel back ends: where the train state and batches live, and how steps compile.
+
+Both run the per-device steps of `irevnet_jax.train.steps` unchanged, on the
+local devices of every process, with the device axis named `steps.AXIS`:
+
+- `PmapBackend` (the default, `parallel='pmap'`): `jax.pmap`; the state is
+  replicated with a leading axis of one copy per local device.
+- `ShardMapBackend` (`parallel='shard_map'`): `jax.jit` of `jax.shard_map` over a
+  1-D mesh of all devices, with `check_vma=False`. That flag gives shard_map
+  pmap's semantics: autodiff does not sum the gradients of replicated
+  parameters over the devices by itself (with the default `check_vma=True` it
+  does, and the step's own mean would then leave them N times too large). The
+  state is one replicated global array per leaf.
+
+Each process hands its own rows of the global batch (B / processes, ...) to
+`prefetch`, which puts them on the devices two batches ahead of the step.
+"""
+import collections
+import itertools
+from typing import Callable, Iterable, Iterator, Sequence
+
+from flax import jax_utils
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+from irevnet_jax.train.steps import AXIS
+
+PREFETCH = 2   # batches on the devices ahead of the step: overlaps a transfer with a step
+
+
+def select_devices(num_devices: int):
+  """The local devices to train on: all of them, or the first `num_devices`."""
+  local = jax.local_devices()
+  if num_devices <= 0:
+    return local
+  if jax.process_count() > 1:
+    raise ValueError(f'num_devices={num_devices} restricts devices in single-process runs '
+                     f'only; use num_devices=0 with several processes.')
+  if num_devices > len(local):
+    raise ValueError(f'num_devices={num_devices} but only {len(local)} local devices exist; '
+                     f'use num_devices<={len(local)} (0 = all).')
+  return local[:num_devices]
+
+
+class PmapBackend:
+  """`jax.pmap` over the local devices (of every process)."""
+  name = 'pmap'
+
+  def __init__(self, devices: Sequence):
+    self.local_devices = list(devices)
+    self.num_local = len(self.local_devices)
+    self.num_global = self.num_local * jax.process_count()
+
+  def compile(self, step: Callable, donate_state: bool = False):
+    """step(state, batch) -> outputs, per device -> the pmapped step."""
+    pmap_devices = self.local_devices if jax.process_count() == 1 else None  # None: all
+    donate = (0,) if donate_state and jax.default_backend() != 'cpu' else ()
+    return jax.pmap(step, axis_name=AXIS, devices=pmap_devices, donate_argnums=donate)
+
+  def put_state(self, host_state):
+    return jax_utils.replicate(host_state, self.local_devices)
+
+  def to_host(self, tree):
+    """Replicated device tree (the state or a step's outputs) -> host numpy (one copy)."""
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+
+  def _split(self, batch):
+    """{(B_local, ...)} -> {(local devices, B_local / local devices, ...)}."""
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape(self.num_local, -1, *a.shape[1:]), batch)
+
+  def put_batch(self, batch):
+    return next(self.prefetch([batch], size=1))
+
+  def prefetch(self, batches: Iterable[dict], size: int = PREFETCH) -> Iterator:
+    return jax_utils.prefetch_to_device(map(self._split, batches), size, self.local_devices)
+
+
+class ShardMapBackend:
+  """`jax.jit` + `jax.shard_map` over a 1-D mesh of the devices of every process."""
+  name = 'shard_map'
+
+  def __init__(self, devices: Sequence):
+    self.local_devices = list(devices)
+    self.num_local = len(self.local_devices)
+    self.num_global = self.num_local * jax.process_count()
+    mesh_devices = self.local_devices if jax.process_count() == 1 else jax.devices()
+    self.mesh = Mesh(np.array(mesh_devices), (AXIS,))
+    self._replicated = NamedSharding(self.mesh, PartitionSpec())
+    self._batch_sharding = NamedSharding(self.mesh, PartitionSpec(AXIS))
+
+  def compile(self, step: Callable, donate_state: bool = False):
+    spec = PartitionSpec()
+    sharded = jax.shard_map(step, mesh=self.mesh, in_specs=(spec, PartitionSpec(AXIS)),
+                            out_specs=spec, check_vma=False)
+    donate = (0,) if donate_state and jax.default_backend() != 'cpu' else ()
+    return jax.jit(sharded, donate_argnums=donate)
+
+  def put_state(self, host_state):
+    def put(x):
+      x = np.asarray(x)
+      return jax.make_array_from_callback(x.shape, self._replicated, lambda index: x[index])
+    return jax.tree_util.tree_map(put, host_state)
+
+  def to_host(self, tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
+
+  def put_batch(self, batch):
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(a)),
+        batch)
+
+  def prefetch(self, batches: Iterable[dict], size: int = PREFETCH) -> Iterator:
+    queue = collections.deque()
+    batches = iter(batches)
+
+    def enqueue(n):
+      for batch in itertools.islice(batches, n):
+        queue.append(self.put_batch(batch))
+
+    enqueue(size)
+    while queue:
+      yield queue.popleft()
+      enqueue(1)
+
+
+BACKENDS = {'pmap': PmapBackend, 'shard_map': ShardMapBackend}
+
+
+def make_backend(name: str, devices: Sequence):
+  return BACKENDS[name](devices)

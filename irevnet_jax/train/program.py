@@ -1,0 +1,66 @@
+"""What an experiment config compiles to: nets, optimizer, schedule and the parallel steps."""
+import collections
+import functools
+from typing import Any, NamedTuple, Optional, Tuple
+
+import jax
+
+import irevnet_jax
+from irevnet_jax.train import config as config_lib
+from irevnet_jax.train import optimizer, parallel, steps
+
+
+class Program(NamedTuple):
+  """The compiled pieces of one run. `exact_net` / `inversion_step` are None for models
+  that are not invertible."""
+  train_net: Any                 # train_dtype, train_precision, synchronised BN
+  exact_net: Optional[Any]       # float32 (float64), precision 'highest'
+  tx: Any
+  schedule: Any
+  total_steps: int
+  steps_per_epoch: float
+  input_shape: Tuple[int, int, int]
+  backend: Any                   # parallel.PmapBackend or parallel.ShardMapBackend
+  train_step: Any                # (state, batch) -> (state, metrics), on the devices
+  eval_step: Any                 # (state, batch) -> sums
+  inversion_step: Optional[Any]  # (state, batch) -> sums
+
+
+_CACHE = collections.OrderedDict()   # the last few Programs: a resumed run in the same
+                                     # process (tests, notebooks) reuses the compiled steps
+
+
+def build_program(config, num_train_examples: int, normalization: steps.Normalization,
+                  devices) -> Program:
+  """The `Program` of `config` on `devices` (this process's; all processes' take part)."""
+  key = (config.to_json(sort_keys=True), num_train_examples, tuple(normalization),
+         tuple(devices), jax.process_count(), jax.default_backend())
+  if key in _CACHE:
+    _CACHE.move_to_end(key)
+    return _CACHE[key]
+  train_model = config_lib.train_model_config(config)
+  train_net = irevnet_jax.build(train_model, bn_axis_name=steps.AXIS)
+  eval_net = irevnet_jax.build(train_model)          # per-device BN statistics are unused
+  exact_net = None
+  if train_net.invertible:
+    exact_net = irevnet_jax.build(config_lib.exact_model_config(config.model))
+  total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
+  schedule = optimizer.learning_rate_schedule(config, total_steps, steps_per_epoch)
+  tx = optimizer.make_optimizer(config, schedule)
+  backend = parallel.make_backend(config.parallel, devices)
+  common = {'normalize': normalization, 'ordered': bool(config.ordered_reductions)}
+  train_step = backend.compile(
+      functools.partial(steps.train_step, net=train_net, tx=tx, schedule=schedule, **common),
+      donate_state=True)
+  eval_step = backend.compile(functools.partial(steps.eval_step, net=eval_net, **common))
+  inversion_step = None
+  if exact_net is not None:
+    inversion_step = backend.compile(
+        functools.partial(steps.inversion_step, exact_net=exact_net, **common))
+  program = Program(train_net, exact_net, tx, schedule, total_steps, steps_per_epoch,
+                    tuple(train_net.input_shape), backend, train_step, eval_step,
+                    inversion_step)
+  _CACHE[key] = program
+  while len(_CACHE) > 2:
+    _CACHE.popitem(last=False)
+  return program
