@@ -1,12 +1,13 @@
 """The authors' PyTorch i-RevNet (jhjacobsen/pytorch-i-revnet) <-> irevnet_jax variables.
 
+    import irevnet_jax
     from irevnet_jax import presets
     from irevnet_jax.interop import authors
 
     config = presets.bijective_released()
     state_dict = authors.load_state_dict('ILSVRC_trained_irevnet.pth.tar')   # or an .npz
     variables = authors.to_variables(state_dict, config)
-    logits, z = irevnet_jax.build(config).forward(variables, x)   # x NHWC: x_nchw.transpose(0, 2, 3, 1)
+    logits, z = irevnet_jax.build(config).forward(variables, x)   # x NHWC (N, 224, 224, 3)
     authors.save_state_dict('export.pth.tar', authors.from_variables(variables, config))
 
 The model config must give the architecture the file was made with (the
@@ -195,7 +196,8 @@ def _count_source(num_batches_tracked, abstract):
   if isinstance(num_batches_tracked, Mapping):
     template = strip_prefix(num_batches_tracked)
     return lambda key: np.array(template[key]) if key in template else None
-  if isinstance(num_batches_tracked, numbers.Integral) and not isinstance(num_batches_tracked, bool):
+  if isinstance(num_batches_tracked, numbers.Integral) and not isinstance(
+      num_batches_tracked, bool):
     if abstract:
       return lambda key: jax.ShapeDtypeStruct((), np.int64)
     return lambda key: np.array(num_batches_tracked, np.int64)

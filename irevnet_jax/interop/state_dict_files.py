@@ -17,6 +17,8 @@ NPZ_SNIPPET = (
     "np.savez('OUT.npz', **{k: v.numpy() for k, v in checkpoint.get('state_dict', checkpoint).items()})")
 TORCH_SUFFIXES = ('.pth.tar', '.pth', '.pt')
 ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
+# A legacy (non-zip) torch.save file is a pickle whose first object is this number.
+TORCH_LEGACY_MAGIC = (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
 
 
 class CheckpointFormatError(ValueError):
@@ -27,13 +29,19 @@ class PyTorchMissingError(ImportError):
   """A PyTorch file was to be read or written, and PyTorch is not installed."""
 
 
+def npz_snippet(path) -> str:
+  """Three lines of Python that turn the PyTorch file `path` into an .npz state dict."""
+  out = path[:-len('.pth.tar')] if path.endswith('.pth.tar') else os.path.splitext(path)[0]
+  return NPZ_SNIPPET.replace("'IN.pth.tar'", repr(path)).replace("'OUT.npz'", repr(out + '.npz'))
+
+
 def _import_torch(path, reading: bool):
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as error:
     if reading:
       route = ('Or convert it to .npz where PyTorch is installed, and read the .npz here '
-               f'(no PyTorch needed):\n{NPZ_SNIPPET}')
+               f'(no PyTorch needed):\n{npz_snippet(path)}')
     else:
       route = 'Or write a .npz instead (no PyTorch needed).'
     raise PyTorchMissingError(
@@ -46,8 +54,8 @@ def _import_torch(path, reading: bool):
 def _format_of(path) -> str:
   """'npz' or 'torch', from the file's contents (not its name)."""
   with open(path, 'rb') as f:
-    head = f.read(4)
-  if head in ZIP_MAGIC:
+    head = f.read(32)
+  if head[:4] in ZIP_MAGIC:
     try:
       with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
@@ -60,11 +68,11 @@ def _format_of(path) -> str:
     raise CheckpointFormatError(
         f'{path!r} is a zip archive, but neither a NumPy .npz of arrays nor a PyTorch '
         f'checkpoint (it holds {names[:5]}).')
-  if head[:1] == b'\x80':
-    return 'torch'                         # a pickle: PyTorch's legacy (non-zip) format
+  if head[:1] == b'\x80' and TORCH_LEGACY_MAGIC in head:
+    return 'torch'                         # PyTorch's legacy (non-zip) format
   raise CheckpointFormatError(
       f'{path!r} is not a checkpoint: neither a NumPy .npz archive nor a PyTorch file '
-      f'(.pth / .pth.tar, zip or legacy pickle); it starts with {head!r}.')
+      f'(.pth / .pth.tar, zip or legacy format); it starts with {head[:8]!r}.')
 
 
 def _load_npz(path):
@@ -108,7 +116,7 @@ def _load_torch(path, weights_only):
   return out
 
 
-def load_state_dict(path, *, weights_only: bool = True) -> 'collections.OrderedDict[str, np.ndarray]':
+def load_state_dict(path, *, weights_only: bool = True) -> 'collections.OrderedDict':
   """Reads a state dict (name -> numpy array, in the file's order) from a file.
 
   Formats, told apart by content: a NumPy `.npz` of arrays (no PyTorch
@@ -128,15 +136,13 @@ def load_state_dict(path, *, weights_only: bool = True) -> 'collections.OrderedD
 
 
 def _as_arrays(state_dict) -> 'collections.OrderedDict[str, np.ndarray]':
-  """Checks every value before anything is written."""
+  """Every value as a numeric numpy array, checked before anything is written."""
   arrays = collections.OrderedDict()
   for key, value in state_dict.items():
-    if not hasattr(value, '__array__'):
-      raise TypeError(f'State dict entry {key!r} is a {type(value).__name__}, not an array '
-                      '(a state dict of shapes only cannot be written).')
     arrays[key] = np.asarray(value)
     if arrays[key].dtype == object:
-      raise TypeError(f'State dict entry {key!r} is not a numeric array.')
+      raise TypeError(f'State dict entry {key!r} is a {type(value).__name__}, not a numeric '
+                      'array (a state dict of shapes only cannot be written).')
   return arrays
 
 
