@@ -177,9 +177,9 @@ def _flat_variables(variables, plan):
   flat = traverse_util.flatten_dict({'params': dict(variables['params']),
                                      'batch_stats': dict(variables.get('batch_stats', {}))})
   expected = {(e.collection,) + e.path: e.leaf_shape for e in plan if e.kind != 'count'}
-  missing = [str(p) for p in expected if p not in flat]
-  unexpected = [str(p) for p in flat if p not in expected]
-  wrong = [f'{p} is {tuple(np.shape(flat[p]))}, this config needs {shape}'
+  missing = ['/'.join(p) for p in expected if p not in flat]
+  unexpected = ['/'.join(p) for p in flat if p not in expected]
+  wrong = [f'{"/".join(p)} is {tuple(np.shape(flat[p]))}, this config needs {shape}'
            for p, shape in expected.items() if p in flat and tuple(np.shape(flat[p])) != shape]
   if missing or unexpected or wrong:
     raise StateDictMismatchError(
