@@ -163,3 +163,26 @@ def test_importing_the_model_does_not_import_tensorflow():
           'jax.eval_shape(net.invert, v, z)\n'
           'assert "tensorflow" not in sys.modules, "tensorflow was imported"\n')
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+@pytest.mark.parametrize('backprop', ['autodiff', 'reversible', 'remat'])
+def test_float64_model_keeps_float64_everywhere(backprop, x64):
+  """Logits, z, the inverse, every parameter and BN running statistic, the updated statistics
+  and the gradients of a float64 model are float64 (issue 12, item 5). Dtypes are fixed at
+  trace time, so `jax.eval_shape` shows them without compiling."""
+  net = irevnet_jax.build(tiny_config(dtype='float64', backprop=backprop, dropout_rate=0.1))
+  x = jax.ShapeDtypeStruct((4, *net.input_shape), jnp.float64)
+  variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+  dtypes = lambda tree: {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(tree)}
+  assert dtypes(variables['params']) == dtypes(variables['batch_stats']) == {'float64'}
+  logits, z = jax.eval_shape(net.forward, variables, x)
+  assert logits.dtype == z.dtype == jax.eval_shape(net.invert, variables, z).dtype == jnp.float64
+
+  def loss(params, batch_stats, x):
+    (logits, _), state = net.forward({'params': params, 'batch_stats': batch_stats}, x,
+                                     train=True, rngs={'dropout': jax.random.PRNGKey(1)})
+    return jnp.sum(logits), state
+
+  grads, state = jax.eval_shape(jax.grad(loss, has_aux=True), variables['params'],
+                                variables['batch_stats'], x)
+  assert dtypes(grads) == dtypes(state['batch_stats']) == {'float64'}
