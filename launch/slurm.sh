@@ -20,8 +20,8 @@
 # benchmarks.input_speed`, docs/data_and_launch.md): a GPU training at R images/s needs about
 # R / 300 + 1 cores, 12 at 3,300 images/s (--cpus-per-task below is per GPU; with PER_NODE=1
 # ask for 12 x GPUs per node). With several processes per node, add
-# --config.dataset.cpu_threads=$SLURM_CPUS_PER_TASK (ImageNet configs) so that each
-# process's tf.data keeps to its own share of the cores.
+# --config.dataset.cpu_threads=12 (the CPUs per task; ImageNet configs) after WORKDIR so
+# that each process's tf.data keeps to its own share of the cores.
 #SBATCH --job-name=irevnet
 #SBATCH --nodes=2
 #SBATCH --gpus-per-node=8
