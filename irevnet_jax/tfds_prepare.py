@@ -86,6 +86,7 @@ def _write(path: str, records) -> int:
     count += 1
   writer.close()
   tf.io.gfile.rename(partial, path, overwrite=True)
+  print(f'wrote {count} examples to {path}', flush=True)   # hours for ImageNet: show progress
   return count
 
 

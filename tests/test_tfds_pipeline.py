@@ -168,6 +168,7 @@ def test_imagenet_train_epochs_slices_and_resume(tiny_imagenet):
     one_process = one_process or epochs
     assert [e.tolist() for e in epochs] == [e.tolist() for e in one_process], count
   uninterrupted = _take(source.train_batches(3, 1, 2, seed=5), 7)
+  assert not np.array_equal(uninterrupted[0]['image'], uninterrupted[3]['image'])
   for start in (2, 3, 5):   # 3 steps an epoch: inside the first epoch, at and after a boundary
     _assert_batches_equal(_take(source.train_batches(3, 1, 2, seed=5, start_step=start),
                                 7 - start), uninterrupted[start:])
@@ -316,6 +317,7 @@ def test_mock_resume_gives_the_uninterrupted_batches(name):
     other_seed = next(source.train_batches(4, 0, 1, seed=4))
   _assert_batches_equal(resumed, uninterrupted[3:])
   assert not np.array_equal(other_seed['image'], uninterrupted[0]['image'])
+  assert not np.array_equal(uninterrupted[0]['image'], uninterrupted[2]['image'])
 
 
 def test_mock_eval_splits_cover_the_split_once():
