@@ -17,8 +17,10 @@ turns. The ops are torchvision's, not TensorFlow's namesakes, which differ:
   hue         rotate the hue by the shift in HSV space (tf.image.adjust_hue, as torchvision)
 with gray = 0.299 R + 0.587 G + 0.114 B and a clip to [0, 255] after each op. What still
 differs from torchvision on PIL images: the ops run on float32 pixels and round to uint8
-once at the end (PIL rounds after every op), and PIL's hue shift works on 8-bit HSV
-values (steps of 1/256 turn).
+once at the end (PIL rounds after every op), PIL's hue shift works on 8-bit HSV values
+(steps of 1/256 turn), and shrinking averages over each output pixel's footprint (a box
+filter) where PIL's bilinear resize uses a triangle filter. The flip, jitter and rounding of
+each image run as one XLA-compiled function (`flip_jitter_round`).
 """
 import functools
 import math
