@@ -302,10 +302,11 @@ class TfdsSource:
     opts, data_dir = self.opts, self._builder.data_dir
     command = f'python launch/prepare_data.py --dataset={opts.name} --data_dir=DIR'
     if self._builder.is_prepared():
+      root = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
       return (f'{opts.name} in {data_dir} is prepared in TFRecord only; this pipeline reads '
               'ArrayRecord files (random access: a global shuffle, resuming without '
-              f're-reading). Add them once, beside the TFRecords: `{command}` (DIR: the data '
-              'dir); see docs/data_and_launch.md.')
+              'reading earlier records). Add them once, beside the TFRecords: '
+              f'`{command.replace("DIR", root)}`; see docs/data_and_launch.md.')
     if self.spec.kind == 'imagenet':
       return imagenet_missing_message(opts, data_dir)
     return (f'{opts.name} is not prepared in {data_dir} and dataset.download=False: run '
