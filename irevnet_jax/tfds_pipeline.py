@@ -1,48 +1,41 @@
-"""TFDS input pipelines for ImageNet (imagenet2012) and CIFAR-10/100, one slice per process.
+"""TFDS input pipelines for ImageNet (imagenet2012) and CIFAR-10/100: random access, global shuffle.
 
 `get_tfds_source(dataset_config, model_input_shape)` returns a data source for the
 training loop (the protocol of `irevnet_jax.input_pipeline`): `train_batches` is an
-endless, seeded, resumable iterator and `eval_batches` one padded pass in which every
-eval example appears exactly once over all processes. Batches are numpy dicts
-{'image': float32 (B, H, W, C), 'label': int32 (B,)} (+ 'mask': float32 (B,) in eval).
+endless, seeded iterator that can start at any step, and `eval_batches` one padded pass
+in which every eval example appears exactly once over all processes. Batches are numpy:
+  train: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}
+  eval:  the same + 'mask': float32 (B,) (0 = padding) + 'index': int32 (B,) (the
+         example's position in the eval split, -1 = padding).
+Images are not normalised here: the model's input is
+`(image.astype(float32) - source.pixel_mean) / source.pixel_std`, computed on the device.
 
-TensorFlow is imported only here, lazily, and never sees a GPU or TPU.
+Reading: records are read by key from TFDS's ArrayRecord files (`builder.as_data_source`).
+The order of training records is `irevnet_jax.data_order`: each epoch a new permutation
+of the whole split from (seed, epoch); global batch s is positions [s * G, (s + 1) * G)
+of the stream of epochs and process p reads rows [p * B, (p + 1) * B) of it. Each
+example is augmented with stateless random ops seeded by (seed, epoch, its key), on
+TensorFlow's CPU threads (tf.data, deterministic order). Resuming at step s computes the
+keys of step s: no record before it is read.
 
-Fields of the `dataset` config (only `name` is required):
-  name               'imagenet2012' (alias 'imagenet') | 'cifar10' | 'cifar100'.
-  data_dir           TFDS data dir; None = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
-  manual_dir         ImageNet only: folder holding ILSVRC2012_img_train.tar and
-                     ILSVRC2012_img_val.tar; None = <data_dir>/downloads/manual.
-                     Used by `prepare` (see launch/prepare_data.py).
-  normalization      'unit' (pixels / 255 in [0, 1], the paper) or 'mean_std' (per-channel).
-                     Default: 'unit' for ImageNet, 'mean_std' for CIFAR.
-  shuffle_buffer     examples in the shuffle buffer. Default 10_000 (ImageNet), 50_000 (CIFAR).
-  cache              keep this process's examples (ImageNet: encoded JPEGs) in memory after
-                     the first pass. Default False (ImageNet), True (CIFAR).
-  download           CIFAR only: download and prepare a missing dataset (default True).
-                     ImageNet cannot be downloaded: a missing one raises FileNotFoundError
-                     that explains the manual step.
-  train_split        default 'train'.
-  eval_split         default 'validation' (ImageNet), 'test' (CIFAR).
-  crop_area_range    ImageNet train crop area fraction, default (0.05, 1.0).
-  crop_aspect_range  ImageNet train crop aspect ratio, default (3/4, 4/3).
-  eval_crop_fraction ImageNet eval: resize the shorter side to size / fraction, then
-                     centre-crop `size` (default 0.875: 256 -> 224).
+TensorFlow is imported only here and in the modules this one imports lazily
+(`tfds_augment`, `tfds_prepare`), and never sees a GPU or TPU.
 
-Data order: process p of P reads its own contiguous slice of each split. In training each
-process holds floor(N / P) examples (the last N mod P of the split are unused) and an
-epoch is floor(N / P) // B batches; epoch e is shuffled with a seed derived from
-(seed, p, e) and each example is augmented with stateless random ops seeded by
-(that seed, its position in the epoch), so starting at step k continues exactly the
-batches a run from step 0 yields at step k.
+Fields of the `dataset` config: see FIELDS and docs/data_and_launch.md (only `name` is
+required; None means the default).
 """
 import dataclasses
+import itertools
 import os
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from irevnet_jax import data_order
+
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+CROP_SAMPLERS = ('inception', 'torchvision')   # keys of tfds_augment.CROP_SAMPLERS
+JITTER_FIELDS = ('jitter_brightness', 'jitter_contrast', 'jitter_saturation', 'jitter_hue')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,26 +48,27 @@ class _Spec:
   mean: Tuple[float, float, float]            # per channel, in [0, 1] units
   std: Tuple[float, float, float]
   normalization: str
-  shuffle_buffer: int
-  cache: bool
+  jitter: Tuple[float, float, float, float]   # default strengths, JITTER_FIELDS order
 
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The paper's colour distortion (the RevNet code's): see docs/data_and_launch.md.
+PAPER_JITTER = (0.25, 0.5, 0.5, 0.2)
 SPECS = {
     'imagenet2012': _Spec('imagenet', 1000, None, 'validation', _IMAGENET_MEAN, _IMAGENET_STD,
-                          'unit', 10_000, False),
+                          'unit', PAPER_JITTER),
     # The released i-RevNet CIFAR code's normalisation constants.
     'cifar10': _Spec('cifar', 10, (32, 32, 3), 'test', (0.4914, 0.4822, 0.4465),
-                     (0.2023, 0.1994, 0.2010), 'mean_std', 50_000, True),
+                     (0.2023, 0.1994, 0.2010), 'mean_std', (0.0, 0.0, 0.0, 0.0)),
     'cifar100': _Spec('cifar', 100, (32, 32, 3), 'test', (0.5071, 0.4865, 0.4409),
-                      (0.2673, 0.2564, 0.2762), 'mean_std', 50_000, True),
+                      (0.2673, 0.2564, 0.2762), 'mean_std', (0.0, 0.0, 0.0, 0.0)),
 }
 
 
 ALIASES = {'imagenet': 'imagenet2012'}
-FIELDS = ('name', 'data_dir', 'manual_dir', 'normalization', 'shuffle_buffer', 'cache',
-          'download', 'train_split', 'eval_split', 'crop_area_range', 'crop_aspect_range',
-          'eval_crop_fraction')
+FIELDS = ('name', 'data_dir', 'manual_dir', 'normalization', 'download', 'train_split',
+          'eval_split', 'crop_sampler', 'crop_area_range', 'crop_aspect_range',
+          *JITTER_FIELDS, 'eval_crop_fraction', 'cpu_threads')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,20 +78,26 @@ class Options:
   data_dir: Optional[str]
   manual_dir: Optional[str]
   normalization: str
-  shuffle_buffer: int
-  cache: bool
   download: bool
   train_split: str
   eval_split: str
+  crop_sampler: str
   crop_area_range: Tuple[float, float]
   crop_aspect_range: Tuple[float, float]
+  jitter: Tuple[float, float, float, float]   # brightness, contrast, saturation, hue
   eval_crop_fraction: float
+  cpu_threads: int
+
+
+def _get(dataset_config, field, default):
+  """The field's value, or `default` if it is missing or None (a placeholder)."""
+  value = dataset_config.get(field, None)
+  return default if value is None else value
 
 
 def parse_options(dataset_config) -> Options:
   """Reads the `dataset` config (ConfigDict or dict) into `Options`; ValueError on bad fields."""
-  get = dataset_config.get
-  name = ALIASES.get(get('name', None), get('name', None))
+  name = ALIASES.get(dataset_config.get('name', None), dataset_config.get('name', None))
   if name not in SPECS:
     raise ValueError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
                      f'use one of {sorted(SPECS)} (or "digits" / "synthetic").')
@@ -106,38 +106,52 @@ def parse_options(dataset_config) -> Options:
     raise ValueError(f'dataset.name={name!r} has no field(s) {unknown}; its fields are '
                      f'{list(FIELDS)}.')
   spec = SPECS[name]
+  get = lambda field, default: _get(dataset_config, field, default)  # noqa: E731
   opts = Options(
       name=name,
       data_dir=_path_or_none(get('data_dir', None)),
       manual_dir=_path_or_none(get('manual_dir', None)),
-      normalization=get('normalization', None) or spec.normalization,
-      shuffle_buffer=int(get('shuffle_buffer', None) or spec.shuffle_buffer),
-      cache=bool(spec.cache if get('cache', None) is None else get('cache', None)),
+      normalization=get('normalization', spec.normalization),
       download=bool(get('download', True)),
-      train_split=str(get('train_split', None) or 'train'),
-      eval_split=str(get('eval_split', None) or spec.eval_split),
-      crop_area_range=tuple(float(v) for v in (get('crop_area_range', None) or (0.05, 1.0))),
-      crop_aspect_range=tuple(float(v) for v in
-                              (get('crop_aspect_range', None) or (3 / 4, 4 / 3))),
-      eval_crop_fraction=float(get('eval_crop_fraction', None) or 0.875),
+      train_split=str(get('train_split', 'train')),
+      eval_split=str(get('eval_split', spec.eval_split)),
+      crop_sampler=str(get('crop_sampler', 'inception')),
+      crop_area_range=tuple(float(v) for v in get('crop_area_range', (0.05, 1.0))),
+      crop_aspect_range=tuple(float(v) for v in get('crop_aspect_range', (3 / 4, 4 / 3))),
+      jitter=tuple(float(get(f, d)) for f, d in zip(JITTER_FIELDS, spec.jitter)),
+      eval_crop_fraction=float(get('eval_crop_fraction', 0.875)),
+      cpu_threads=int(get('cpu_threads', 0)),
   )
+  _check_options(opts)
+  return opts
+
+
+def _check_options(opts: Options) -> None:
+  """ValueError naming the first bad field and a value that works."""
   if opts.normalization not in ('unit', 'mean_std'):
     raise ValueError(f'dataset.normalization={opts.normalization!r}: use "unit" ([0, 1], '
                      'as in the paper) or "mean_std" (per-channel mean/std).')
-  if opts.shuffle_buffer < 1:
-    raise ValueError(f'dataset.shuffle_buffer={opts.shuffle_buffer} must be >= 1, e.g. 10000.')
-  lo, hi = opts.crop_area_range
-  if len(opts.crop_area_range) != 2 or not 0 < lo <= hi <= 1:
-    raise ValueError(f'dataset.crop_area_range={opts.crop_area_range} must be (lo, hi) with '
+  if opts.crop_sampler not in CROP_SAMPLERS:
+    raise ValueError(f'dataset.crop_sampler={opts.crop_sampler!r}: use "inception" (the '
+                     'paper\'s) or "torchvision" (RandomResizedCrop, the released script\'s).')
+  area, aspect = opts.crop_area_range, opts.crop_aspect_range
+  if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
+    raise ValueError(f'dataset.crop_area_range={area} must be (lo, hi) with '
                      '0 < lo <= hi <= 1, e.g. (0.05, 1.0).')
-  lo, hi = opts.crop_aspect_range
-  if len(opts.crop_aspect_range) != 2 or not 0 < lo <= hi:
-    raise ValueError(f'dataset.crop_aspect_range={opts.crop_aspect_range} must be (lo, hi) '
+  if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+    raise ValueError(f'dataset.crop_aspect_range={aspect} must be (lo, hi) '
                      'with 0 < lo <= hi, e.g. (0.75, 1.333).')
+  for field, value in zip(JITTER_FIELDS, opts.jitter):
+    limit = 0.5 if field == 'jitter_hue' else float('inf')
+    if not 0 <= value <= limit:
+      raise ValueError(f'dataset.{field}={value} must be in [0, {limit}] (0 turns it off), '
+                       'e.g. 0.2.')
   if not 0 < opts.eval_crop_fraction <= 1:
     raise ValueError(f'dataset.eval_crop_fraction={opts.eval_crop_fraction} must be in '
                      '(0, 1], e.g. 0.875.')
-  return opts
+  if opts.cpu_threads < 0:
+    raise ValueError(f'dataset.cpu_threads={opts.cpu_threads} must be >= 0 (0: all cores), '
+                     'e.g. 8.')
 
 
 def _path_or_none(path):
@@ -161,6 +175,13 @@ def _check_input_shape(name: str, spec: _Spec, input_shape) -> Tuple[int, int, i
   return shape
 
 
+def pixel_stats(spec: _Spec, normalization: str):
+  """(mean, std), per channel in uint8 pixel units, that the model input is normalised by."""
+  if normalization == 'unit':
+    return (0.0,) * 3, (255.0,) * 3
+  return tuple(255.0 * m for m in spec.mean), tuple(255.0 * s for s in spec.std)
+
+
 # ---------------------------------------------------------------------------------------------
 # TensorFlow, lazily and without accelerators.
 
@@ -180,11 +201,6 @@ def _tf():
   return tf, tfds
 
 
-def _builder(opts: Options):
-  _, tfds = _tf()
-  return tfds.builder(opts.name, data_dir=opts.data_dir)
-
-
 def imagenet_missing_message(opts: Options, builder_data_dir: str, detail: str = '') -> str:
   """How to download and prepare ImageNet by hand (TFDS cannot download it)."""
   data_dir = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
@@ -197,97 +213,45 @@ def imagenet_missing_message(opts: Options, builder_data_dir: str, detail: str =
       'ILSVRC2012_img_train.tar (~138 GB) and ILSVRC2012_img_val.tar (~6.3 GB).\n'
       f'  2. Put both files, unextracted, in the manual download dir {manual} '
       f'(dataset.manual_dir; found there now: {found or "neither"}).\n'
-      '  3. Build the TFRecords from one process, before training:\n'
+      '  3. Build the ArrayRecord files from one process, before training:\n'
       f'       python launch/prepare_data.py --dataset={opts.name} --data_dir={data_dir} '
       f'--manual_dir={manual}\n'
-      '     which runs tfds.builder("imagenet2012", data_dir=DATA_DIR).download_and_prepare('
+      '     which runs tfds.builder("imagenet2012", data_dir=DATA_DIR, '
+      'file_format="array_record").download_and_prepare('
       'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR)); the TFDS CLI '
-      f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual}` '
-      '(TFDS 4.9 needs apache-beam installed for its CLI).\n'
+      f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual} '
+      '--file_format=array_record` (TFDS 4.9 needs apache-beam installed for its CLI).\n'
       '  4. Train with dataset.data_dir set to that data dir (see docs/data_and_launch.md).')
 
 
 def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):
-  """Downloads (CIFAR) or builds from the manual tars (ImageNet) the TFDS dataset `name`.
+  """Prepares the TFDS dataset `name` in ArrayRecord: downloads CIFAR, builds ImageNet from
+  the manual tars, or adds ArrayRecord files to a dataset prepared earlier in TFRecord.
 
   Run it once, from one process, before training. Returns the TFDS builder.
   """
   opts = parse_options({'name': name, 'data_dir': data_dir, 'manual_dir': manual_dir})
-  _, tfds = _tf()
-  builder = _builder(opts)
-  if builder.is_prepared():
-    return builder
-  config = tfds.download.DownloadConfig(manual_dir=opts.manual_dir)
+  _tf()
+  from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
   try:
-    builder.download_and_prepare(download_config=config)
+    return tfds_prepare.prepare(opts.name, opts.data_dir, opts.manual_dir)
   except AssertionError as e:  # TFDS's way of saying the manual files are missing
-    if SPECS[name].kind == 'imagenet':
-      raise FileNotFoundError(imagenet_missing_message(opts, builder.data_dir)) from e
+    if SPECS[opts.name].kind == 'imagenet':
+      _, tfds = _tf()
+      data_dir = tfds.builder(opts.name, data_dir=opts.data_dir).data_dir
+      raise FileNotFoundError(imagenet_missing_message(opts, data_dir)) from e
     raise
-  return builder
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing (TensorFlow graph functions on one example).
-
-def _normalize(tf, image, spec: _Spec, opts: Options):
-  """float32 pixels in [0, 255] -> [0, 1] ('unit') or per-channel standardised ('mean_std')."""
-  image = tf.clip_by_value(image, 0.0, 255.0) / 255.0
-  if opts.normalization == 'mean_std':
-    image = (image - tf.constant(spec.mean)) / tf.constant(spec.std)
-  return image
-
-
-def _imagenet_train(tf, encoded, seed, shape, opts: Options):
-  """JPEG bytes -> random crop (area, aspect ranges) resized to (H, W), random flip; [0, 255]."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.io.extract_jpeg_shape(encoded), tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), crop_seed,
-      min_object_covered=opts.crop_area_range[0], aspect_ratio_range=opts.crop_aspect_range,
-      area_range=opts.crop_area_range, max_attempts=10, use_image_if_no_bounding_boxes=True)
-  window = tf.stack([begin[0], begin[1], size[0], size[1]])
-  image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
-  image = tf.image.resize(image, shape[:2], method='bilinear', antialias=True)
-  return tf.image.stateless_random_flip_left_right(image, flip_seed)
-
-
-def _imagenet_eval(tf, encoded, shape, opts: Options):
-  """JPEG bytes -> shorter side resized to max(H, W) / fraction -> centre crop (H, W); [0, 255]."""
-  image = tf.io.decode_jpeg(encoded, channels=3)
-  height, width = shape[:2]
-  short = int(round(max(height, width) / opts.eval_crop_fraction))
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  scale = short / tf.reduce_min(hw)
-  new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), short)
-  image = tf.image.resize(image, new_hw, method='bilinear', antialias=True)
-  top = (new_hw[0] - height) // 2
-  left = (new_hw[1] - width) // 2
-  return tf.ensure_shape(image[top:top + height, left:left + width, :], shape)
-
-
-def _cifar_train(tf, image, seed, shape):
-  """uint8 (32, 32, 3) -> zero-pad 4, random crop back to 32x32, random flip; [0, 255]."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
-  image = tf.image.stateless_random_crop(image, shape, crop_seed)
-  image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-  return tf.cast(image, tf.float32)
 
 
 # ---------------------------------------------------------------------------------------------
 # The data source.
 
-def _process_key(seed: int, process_index: int) -> int:
-  """A 31-bit key for (seed, process); with the epoch it seeds shuffles and augmentations."""
-  words = np.random.SeedSequence([seed % 2**32, process_index]).generate_state(1)
-  return int(words[0]) & 0x7FFFFFFF
-
-
 class TfdsSource:
-  """A TFDS dataset as a data source: per-process slices, seeded shuffles, padded eval.
+  """A TFDS dataset as a data source: random-access reads, a global shuffle, padded eval.
 
   Attributes: name, input_shape (H, W, C), num_classes, num_train_examples,
-  num_eval_examples (whole splits, over all processes).
+  num_eval_examples (whole splits), pixel_mean and pixel_std (C floats, uint8 units),
+  data_sources {split: random-access sequence of serialized examples}.
   """
 
   def __init__(self, opts: Options, input_shape: Tuple[int, int, int]):
@@ -296,91 +260,95 @@ class TfdsSource:
     self.name = opts.name
     self.input_shape = input_shape
     self.num_classes = self.spec.num_classes
+    self.pixel_mean, self.pixel_std = pixel_stats(self.spec, opts.normalization)
     self._builder = self._open()
-    self._sizes_known = bool(self._builder.info.splits)
-    self.num_train_examples = self._count(opts.train_split, 'dataset.train_split')
-    self.num_eval_examples = self._count(opts.eval_split, 'dataset.eval_split')
-    self._cached = {}
+    self.data_sources = {}
+    for split, field in ((opts.eval_split, 'dataset.eval_split'),
+                         (opts.train_split, 'dataset.train_split')):
+      self.data_sources.setdefault(split, self._data_source(split, field))
+    self.num_train_examples = len(self.data_sources[opts.train_split])
+    self.num_eval_examples = len(self.data_sources[opts.eval_split])
 
   # -- opening and reading --------------------------------------------------------------------
 
   def _open(self):
-    """The TFDS builder, prepared (CIFAR downloads if allowed) or a clear error."""
+    """The TFDS builder; CIFAR is downloaded and prepared if missing and allowed."""
     opts = self.opts
-    builder = _builder(opts)
-    if not builder.is_prepared() and self.spec.kind == 'cifar' and opts.download:
-      try:
-        builder.download_and_prepare()
-      except Exception as e:
-        raise RuntimeError(
-            f'Could not download and prepare {opts.name} into {builder.data_dir}: {e}. On a '
-            f'machine without internet access, run `python launch/prepare_data.py '
-            f'--dataset={opts.name} --data_dir=DIR` elsewhere, copy DIR over and set '
-            'dataset.data_dir=DIR.') from e
-    try:  # Reads nothing; fails if the dataset is not prepared (works under mock_data).
-      builder.as_dataset(split=opts.eval_split)
-    except AssertionError as e:
-      if self.spec.kind == 'imagenet':
-        raise FileNotFoundError(imagenet_missing_message(opts, builder.data_dir)) from e
-      raise FileNotFoundError(
-          f'{opts.name} is not prepared in {builder.data_dir} and dataset.download=False: '
-          f'run `python launch/prepare_data.py --dataset={opts.name} --data_dir=DIR` (it '
-          'downloads ~170 MB) and set dataset.data_dir=DIR, or set dataset.download=True.') from e
-    except ValueError as e:
-      raise self._missing_split(builder, opts.eval_split, 'dataset.eval_split') from e
-    return builder
+    _, tfds = _tf()
+    from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+    if self.spec.kind != 'cifar' or not opts.download:
+      return tfds_prepare.open_builder(opts.name, opts.data_dir)
+    try:
+      return tfds_prepare.prepare(opts.name, opts.data_dir, None)
+    except Exception as e:
+      raise RuntimeError(
+          f'Could not download and prepare {opts.name} into '
+          f'{tfds.builder(opts.name, data_dir=opts.data_dir).data_dir}: {e}. On a machine '
+          f'without internet access, run `python launch/prepare_data.py --dataset={opts.name} '
+          '--data_dir=DIR` elsewhere, copy DIR over and set dataset.data_dir=DIR.') from e
 
-  def _missing_split(self, builder, split, field):
-    available = sorted(str(s) for s in builder.info.splits)
+  def _data_source(self, split: str, field: str):
+    """TFDS's random-access reader of `split` (serialized examples), or a clear error."""
+    _, tfds = _tf()
+    try:
+      return self._builder.as_data_source(
+          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    except NotImplementedError as e:   # no ArrayRecord files: not prepared, or TFRecord only
+      raise FileNotFoundError(self._not_prepared_message()) from e
+    except (ValueError, KeyError) as e:
+      raise self._missing_split(split, field) from e
+
+  def _not_prepared_message(self) -> str:
+    opts, data_dir = self.opts, self._builder.data_dir
+    command = f'python launch/prepare_data.py --dataset={opts.name} --data_dir=DIR'
+    if self._builder.is_prepared():
+      root = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+      return (f'{opts.name} in {data_dir} is prepared in TFRecord only; this pipeline reads '
+              'ArrayRecord files (random access: a global shuffle, resuming without '
+              'reading earlier records). Add them once, beside the TFRecords: '
+              f'`{command.replace("DIR", root)}`; see docs/data_and_launch.md.')
+    if self.spec.kind == 'imagenet':
+      return imagenet_missing_message(opts, data_dir)
+    return (f'{opts.name} is not prepared in {data_dir} and dataset.download=False: run '
+            f'`{command}` (it downloads ~170 MB) and set dataset.data_dir=DIR, or set '
+            'dataset.download=True.')
+
+  def _missing_split(self, split, field):
+    available = sorted(str(s) for s in self._builder.info.splits)
     hint = ''
     if self.spec.kind == 'imagenet':
       hint = (f' ImageNet splits exist only for the tars that were in the manual dir when it '
               f'was prepared ({", ".join(IMAGENET_TARS)}).')
-    return ValueError(f'{field}={split!r} is not a split of {self.name} in {builder.data_dir}; '
-                      f'available: {available}.{hint}')
+    return ValueError(f'{field}={split!r} is not a split of {self.name} in '
+                      f'{self._builder.data_dir}; available: {available}.{hint}')
 
-  def _count(self, split: str, field: str) -> int:
-    """Examples in `split` (from TFDS metadata, else by the dataset's cardinality)."""
-    if self._sizes_known:
-      if split not in self._builder.info.splits:
-        raise self._missing_split(self._builder, split, field)
-      return int(self._builder.info.splits[split].num_examples)
-    # No split metadata (e.g. under tfds.testing.mock_data): the reader knows the count.
-    count = int(self._builder.as_dataset(split=split).cardinality())
-    if count < 0:
-      raise ValueError(f'{field}={split!r}: the number of examples of {self.name} is unknown.')
-    return count
+  def _read_and_parse(self, split: str):
+    """A graph function: record key (int64 scalar) -> (encoded image, label int32)."""
+    tf, _ = _tf()
+    source = self.data_sources[split]
+    features = {'image': tf.io.FixedLenFeature([], tf.string),
+                'label': tf.io.FixedLenFeature([], tf.int64)}
 
-  def _read(self, split: str, start: int, stop: int):
-    """Examples [start, stop) of `split`, in file order, as (image, label int32)."""
-    tf, tfds = _tf()
-    decoders = {'image': tfds.decode.SkipDecoding()} if self.spec.kind == 'imagenet' else None
+    def read(key):
+      return source[int(key)]
+
+    def read_and_parse(key):
+      serialized = tf.ensure_shape(tf.numpy_function(read, [key], tf.string), [])
+      example = tf.io.parse_single_example(serialized, features)
+      return example['image'], tf.cast(example['label'], tf.int32)
+    return read_and_parse
+
+  def _options(self):
+    """tf.data options: deterministic order; one thread per op, examples in parallel."""
+    tf, _ = _tf()
     options = tf.data.Options()
     options.deterministic = True
-    read_config = tfds.ReadConfig(options=options, try_autocache=False)
-    if self._sizes_known:  # TFDS reads only the files that hold [start, stop).
-      ds = self._builder.as_dataset(
-          split=tfds.core.ReadInstruction(split, from_=start, to=stop, unit='abs'),
-          shuffle_files=False, decoders=decoders, read_config=read_config)
-    else:
-      ds = self._builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                                    read_config=read_config)
-      ds = ds.skip(start).take(stop - start)
-    return ds.map(lambda ex: (ex['image'], tf.cast(ex['label'], tf.int32)))
-
-  def _base(self, key, split: str, start: int, stop: int):
-    """`_read`, kept in memory (encoded) across epochs and passes when dataset.cache is set."""
-    if not self.opts.cache:
-      return self._read(split, start, stop)
-    if key not in self._cached:
-      self._cached[key] = self._read(split, start, stop).cache()
-    return self._cached[key]
+    options.threading.max_intra_op_parallelism = 1
+    if self.opts.cpu_threads:
+      options.threading.private_threadpool_size = self.opts.cpu_threads
+    return options
 
   # -- training -------------------------------------------------------------------------------
-
-  def train_steps_per_epoch(self, local_batch_size: int, process_count: int) -> int:
-    """Batches per epoch of each process: (N // process_count) // local_batch_size."""
-    return (self.num_train_examples // process_count) // local_batch_size
 
   def _check_process(self, local_batch_size, process_index, process_count):
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -389,51 +357,49 @@ class TfdsSource:
     if local_batch_size < 1:
       raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
 
+  def _augment(self, encoded, seed):
+    """Encoded image, stateless seed -> training image, uint8 input_shape."""
+    from irevnet_jax import tfds_augment  # pylint: disable=g-import-not-at-top
+    opts = self.opts
+    if self.spec.kind == 'cifar':
+      return tfds_augment.cifar_train(encoded, seed, opts.jitter)
+    return tfds_augment.imagenet_train(encoded, seed, self.input_shape[:2], opts.crop_sampler,
+                                       opts.crop_area_range, opts.crop_aspect_range,
+                                       opts.jitter)
+
   def train_batches(self, local_batch_size: int, process_index: int, process_count: int,
                     seed: int, start_step: int = 0) -> Iterator[Dict[str, np.ndarray]]:
-    """Endless {'image': float32 (B, H, W, C), 'label': int32 (B,)}; step k is the same batch
-    whether the iterator starts at 0 or at start_step <= k."""
+    """Endless {'image': uint8 (B, H, W, C), 'label': int32 (B,)}; step k is the same batch
+    whether the iterator starts at 0 or at start_step <= k, and no record of a step before
+    start_step is read."""
     self._check_process(local_batch_size, process_index, process_count)
-    per_process = self.num_train_examples // process_count
-    steps = self.train_steps_per_epoch(local_batch_size, process_count)
-    if steps < 1:
+    global_batch = local_batch_size * process_count
+    if global_batch > self.num_train_examples:
       raise ValueError(
-          f'batch_size: local batch {local_batch_size} is larger than the {per_process} '
-          f'{self.name} training examples of each of {process_count} processes.')
+          f'batch_size: the global batch {global_batch} is larger than the '
+          f'{self.num_train_examples} {self.name} training examples.')
     if start_step < 0:
       raise ValueError(f'start_step={start_step} must be >= 0.')
-
     tf, _ = _tf()
-    first_epoch, skip = divmod(start_step, steps)
-    start = process_index * per_process
-    base = self._base(('train', start, per_process), self.opts.train_split, start,
-                      start + per_process)
-    process_key = _process_key(seed, process_index)
-    buffer_size, batch = self.opts.shuffle_buffer, local_batch_size
+    order = data_order.TrainOrder(self.num_train_examples, seed, global_batch)
+    first_row = process_index * local_batch_size
 
-    def epoch(e):
-      """Epoch e: a seeded shuffle of this process's slice, cut to whole batches."""
-      key = tf.random.stateless_uniform([], tf.stack([tf.constant(process_key, tf.int64), e]),
-                                        minval=0, maxval=2**31 - 1, dtype=tf.int64)
-      ds = base.shuffle(buffer_size, seed=key, reshuffle_each_iteration=False).enumerate()
-      done = tf.where(e == first_epoch, tf.constant(skip * batch, tf.int64), 0)
-      ds = ds.skip(done).take(steps * batch - done)
-      return ds.map(lambda index, example: (tf.stack([key, index]), example))
+    def keys_and_seeds():
+      for step in itertools.count(start_step):
+        yield order.rows(step, first_row, local_batch_size)
 
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
-    shape, spec, opts = self.input_shape, self.spec, self.opts
+    read_and_parse = self._read_and_parse(self.opts.train_split)
 
-    def augment(seed_pair, example):
-      image, label = example
-      if spec.kind == 'imagenet':
-        image = _imagenet_train(tf, image, seed_pair, shape, opts)
-      else:
-        image = _cifar_train(tf, image, seed_pair, shape)
-      return {'image': _normalize(tf, image, spec, opts), 'label': label}
+    def example(key, seed_pair):
+      encoded, label = read_and_parse(key)
+      return {'image': self._augment(encoded, seed_pair), 'label': label}
 
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
+    ds = tf.data.Dataset.from_generator(keys_and_seeds, output_signature=(
+        tf.TensorSpec((local_batch_size,), tf.int64),
+        tf.TensorSpec((local_batch_size, 2), tf.int64)))
+    ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(self._options()).as_numpy_iterator()
 
   # -- evaluation -----------------------------------------------------------------------------
 
@@ -442,42 +408,42 @@ class TfdsSource:
     per_process = -(-self.num_eval_examples // process_count)
     return -(-per_process // local_batch_size)
 
+  def _preprocess_eval(self, encoded):
+    from irevnet_jax import tfds_augment  # pylint: disable=g-import-not-at-top
+    if self.spec.kind == 'cifar':
+      return tfds_augment.cifar_eval(encoded)
+    return tfds_augment.imagenet_eval(encoded, self.input_shape[:2], self.opts.eval_crop_fraction)
+
   def eval_batches(self, local_batch_size: int, process_index: int,
                    process_count: int) -> Iterator[Dict[str, np.ndarray]]:
-    """One pass over this process's slice of the eval split: {'image', 'label', 'mask'};
-    padding examples (zeros) have mask 0 and fill every process to the same batch count."""
+    """One pass over this process's contiguous slice of the eval split: {'image' uint8,
+    'label', 'mask', 'index'}; padding rows (zero images, label 0, mask 0, index -1) fill
+    every process to the same batch count."""
     self._check_process(local_batch_size, process_index, process_count)
     tf, _ = _tf()
     total = self.num_eval_examples
     start = process_index * total // process_count
     stop = (process_index + 1) * total // process_count
     num_batches = self.eval_num_batches(local_batch_size, process_count)
-    shape, spec, opts = self.input_shape, self.spec, self.opts
+    read_and_parse = self._read_and_parse(self.opts.eval_split)
 
-    def preprocess(image, label):
-      if spec.kind == 'imagenet':
-        image = _imagenet_eval(tf, image, shape, opts)
-      else:
-        image = tf.cast(image, tf.float32)
-      return {'image': _normalize(tf, image, spec, opts), 'label': label,
-              'mask': tf.constant(1.0, tf.float32)}
+    def example(key):
+      encoded, label = read_and_parse(key)
+      return {'image': self._preprocess_eval(encoded), 'label': label,
+              'mask': tf.constant(1.0, tf.float32), 'index': tf.cast(key, tf.int32)}
 
     padding = tf.data.Dataset.from_tensors({
-        'image': tf.zeros(shape, tf.float32), 'label': tf.constant(0, tf.int32),
-        'mask': tf.constant(0.0, tf.float32)}).repeat(num_batches * local_batch_size
-                                                      - (stop - start))
-    if stop > start:
-      ds = self._base(('eval', start, stop), opts.eval_split, start, stop)
-      ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      ds = ds.concatenate(padding)
-    else:
-      ds = padding
-    ds = ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
+        'image': tf.zeros(self.input_shape, tf.uint8), 'label': tf.constant(0, tf.int32),
+        'mask': tf.constant(0.0, tf.float32), 'index': tf.constant(-1, tf.int32),
+    }).repeat(num_batches * local_batch_size - (stop - start))
+    ds = tf.data.Dataset.range(start, stop).map(
+        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(self._options()).as_numpy_iterator()
 
 
 def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
-  """The data source for `dataset_config` (see the module docstring for its fields).
+  """The data source for `dataset_config` (see FIELDS and docs/data_and_launch.md).
 
   Raises ValueError if `model_input_shape` (model.input_shape) does not fit the dataset,
   FileNotFoundError if the dataset is not prepared (with the steps that prepare it).

@@ -8,10 +8,13 @@
 # Environment: TFDS_DATA_DIR  where TFDS datasets live (default ~/tensorflow_datasets);
 #              ImageNet must be prepared there first: see launch/prepare_data.py.
 # Rerunning the same command resumes from the latest checkpoint in WORKDIR.
+# CPU: the ImageNet input pipeline makes ~300 training images/s per core (measured with
+# `python -m benchmarks.input_speed`, docs/data_and_launch.md), so each GPU needs about
+# R / 300 + 1 free cores to train at R images/s: 12 per GPU at 3,300 images/s.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,11p' "$0" >&2
+  sed -n '2,13p' "$0" >&2
   exit 2
 fi
 CONFIG=$1
@@ -23,4 +26,6 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}   # TensorFlow only reads
 if command -v nvidia-smi > /dev/null; then
   nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader
 fi
+echo "$(nproc) CPU cores: the ImageNet input can feed ~$(( $(nproc) * 300 )) training images/s" \
+  "in all (~300 per core; docs/data_and_launch.md)." >&2
 exec python -m experiments.main --config="$CONFIG" --workdir="$WORKDIR" "$@"

@@ -16,11 +16,17 @@
 # launch/prepare_data.py). Extra arguments after WORKDIR go to experiments.main.
 # On SIGTERM (preemption, or 5 min before the time limit) training checkpoints and exits
 # with 143; the job then requeues itself and resumes from WORKDIR.
+# CPUs: the ImageNet input makes ~300 training images/s per core (`python -m
+# benchmarks.input_speed`, docs/data_and_launch.md): a GPU training at R images/s needs about
+# R / 300 + 1 cores, 12 at 3,300 images/s (--cpus-per-task below is per GPU; with PER_NODE=1
+# ask for 12 x GPUs per node). With several processes per node, add
+# --config.dataset.cpu_threads=12 (the CPUs per task; ImageNet configs) after WORKDIR so
+# that each process's tf.data keeps to its own share of the cores.
 #SBATCH --job-name=irevnet
 #SBATCH --nodes=2
 #SBATCH --gpus-per-node=8
 #SBATCH --ntasks-per-node=8
-#SBATCH --cpus-per-task=8
+#SBATCH --cpus-per-task=12
 #SBATCH --time=48:00:00
 #SBATCH --signal=TERM@300
 #SBATCH --requeue
@@ -28,7 +34,7 @@
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,20p' "$0" >&2
+  sed -n '2,24p' "$0" >&2
   exit 2
 fi
 CONFIG=$1

@@ -12,6 +12,9 @@
 #
 # WORKDIR must be shared by all hosts (a gs:// path): checkpoints are written there.
 # ImageNet must be prepared in $BUCKET/tensorflow_datasets first (launch/prepare_data.py).
+# The input reads each record by key (ArrayRecord); from gs:// every read waits on the
+# network, so check `python -m benchmarks.input_speed` figures against the host's cores and
+# prefer a local or persistent disk (docs/data_and_launch.md, "Throughput").
 # Extra arguments after WORKDIR go to experiments.main, e.g. --config.batch_size=1024.
 # `bash launch/tpu_pod.sh stop` kills the training processes on all workers.
 set -euo pipefail

@@ -19,8 +19,6 @@ def get_config():
   c.dataset.name = 'cifar10'
   c.dataset.data_dir = placeholder(str)       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset.normalization = 'mean_std'        # per-channel, the released code's constants
-  c.dataset.cache = True
-  c.dataset.shuffle_buffer = 50_000
   c.batch_size = 128
   c.num_epochs = 200.0
   c.learning_rate = 0.1

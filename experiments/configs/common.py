@@ -14,16 +14,29 @@ from irevnet_jax.train.config import base_config
 def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`base_config(model)` with TFDS ImageNet and the paper's recipe (shared by every ImageNet model).
 
-  SGD momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 divided by 10 every 32
-  epochs, 120 epochs, images in [0, 1]. For another global batch B scale the
-  rate linearly: learning_rate = 0.1 * B / 256.
+  The paper trains its ImageNet models as the RevNet code it builds on: SGD momentum
+  0.9, weight decay 1e-4, batch 256, lr 0.1 divided by 10 every 32 epochs, 120 epochs;
+  inception-style crops (area 0.05-1, aspect 3/4-4/3), horizontal flips, colour
+  distortion, images in [0, 1]; evaluation on the central 0.875 crop. Colour distortion
+  here is torchvision's ColorJitter with the RevNet code's strengths: contrast,
+  saturation 0.5, hue 0.2, and brightness 0.25, the factor that moves a mid-grey pixel
+  by the code's +-32/255 (docs/data_and_launch.md lists the differences). For another
+  global batch B scale the rate linearly: learning_rate = 0.1 * B / 256.
   """
   c = base_config(model)
   c.dataset.name = 'imagenet2012'
   c.dataset.data_dir = placeholder(str)       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset.manual_dir = placeholder(str)     # holds ILSVRC2012_img_{train,val}.tar; see docs
   c.dataset.normalization = 'unit'            # images in [0, 1], as in the paper
-  c.dataset.shuffle_buffer = 10_000
+  c.dataset.crop_sampler = 'inception'        # TF's sample_distorted_bounding_box
+  c.dataset.crop_area_range = (0.05, 1.0)
+  c.dataset.crop_aspect_range = (3 / 4, 4 / 3)
+  c.dataset.jitter_brightness = 0.25
+  c.dataset.jitter_contrast = 0.5
+  c.dataset.jitter_saturation = 0.5
+  c.dataset.jitter_hue = 0.2
+  c.dataset.eval_crop_fraction = 0.875        # shorter side to 256, centre 224 x 224
+  c.dataset.cpu_threads = 0                   # tf.data threads per process; 0: all cores
   c.batch_size = 256
   c.num_epochs = 120.0
   c.learning_rate = 0.1

@@ -6,10 +6,12 @@ filters (128, 256, 512, 832), bottleneck units of two additive couplings.
 Backprop 'reversible': activations are stored only at each stage's first,
 non-invertible unit and rebuilt elsewhere.
 
-Reproduces: Table 1 of the paper, RevNet-56, 25.2% top-1 error: SGD momentum
-0.9, weight decay 1e-4, batch 256, lr 0.1 divided by 10 every ~32 epochs (160k
-iterations), ~120 epochs (600k iterations). For another global batch B, scale
-the rate linearly: learning_rate = 0.1 * B / 256.
+Reproduces: Table 1 of the paper, RevNet-56, 25.2% top-1 error, with the RevNet
+paper's own recipe, which the i-RevNet paper reuses (`common.imagenet_config`): SGD
+momentum 0.9, weight decay 1e-4, batch 256, lr 0.1 divided by 10 every ~32 epochs
+(160k iterations), ~120 epochs (600k iterations); inception-style crops (area
+0.05-1), flips, colour distortion, images in [0, 1]. For another global batch B,
+scale the rate linearly: learning_rate = 0.1 * B / 256.
 
 Command:  python -m experiments.main --config=experiments/configs/revnet56.py --workdir=runs/revnet56
 Expected: ~25.2% top-1 error on the ImageNet validation set after ~120 epochs.
