@@ -10,10 +10,10 @@ See docs/analysis.md for what each plot shows.
 import dataclasses
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import cli
 from irevnet_jax.analysis import pipeline
 
 _DEFAULTS = pipeline.Options()
@@ -45,10 +45,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
   import irevnet_jax  # pylint: disable=g-import-not-at-top
   from irevnet_jax import checkpoints, input_pipeline, metrics  # pylint: disable=g-import-not-at-top
-  metrics.quiet_library_logs()
+  if not FLAGS.verbose:
+    metrics.quiet_library_logs()
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
   net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -12,11 +12,11 @@ The saved tree is the unreplicated state as host numpy arrays:
 process 0). Orbax writes into a temporary directory and renames it when done,
 so a run killed mid-save leaves the previous checkpoints intact.
 """
-import json
 import os
 import shutil
 import time
 from typing import Optional, Tuple
+import zlib
 
 from absl import logging
 import jax
@@ -24,35 +24,76 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax.workdir import CONFIG_FILE, read_config, write_config  # noqa: F401
+
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
-CONFIG_FILE = 'config.json'
+STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
+CHECKSUM_ITEM = 'checksums'
 
 
-def _tuples(value):
-  """JSON lists back to the tuples that configs use."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+class CorruptCheckpoint(ValueError):
+  """A checkpoint whose arrays fail their checksums or hold non-finite values."""
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict):
-  """Writes `<workdir>/config.json` (call on process 0 only)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-  os.replace(path + '.tmp', path)
+class CheckpointMismatch(ValueError):
+  """A checkpoint of another model or optimizer (its arrays have other shapes)."""
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No {CONFIG_FILE} in {workdir!r}: is it the workdir of a run?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, permissions, ...)."""
+
+
+def _path_name(path) -> str:
+  """'params/stages_0/first/...': the same for a dict tree and Orbax's raw restore of it."""
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def checksums(state) -> dict:
+  """{array path: CRC-32 of its dtype, shape and bytes} for a host state."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    leaf = np.ascontiguousarray(leaf)
+    header = f'{leaf.dtype.str}{leaf.shape}'.encode()
+    out[_path_name(path)] = f'{zlib.crc32(leaf.data, zlib.crc32(header)):08x}'
+  return out
+
+
+def verify(state, expected: Optional[dict], what: str):
+  """Raises CorruptCheckpoint if an array of `state` fails its checksum in `expected` (arrays
+  that `expected` does not name are not checked) or holds NaN / infinity."""
+  got = checksums(state)
+  bad = sorted(k for k in got if expected is not None and k in expected and got[k] != expected[k])
+  if bad:
+    raise CorruptCheckpoint(f'{what}: {len(bad)} array(s) fail their checksum, e.g. {bad[0]}')
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    leaf = np.asarray(leaf)
+    if leaf.dtype.kind == 'f' and not np.isfinite(leaf).all():
+      raise CorruptCheckpoint(f'{what}: non-finite values in {_path_name(path)}')
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+  """`Type: message`, first line only and at most `limit` characters (Orbax and
+  TensorStore errors carry whole JSON specs)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  if len(text) > limit:
+    text = text[:limit] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
+def _errno_reason(error: BaseException) -> str:
+  """The OS-level cause of a failed write (e.g. 'No space left on device'), if any."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    text = str(seen)
+    for reason in ('No space left on device', 'Permission denied', 'File too large',
+                   'Read-only file system', 'Disk quota exceeded'):
+      if reason in text:
+        return reason
+    seen = seen.__cause__ or seen.__context__
+  return _short(error)
 
 
 def _sync(name: str):
@@ -68,7 +109,7 @@ def _check_matches(target, restored, what):
   wrong = [f'{jax.tree_util.keystr(path)}: {np.shape(got.get(path))} instead of {np.shape(leaf)}'
            for path, leaf in expected if np.shape(got.get(path)) != np.shape(leaf)]
   if wrong:
-    raise ValueError(f'{what} does not fit this run ({len(wrong)} arrays differ, e.g. '
+    raise CheckpointMismatch(f'{what} does not fit this run ({len(wrong)} arrays differ, e.g. '
                      f'{"; ".join(wrong[:3])}). If this workdir holds a run of another model '
                      f'or optimizer, use a new --workdir.')
 
@@ -85,26 +126,63 @@ class Checkpointer:
         max_to_keep=keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
     self._manager = self._open()
+    self._pending = None    # the step of the latest save started
 
   def _open(self):
-    return ocp.CheckpointManager(self.directory, options=self._options)
+    return ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM, CHECKSUM_ITEM),
+                                 options=self._options)
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: dict):
-    """Starts saving `state` (host numpy tree) as checkpoint `step`; returns before it is
-    on disk when asynchronous (`wait` blocks)."""
+    """Starts saving `state` (host numpy tree) with its checksums as checkpoint `step`;
+    returns before it is on disk when asynchronous (`wait` blocks). Raises
+    CheckpointSaveError if this or an earlier background save failed."""
+    self.check()
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    items = {STATE_ITEM: ocp.args.StandardSave(state),
+             CHECKSUM_ITEM: ocp.args.JsonSave(checksums(state))}
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as error:  # pylint: disable=broad-except
+      self._fail(step, error)
+    self._pending = step
+
+  def check(self):
+    """Raises CheckpointSaveError if a background save has failed (cheap; call often)."""
+    try:
+      self._manager.check_for_errors()
+    except Exception as error:  # pylint: disable=broad-except
+      self._fail(self._pending, error)
+
+  def _fail(self, step, error):
+    """Raises CheckpointSaveError for `step`, or for an earlier background save that has not
+    committed (Orbax reports it when the next save starts)."""
+    committed = set(self._manager.all_steps())
+    if self._pending is not None and self._pending not in committed:
+      step = self._pending
+    good = [s for s in committed if s != step]
+    last = (f'the last good checkpoint is step {max(good)}' if good
+            else 'there is no earlier checkpoint')
+    raise CheckpointSaveError(
+        f'Saving checkpoint {step} in {self.directory} failed: {_errno_reason(error)}; '
+        f'{last}. Free space or fix permissions, then rerun the same command to resume'
+    ) from error
 
   def wait(self):
-    self._manager.wait_until_finished()
+    try:
+      self._manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      self._fail(self._pending, error)
+    self.check()
 
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      self.wait()
+    finally:
+      self._manager.close()
 
   def restore(self, target: Optional[dict] = None, step: Optional[int] = None,
               move_corrupt: bool = True) -> Tuple[Optional[dict], Optional[int]]:
@@ -125,16 +203,17 @@ class Checkpointer:
     failed = []
     for candidate in [step] if step is not None else available:
       try:
-        restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(target))
+        restored = self._restore_verified(candidate, target)
+      except CheckpointMismatch:
+        raise
       except Exception as error:  # pylint: disable=broad-except
-        logging.error('Checkpoint %d in %s cannot be restored (%s: %s).', candidate,
-                      self.directory, type(error).__name__, error)
+        logging.error('Checkpoint %d in %s is unusable (%s).', candidate, self.directory,
+                      _short(error))
         failed.append((candidate, error))
         continue
-      if target is not None:
-        _check_matches(target, restored, f'Checkpoint {candidate} in {self.directory}')
       if failed:
-        logging.error('Using the previous checkpoint, step %d.', candidate)
+        logging.error('Using the previous checkpoint, step %d%s.', candidate,
+                      '; the unusable ones move to ' + CORRUPT_DIR if move_corrupt else '')
         if move_corrupt:
           for bad, _ in failed:
             self._move_aside(bad)
@@ -143,9 +222,23 @@ class Checkpointer:
       bad, error = failed[0]
       raise ValueError(
           f'No checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); '
-          f'step {bad}: {type(error).__name__}: {error}. If this workdir holds a run of '
-          f'another model or optimizer, use a new --workdir.') from error
+          f'step {bad}: {_short(error)}. If this workdir holds a run of another model or '
+          f'optimizer, use a new --workdir.') from error
     return None, None
+
+  def _restore_verified(self, step: int, target: Optional[dict]):
+    """Checkpoint `step`, checked against the target's shapes and its checksums."""
+    has_checksums = os.path.isdir(os.path.join(self.directory, str(step), CHECKSUM_ITEM))
+    items = {STATE_ITEM: ocp.args.StandardRestore(target)}
+    if has_checksums:   # checkpoints of older versions have none
+      items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    state = restored[STATE_ITEM]
+    what = f'Checkpoint {step} in {self.directory}'
+    if target is not None:
+      _check_matches(target, state, what)
+    verify(state, restored[CHECKSUM_ITEM] if has_checksums else None, what)
+    return state
 
   def _move_aside(self, step: int):
     _sync(f'checkpoint_corrupt_{step}_before')

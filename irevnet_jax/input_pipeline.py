@@ -219,12 +219,13 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
   if name == 'digits':
     source = digits_source()
   elif name == 'synthetic':
-    fields = {k: dataset_config.get(k, v) for k, v in SYNTHETIC_FIELDS.items()}
+    fields = {k: (dataset_config.get(k, None) or v) for k, v in SYNTHETIC_FIELDS.items()}
     source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
                              fields['num_train_examples'], fields['num_eval_examples'])
   elif name in TFDS_NAMES:
     from irevnet_jax import tfds_pipeline  # needs TensorFlow; only for these names
-    return tfds_pipeline.get_tfds_source(dataset_config, model_input_shape)
+    tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_pipeline.FIELDS}
+    return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
   else:
     raise ValueError(
         f'Unknown dataset.name={name!r}; known names are {list(LOCAL_NAMES + TFDS_NAMES)} '

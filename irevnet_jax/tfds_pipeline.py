@@ -221,7 +221,9 @@ def imagenet_missing_message(opts: Options, builder_data_dir: str, detail: str =
       'download_config=tfds.download.DownloadConfig(manual_dir=MANUAL_DIR)); the TFDS CLI '
       f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual} '
       '--file_format=array_record` (TFDS 4.9 needs apache-beam installed for its CLI).\n'
-      '  4. Train with dataset.data_dir set to that data dir (see docs/data_and_launch.md).')
+      '  4. Train with dataset.data_dir set to that data dir (see docs/data_and_launch.md).\n'
+      'To try the model and the runner without ImageNet, train on random images instead: '
+      '--config.dataset.name=synthetic.')
 
 
 def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):

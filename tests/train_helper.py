@@ -7,25 +7,31 @@ All flags of experiments.main work. When the training loop asks for the batch
 of step `kill_at_step` (steps done so far), the process waits until checkpoint
 `wait_for_checkpoint` is on disk, then sends itself `kill_signal` (KILL: dies
 at once; TERM: the runner saves after the current step and exits with 143).
+`--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
+its batch k instead. `--file_size_limit=N` makes every file write beyond N bytes
+fail with EFBIG (a full disk, for checkpoints).
 TensorFlow cannot be imported here: the runs also show that training on digits
 does not need it.
 """
 import os
+import resource
 import signal
 import sys
 import time
 
 sys.modules['tensorflow'] = None   # any `import tensorflow` now raises ImportError
 
-from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import main as experiment_main
 from irevnet_jax import checkpoints, input_pipeline
 
 flags.DEFINE_integer('kill_at_step', -1, 'Interrupt when the batch of this step is requested.')
 flags.DEFINE_integer('wait_for_checkpoint', -1, 'Checkpoint step to wait for before that.')
-flags.DEFINE_enum('kill_signal', 'KILL', ['KILL', 'TERM'], 'Signal to send to this process.')
+flags.DEFINE_integer('kill_at_eval_batch', -1, 'Interrupt when this eval batch is requested.')
+flags.DEFINE_enum('kill_signal', 'KILL', ['KILL', 'TERM', 'INT'], 'Signal to send to this process.')
+flags.DEFINE_integer('file_size_limit', -1, 'Largest file this process may write (RLIMIT_FSIZE).')
 FLAGS = flags.FLAGS
 
 
@@ -53,15 +59,27 @@ def _patch_sources():
       return _interrupting(train_batches(local_batch_size, process_index, process_count,
                                          seed, start_step), start_step)
     source.train_batches = interrupted
+    eval_batches = source.eval_batches
+
+    def interrupted_eval(*args):
+      for index, batch in enumerate(eval_batches(*args)):
+        if index == FLAGS.kill_at_eval_batch:
+          FLAGS.kill_at_eval_batch = -1   # the first evaluation only
+          os.kill(os.getpid(), getattr(signal, 'SIG' + FLAGS.kill_signal))
+        yield batch
+    source.eval_batches = interrupted_eval
     return source
 
   input_pipeline.get_source = patched
 
 
 def main(argv):
+  if FLAGS.file_size_limit >= 0:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FLAGS.file_size_limit, FLAGS.file_size_limit))
   _patch_sources()
   experiment_main.main(argv)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

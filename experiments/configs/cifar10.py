@@ -19,6 +19,7 @@ def get_config():
   c.dataset.name = 'cifar10'
   c.dataset.data_dir = placeholder(str)       # None: $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.dataset.normalization = 'mean_std'        # per-channel, the released code's constants
+  common.synthetic_fields(c.dataset)
   c.batch_size = 128
   c.num_epochs = 200.0
   c.learning_rate = 0.1

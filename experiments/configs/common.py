@@ -11,6 +11,14 @@ from ml_collections.config_dict import placeholder
 from irevnet_jax.train.config import base_config
 
 
+def synthetic_fields(dataset: ml_collections.ConfigDict):
+  """Adds the optional fields of `dataset.name=synthetic` (unset), so that a TFDS config runs
+  on random images with e.g. --config.dataset.name=synthetic --config.dataset.num_eval_examples=8."""
+  dataset.num_classes = placeholder(int)          # None: 10
+  dataset.num_train_examples = placeholder(int)   # None: 1,281,167 (ImageNet's)
+  dataset.num_eval_examples = placeholder(int)    # None: 1,024
+
+
 def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`base_config(model)` with TFDS ImageNet and the paper's recipe (shared by every ImageNet model).
 
@@ -37,6 +45,7 @@ def imagenet_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   c.dataset.jitter_hue = 0.2
   c.dataset.eval_crop_fraction = 0.875        # shorter side to 256, centre 224 x 224
   c.dataset.cpu_threads = 0                   # tf.data threads per process; 0: all cores
+  synthetic_fields(c.dataset)
   c.batch_size = 256
   c.num_epochs = 120.0
   c.learning_rate = 0.1

@@ -2,11 +2,14 @@
 
     result = train_and_evaluate(config, workdir)   # config: experiments/configs/*.py
 
-Reads top to bottom. A run resumes from the latest good checkpoint in its
-workdir; SIGTERM (or Ctrl-C) saves and raises `Preempted`; a non-finite loss or
-state stops the run without saving that state.
+Reads top to bottom. A run owns its workdir while it trains (a second run on it
+is refused) and resumes from the latest good checkpoint there, refusing changed
+training fields unless allowed; SIGTERM (or Ctrl-C) saves and raises
+`Preempted`; a non-finite loss or state stops the run without saving that
+state; a failed save stops it at once (`checkpoints.CheckpointSaveError`).
 """
 import math
+import os
 import signal
 import threading
 from typing import Any, Dict, NamedTuple, Optional
@@ -16,7 +19,7 @@ import jax
 import ml_collections
 
 import irevnet_jax
-from irevnet_jax import checkpoints, input_pipeline, metrics
+from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, state as state_lib, steps
@@ -88,14 +91,32 @@ def _due(step, every, total):
   return step == total or (every > 0 and step % every == 0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Result:
+MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: bool = False) -> Result:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Raises `Preempted` after saving on SIGTERM / Ctrl-C, and FloatingPointError
-  (naming the step) on a non-finite loss or state, without saving that state.
+  Raises `Preempted` after saving on SIGTERM / Ctrl-C, FloatingPointError (naming
+  the step) on a non-finite loss or state without saving that state, and
+  ValueError when resuming with changed training fields (unless
+  `allow_config_change`: then config_history.jsonl keeps the old config).
   """
   config_lib.check_config(config)
   process_index, process_count = jax.process_index(), jax.process_count()
+  is_chief = process_index == 0
+  workdir = workdir_lib.check_workdir(workdir)
+  lock = workdir_lib.WorkdirLock(workdir) if is_chief else None
+  try:
+    return _train(config, workdir, allow_config_change, process_index, process_count)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config, workdir, allow_config_change, process_index, process_count) -> Result:
+  """`train_and_evaluate` once the workdir is checked and locked."""
   is_chief = process_index == 0
 
   # Devices and batch sizes.
@@ -106,6 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   _divisible('eval_batch_size', config.eval_batch_size, num_global, what)
   local_batch = config.batch_size // process_count
   local_eval_batch = config.eval_batch_size // process_count
+  per_device = config.batch_size // num_global
+  if per_device < MIN_BN_EXAMPLES and is_chief:
+    logging.warning('Each device sees %d example(s) per step: BatchNorm statistics over so few '
+                    'are noise, and training (and inversion) may fail. Use batch_size >= %d '
+                    'or fewer devices (num_devices).', per_device, MIN_BN_EXAMPLES * num_global)
 
   # Input.
   input_shape = tuple(irevnet_jax.build(config.model).input_shape)   # validates the model
@@ -130,7 +156,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
   else:
     host_state, start_step = state_lib.create_state(prog.train_net, prog.tx, int(config.seed)), 0
   if is_chief:
-    checkpoints.write_config(workdir, config)
+    workdir_lib.record_config(workdir, config, restored_step, allow_config_change)
     logging.info('%s\n%d parameters; %d steps of global batch %d on %d device(s) (%s, %s), '
                  '%.1f steps per epoch.', prog.train_net,
                  irevnet_jax.count_params(prog.train_net), total_steps, config.batch_size,
@@ -180,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
       state, step_metrics = prog.train_step(state, next(batches))
       step += 1
       pending.append((step, step_metrics))
+      checkpointer.check()   # a failed background save stops the run here
       if step == start_step + 1:   # the first step compiles: keep it out of the rate
         jax.block_until_ready(step_metrics)
         progress.steps_per_second(step)
@@ -220,8 +247,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Resul
     checkpointer.close()
     writer.close()
   if is_chief:
-    logging.info('Done: step %d of %d in %s. %s', step, total_steps, workdir,
-                 ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()))
+    logging.info('Done: step %d of %d; %s; checkpoint %s.', step, total_steps,
+                 ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()),
+                 os.path.join(checkpointer.directory, str(last_saved)))
   return Result(backend.to_host(state), eval_metrics, step)
 
 

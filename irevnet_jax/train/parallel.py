@@ -52,14 +52,22 @@ class PmapBackend:
     self.num_local = len(self.local_devices)
     self.num_global = self.num_local * jax.process_count()
 
+  def _pmap_devices(self):
+    """pmap's `devices`: ours with one process; None (every process's) with several."""
+    return self.local_devices if jax.process_count() == 1 else None
+
   def compile(self, step: Callable, donate_state: bool = False):
     """step(state, batch) -> outputs, per device -> the pmapped step."""
-    pmap_devices = self.local_devices if jax.process_count() == 1 else None  # None: all
     donate = (0,) if donate_state and jax.default_backend() != 'cpu' else ()
-    return jax.pmap(step, axis_name=AXIS, devices=pmap_devices, donate_argnums=donate)
+    return jax.pmap(step, axis_name=AXIS, devices=self._pmap_devices(), donate_argnums=donate)
 
   def put_state(self, host_state):
-    return jax_utils.replicate(host_state, self.local_devices)
+    """Host tree -> one copy per local device, laid out as pmap's own outputs are (a state
+    from `flax.jax_utils.replicate` has another sharding, and the step would compile twice:
+    once for it and once for the state that the first step returns)."""
+    broadcast = jax.pmap(lambda _, tree: tree, in_axes=(0, None), axis_name=AXIS,
+                         devices=self._pmap_devices())
+    return broadcast(np.arange(self.num_local), host_state)
 
   def to_host(self, tree):
     """Replicated device tree (the state or a step's outputs) -> host numpy (one copy)."""

@@ -33,13 +33,13 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
 
 
 def non_finite_leaves(state: dict, limit: int = 3):
-  """Paths (like "batch_stats['stages_0']...['var']") of up to `limit` leaves of a host
-  state that hold NaN or infinity; [] when all values are finite."""
+  """Paths (like 'batch_stats/stages_0/first/BatchNorm_0/var') of up to `limit` leaves of a
+  host state that hold NaN or infinity; [] when all values are finite."""
   bad = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     leaf = np.asarray(leaf)
     if leaf.dtype.kind == 'f' and not np.isfinite(leaf).all():
-      bad.append(jax.tree_util.keystr(path))
+      bad.append(jax.tree_util.keystr(path, simple=True, separator='/'))
       if len(bad) >= limit:
         break
   return bad

@@ -1,0 +1,124 @@
+"""What the commands in experiments/ share: flag parsing, and user errors that end in one line.
+
+    cli.run(main)      # instead of absl.app.run(main)
+
+A user error ends the process with exit status 1 and without a traceback
+(`--verbose` shows it): a bad flag, config file or config field with absl's two
+lines `FATAL Flags parsing error: ...`; a value that cannot work, a missing
+file or a run that cannot go on with `Error: <message>` on stderr. Errors that
+are not the user's (bugs) keep their traceback.
+"""
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+flags.DEFINE_bool('verbose', False, 'Show the Python traceback of errors in your input too.')
+FLAGS = flags.FLAGS
+
+PACKAGE_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  name) + os.sep for name in ('irevnet_jax', 'experiments'))
+# Exceptions that this project raises on purpose, with a message that names the fix.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, RuntimeError)
+
+
+def _raised_here(error: BaseException) -> bool:
+  """True when the innermost frame that raised `error` is this project's code."""
+  tb = error.__traceback__
+  if tb is None:
+    return False
+  while tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIRS)
+
+
+def _missing_field_message(error, argv):
+  """'--config.x.batchsize: ...' from ml_collections' KeyError / AttributeError text."""
+  text = str(error).replace('\\', '')
+  match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+  key = match.group(2) if match else (re.match(r"""\W*(\w+)""", text) or [None, None])[1]
+  if not isinstance(error, (KeyError, AttributeError)) or not key:
+    return None
+  flag = next((a.split('=', 1)[0] for a in argv
+               if re.match(r'--\w+(\.\w+)+', a) and a.split('=', 1)[0].split('.')[-1] == key),
+              f'--config...{key}')
+  hint = f' Did you mean {match.group(1)!r}?' if match else ''
+  return f'{flag}: the config has no field {key!r}.{hint}'
+
+
+def _flag_error_message(error, argv) -> str:
+  """One line that says which flag is wrong and why."""
+  unknown = _missing_field_message(error, argv)
+  if unknown:
+    return unknown
+  text = str(error)
+  if 'Failed loading config file' in text or 'earlier failure to load' in text:
+    paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
+    path = paths[-1] if paths else '?'   # the last one counts, as for any flag
+    reason = re.search(r'\[Errno \d+\] ([^\n]+)', text)
+    cause = reason.group(1) if reason else text.strip().splitlines()[-1].strip()
+    return f'--config={path}: cannot load the config file ({cause}).'
+  return ' '.join(text.split())
+
+
+def _fatal(message):
+  print(f'FATAL Flags parsing error: {message}', file=sys.stderr)
+  print('Pass --helpshort or --helpfull to see help on flags.', file=sys.stderr)
+  sys.exit(1)
+
+
+FLAG_ERRORS = (flags.Error, AttributeError, OSError, TypeError, ValueError, KeyError, SyntaxError)
+
+
+def define_config_flag(name: str, default: str, help_string: str):
+  """`config_flags.DEFINE_config_file` (locked config). It reads --<name>.<field> overrides
+  at once, so an unknown field fails here, at import: reported like any bad flag."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
+  except FLAG_ERRORS as error:
+    if '--verbose' in sys.argv:
+      raise
+    _fatal(_flag_error_message(error, sys.argv))
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, plus config files loaded here, so that a bad flag, a missing
+  config file or an unknown config field ends in absl's two lines
+  (`FATAL Flags parsing error: ...`) instead of a traceback."""
+  try:
+    rest = FLAGS(argv)
+    for name in FLAGS:
+      if type(FLAGS[name]).__name__ == '_ConfigFlag':
+        FLAGS[name].value.keys()   # loads the config file, or raises its error
+    return rest
+  except FLAG_ERRORS as error:
+    if '--verbose' in argv:
+      raise
+    _fatal(_flag_error_message(error, argv))
+
+
+def _guarded(main, argv):
+  from irevnet_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    main(argv)
+  except train.Preempted as preempted:
+    logging.warning('%s', preempted)
+    sys.exit(preempted.exit_code)   # 143 (SIGTERM) or 130 (Ctrl-C): an interrupted job
+  except KeyboardInterrupt:
+    print('Interrupted (Ctrl-C).', file=sys.stderr)
+    sys.exit(130)
+  except USER_ERRORS as error:
+    if FLAGS.verbose or not _raised_here(error):
+      raise
+    logging.flush()
+    print(f'Error: {error}', file=sys.stderr)
+    sys.exit(1)
+
+
+def run(main):
+  """`absl.app.run(main)` with this project's flag parsing and error handling."""
+  app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)

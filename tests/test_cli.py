@@ -1,0 +1,187 @@
+"""The command line as a user meets it: bad input ends in one line, a run owns its workdir,
+resumes refuse silent changes, failures (corrupt checkpoints, non-finite state, a full
+disk, SIGTERM during evaluation) stop cleanly, and the README's Python snippet runs."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from irevnet_jax import checkpoints, metrics, train, workdir as workdir_lib
+from irevnet_jax.train import state as state_lib
+import train_testlib as lib
+
+BIJECTIVE = os.path.join(lib.REPO, 'experiments', 'configs', 'bijective.py')
+
+# (extra flags, text the one-line error must contain). The runs share a workdir prefix.
+BAD_INPUTS = [
+    (['--config.batchsize=3'], "--config.batchsize: the config has no field 'batchsize'. "
+                               "Did you mean 'batch_size'?"),
+    (['--config.model.blokcs=(1,1)'], "'blokcs'. Did you mean 'blocks'?"),
+    (['--config=/nonexistent/config.py'], '--config=/nonexistent/config.py: cannot load'),
+    (['--config.batch_size=abc'], '--config.batch_size=abc'),
+    (['--config.lr_schedule=linear'], "lr_schedule='linear'"),
+    (['--config.learning_rate=nan'], 'learning_rate=nan must be a finite number'),
+    (['--config.learning_rate=-0.1'], 'learning_rate=-0.1 must be > 0'),
+    (['--config.seed=-1'], 'seed=-1 must be an integer'),
+    (['--config.keep_checkpoints=0'], 'keep_checkpoints=0 must be a positive integer, e.g. 3'),
+    (['--config.batch_size=18'], 'batch_size=18 is not divisible by the 4 devices'),
+    (['--config.dataset.name=mnistx'], "dataset.name='mnistx'"),
+    (['--config.model.input_shape=(30,30,1)'], 'model.input_shape=(30, 30, 1)'),
+    (['--config.train_dtype=float16'], 'float16 needs loss scaling'),
+    (['--workdir=WORKDIR_FILE'], 'is a file, not a directory'),
+    (['unexpected_argument'], "Unexpected arguments: ['unexpected_argument']"),
+]
+
+
+def test_bad_inputs_end_in_one_clear_line(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('not a directory')
+  processes = []
+  for index, (extra, _) in enumerate(BAD_INPUTS):
+    args = [f'--config={lib.DIGITS_CONFIG}', f'--workdir={tmp_path / f"run{index}"}']
+    args += [a.replace('WORKDIR_FILE', str(a_file)) for a in extra]
+    processes.append(lib.start(args))
+    if len(processes) % 3 == 0:        # a few at a time on small machines
+      processes[-3].wait()
+  for (extra, expected), process in zip(BAD_INPUTS, processes):
+    code, output = lib.finish(process)
+    assert code != 0, (extra, output[-2000:])
+    assert 'Traceback' not in output, (extra, output[-3000:])
+    error_lines = [l for l in output.splitlines() if l.startswith(('Error:', 'FATAL'))]
+    assert len(error_lines) == 1 and expected in error_lines[0], (extra, output[-2000:])
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from irevnet_jax import workdir; '
+       'lock = workdir.WorkdirLock(sys.argv[1]); print("locked", flush=True); time.sleep(600)',
+       str(tmp_path)], cwd=lib.REPO, env=lib.env_with_devices(1), stdout=subprocess.PIPE,
+      text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    code, output = lib.finish(lib.start(lib.flag_args() + [f'--workdir={tmp_path}']))
+    assert code == 1 and 'Traceback' not in output
+    assert re.search(r'Error: .* is in use by a run that is still alive \(pid \d+', output)
+    assert not os.path.exists(tmp_path / 'checkpoints')      # nothing was touched
+  finally:
+    holder.kill()
+    holder.wait()
+  workdir_lib.WorkdirLock(str(tmp_path)).release()           # SIGKILL released it
+
+
+def test_resume_with_a_changed_training_field_is_refused_unless_allowed(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(lib.make_config(num_train_steps=8), workdir)
+  changed = lib.make_config(num_train_steps=16, batch_size=64)
+  with pytest.raises(ValueError, match=r'changed training field\(s\): batch_size: 32 -> 64; '
+                                       r'num_train_steps: 8 -> 16\. Pass --allow_config_change'):
+    train.train_and_evaluate(changed, workdir)
+  assert json.load(open(tmp_path / 'config.json'))['batch_size'] == 32   # not overwritten
+  # Logging, evaluation and checkpoint intervals may change freely.
+  train.train_and_evaluate(lib.make_config(num_train_steps=8, log_every_steps=4), workdir)
+  result = train.train_and_evaluate(changed, workdir, allow_config_change=True)
+  assert result.step == 16
+  assert json.load(open(tmp_path / 'config.json'))['batch_size'] == 64
+  history = [json.loads(l) for l in open(tmp_path / 'config_history.jsonl')]
+  assert len(history) == 1 and history[0]['replaced_at_step'] == 8
+  assert history[0]['changes']['batch_size'] == [32, 64]
+  assert history[0]['config']['batch_size'] == 32
+
+
+def _flip_a_byte_of_the_largest_data_file(step_dir):
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names
+           if os.path.basename(root) == 'd']
+  largest = max(files, key=os.path.getsize)
+  data = bytearray(open(largest, 'rb').read())
+  data[len(data) // 2] ^= 0x01
+  open(largest, 'wb').write(bytes(data))
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_checkpoint_with_flipped_bytes_falls_back_to_the_previous_one(tmp_path):
+  config = lib.make_config(num_train_steps=16)
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference')).state
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+  _flip_a_byte_of_the_largest_data_file(os.path.join(workdir, 'checkpoints', '16'))
+  _, _, step = checkpoints.load_run(workdir)
+  assert step == 8
+  result = train.train_and_evaluate(config, workdir)          # resumes from 8 and redoes 16
+  assert os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))
+  lib.assert_trees_close(result.state, reference, rtol=0, atol=0)
+
+
+def test_checksums_and_non_finite_values_are_verified():
+  state = {'params': {'w': np.arange(6, dtype=np.float32)}, 'step': np.int32(3)}
+  sums = checkpoints.checksums(state)
+  checkpoints.verify(state, sums, 'state')
+  changed = {'params': {'w': state['params']['w'].copy()}, 'step': state['step']}
+  changed['params']['w'][2] = np.nextafter(np.float32(2), np.float32(3))
+  with pytest.raises(checkpoints.CorruptCheckpoint, match='fail their checksum.*params/w'):
+    checkpoints.verify(changed, sums, 'state')
+  changed['params']['w'][2] = np.inf
+  with pytest.raises(checkpoints.CorruptCheckpoint, match='non-finite values in params/w'):
+    checkpoints.verify(changed, None, 'state')
+
+
+def test_infinite_batch_norm_statistics_stop_the_run_without_being_saved(tmp_path, monkeypatch):
+  create = state_lib.create_state
+
+  def with_infinite_variance(net, tx, seed, abstract=False):
+    state = create(net, tx, seed, abstract)
+    if not abstract:
+      state['batch_stats']['head_norm']['var'] = np.full_like(
+          state['batch_stats']['head_norm']['var'], np.inf)
+    return state
+
+  monkeypatch.setattr(state_lib, 'create_state', with_infinite_variance)
+  config = lib.make_config(num_train_steps=4, log_every_steps=1, checkpoint_every_steps=1)
+  with pytest.raises(FloatingPointError, match=r"Non-finite values in the state \("
+                     r"batch_stats/head_norm/var\) at step 1; stopping, no checkpoint was saved"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps()
+
+
+def test_a_failed_save_stops_the_run_with_one_line(tmp_path):
+  """Writes beyond 40 KB fail (RLIMIT_FSIZE): the first checkpoint cannot be written."""
+  args = lib.flag_args(num_train_steps=24) + [f'--workdir={tmp_path}', '--file_size_limit=40000']
+  code, output = lib.finish(lib.start(args, script=lib.HELPER))
+  assert code == 1 and 'Traceback' not in output, output[-3000:]
+  errors = [l for l in output.splitlines() if l.startswith('Error:')]
+  assert errors == [f'Error: Saving checkpoint 8 in {tmp_path}/checkpoints failed: File too '
+                    'large; there is no earlier checkpoint. Free space or fix permissions, then '
+                    'rerun the same command to resume'], output[-3000:]
+  assert 'step 24/24' not in output and 'Done' not in output    # stopped, not at the end
+
+
+@pytest.mark.parametrize('signal_name, exit_code', [('TERM', 143), ('INT', 130)])
+def test_a_signal_during_evaluation_stops_promptly_and_the_run_resumes(
+    tmp_path, signal_name, exit_code):
+  config = lib.make_config(eval_every_steps=8, eval_batch_size=4)   # 90 eval batches
+  args = lib.flag_args(eval_every_steps=8, eval_batch_size=4) + [
+      f'--workdir={tmp_path}', '--kill_at_eval_batch=3', f'--kill_signal={signal_name}']
+  start = time.time()
+  code, output = lib.finish(lib.start(args, script=lib.HELPER))
+  assert code == exit_code, output[-3000:]
+  assert 'Traceback' not in output
+  assert checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps() == [8]
+  assert not [r for r in metrics.read_jsonl(str(tmp_path)) if 'eval/loss' in r]
+  result = train.train_and_evaluate(config, str(tmp_path))
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  lib.assert_trees_close(result.state, reference.state, rtol=0, atol=0)
+  assert time.time() - start < 600
+
+
+def test_the_readme_python_snippet_runs_as_written():
+  readme = open(os.path.join(lib.REPO, 'README.md')).read()
+  snippet = re.search(r'## Using the model.*?```python\n(.*?)```', readme, re.S).group(1)
+  namespace = {}
+  exec(compile(snippet, 'README.md', 'exec'), namespace)   # pylint: disable=exec-used
+  assert float(np.max(np.abs(np.asarray(namespace['x_again']) - namespace['x']))) < 1e-5
