@@ -16,3 +16,14 @@ def x64():
   """Runs the test with 64-bit floats enabled (jax_enable_x64), then restores the default."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+  """(workdir, Result) of the tiny digits run (train_testlib.make_config(): dropout on, 24
+  steps, 4 devices) from step 0 to the end in one go: the reference that interrupted,
+  resumed and multi-process runs must reproduce. Made once per test session."""
+  from irevnet_jax import train
+  import train_testlib as lib
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  return workdir, train.train_and_evaluate(lib.make_config(), str(workdir))

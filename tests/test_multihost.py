@@ -8,12 +8,11 @@ from irevnet_jax import checkpoints, metrics, train
 import train_testlib as lib
 
 
-@pytest.fixture(scope='module')
-def single_process(tmp_path_factory):
-  """The reference: the tiny digits run (dropout on) in this process, on 4 devices, global
-  batch 32."""
-  workdir = str(tmp_path_factory.mktemp('single'))
-  return train.train_and_evaluate(lib.make_config(), workdir).state
+@pytest.fixture
+def single_process(tiny_run):
+  """The reference: the tiny digits run (dropout on) in one process, on 4 devices, global
+  batch 32 (conftest)."""
+  return tiny_run[1].state
 
 
 def _two_processes(workdir, script=None, extra=(), process_0_extra=(), timeout=300):

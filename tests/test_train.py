@@ -59,11 +59,10 @@ def test_learning_rate_schedules():
   assert float(schedule(40)) == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory):
-  """The reference: the tiny run from step 0 to 24 in one go, on 4 devices."""
-  workdir = tmp_path_factory.mktemp('uninterrupted')
-  return workdir, train.train_and_evaluate(lib.make_config(), str(workdir))
+@pytest.fixture
+def uninterrupted(tiny_run):
+  """The reference: the tiny run from step 0 to 24 in one go, on 4 devices (conftest)."""
+  return tiny_run
 
 
 def test_loss_falls_and_outputs_are_written(uninterrupted):
