@@ -240,8 +240,9 @@ class TrainStep:
   GPU/TPU, as in training); batches are uint8 images on the device.
   """
 
-  def __init__(self, config, num_devices: int = 1):
+  def __init__(self, config, num_devices: int = 1, compiler_options=None):
     self.config = config
+    self.compiler_options = compiler_options   # e.g. a lower optimisation level in tests
     self.source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
     normalization = steps_lib.Normalization(self.source.pixel_mean, self.source.pixel_std)
     devices = jax.local_devices()[:num_devices]
@@ -280,7 +281,8 @@ class TrainStep:
     """The train step compiled for global batch `batch_size` (trace + lower + compile)."""
     batch = self.batch(batch_size)
     start = time.perf_counter()
-    compiled = self.program.train_step.lower(self.state, batch).compile()
+    compiled = self.program.train_step.lower(self.state, batch).compile(
+        compiler_options=self.compiler_options)
     seconds = time.perf_counter() - start
     temp, peak = _memory_analysis(compiled)
     return Compiled(compiled, seconds, temp, peak, self.param_bytes, batch_size)

@@ -123,7 +123,8 @@ _LAST_COMPILE = {}
 
 
 def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
-              limit_bytes=None, cap=4096, min_seconds=2.0, blocks=None):
+              limit_bytes=None, cap=4096, min_seconds=2.0, blocks=None, parallel='pmap',
+              compiler_options=None):
   """One train row (a dict, see the module docstring), or None if `model` has no `mode`.
 
   batch: an integer, or 'max' for the largest that fits in `limit_bytes` (up to
@@ -133,11 +134,12 @@ def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
   start = time.perf_counter()
   probe_batch = cap if batch == 'max' else int(batch)
   config = common.experiment_config(model, batch_size=probe_batch, smoke=smoke,
-                                    backprop=mode, train_dtype=train_dtype, blocks=blocks)
+                                    backprop=mode, train_dtype=train_dtype, blocks=blocks,
+                                    parallel=parallel)
   if mode not in common.backprop_modes(config.model):
     return None
-  step = common.TrainStep(config)
-  key = (model, mode, step.train_dtype, smoke, blocks)
+  step = common.TrainStep(config, compiler_options=compiler_options)
+  key = (model, mode, step.train_dtype, smoke, blocks, parallel)
   notes, estimate = [], None
   if batch == 'max':
     if limit_bytes is None:
@@ -251,8 +253,9 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
   if limit is None:
     raise ValueError('this device reports no memory limit; pass --memory_gib (e.g. 2 on CPU)')
   limit = int(limit * SAFETY)
-  print(f'suite on {common.device_name()}, jax {jax.__version__}, planning with '
-        f'{limit / common.GIB:.2f} GiB, budget {budget_s:.0f} s'
+  print(f'suite on {common.device_name()}, jax {jax.__version__}, the runner\'s train step '
+        f'(pmap, one device), planning with {limit / common.GIB:.2f} GiB, budget '
+        f'{budget_s:.0f} s'
         + (' (SMOKE: shrunken models, numbers mean nothing)' if smoke else ''), flush=True)
   rows, costs = [], {}
   for item in gpu_plan(smoke):
@@ -324,6 +327,16 @@ def summary_lines(rows, smoke: bool, card: str = ''):
         f'{row["img_s"]:,.0f} images/s = {ratio:.2f}x PyTorch\'s {anchor:,} (batch '
         f'{anchor_batch}, H200, {how}); goal on an H200: {TARGET_RATIO:.0f}x = '
         f'{TARGET_RATIO * anchor:,.0f}')
+  largest = {}   # (model, mode) -> the largest max-batch estimate of its train rows
+  for r in rows:
+    if r['what'] == 'train' and r.get('max_batch'):
+      key = (r['model'], r['mode'])
+      largest[key] = max(largest.get(key, 0), r['max_batch'])
+  for (model, mode), batch in largest.items():
+    base = largest.get((model, 'autodiff'))
+    if mode != 'autodiff' and base:
+      lines.append(f'{prefix}{model}: {mode} fits ~{batch:,} images per step, autodiff '
+                   f'~{base:,}: {batch / base:.1f}x (XLA memory-analysis estimates)')
   big = [r for r in rows if r['what'] == 'train' and r.get('compile_s') is not None
          and (r.get('config_blocks') or 0) >= 100]
   if big:
@@ -356,6 +369,8 @@ def main():
   parser.add_argument('--repeats', type=int, default=1,
                       help='time each row this often (interleaved) and keep the fastest')
   parser.add_argument('--budget_s', type=float, default=420.0, help='time budget of --suite')
+  parser.add_argument('--parallel', default='pmap', choices=['pmap', 'shard_map'],
+                      help='the parallel back end of the runner (one device either way)')
   parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
   args = parser.parse_args()
 
@@ -375,7 +390,8 @@ def main():
         for mode in args.modes.split(','):
           row = train_row(model, mode, args.batch, train_dtype=dtype, smoke=args.smoke,
                           limit_bytes=limit and int(limit * SAFETY), cap=args.max_batch,
-                          min_seconds=args.min_seconds, blocks=blocks)
+                          min_seconds=args.min_seconds, blocks=blocks,
+                          parallel=args.parallel)
           gc.collect()
           if row is None:
             continue
