@@ -281,8 +281,9 @@ class TrainStep:
     """The train step compiled for global batch `batch_size` (trace + lower + compile)."""
     batch = self.batch(batch_size)
     start = time.perf_counter()
-    compiled = self.program.train_step.lower(self.state, batch).compile(
-        compiler_options=self.compiler_options)
+    lowered = self.program.train_step.lower(self.state, batch)
+    compiled = (lowered.compile(compiler_options=self.compiler_options)
+                if self.compiler_options else lowered.compile())
     seconds = time.perf_counter() - start
     temp, peak = _memory_analysis(compiled)
     return Compiled(compiled, seconds, temp, peak, self.param_bytes, batch_size)

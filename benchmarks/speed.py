@@ -43,7 +43,9 @@ both ways); compile s is the compile and run of forward + invert; the note gives
 import argparse
 import dataclasses
 import gc
+import sys
 import time
+import traceback
 
 import jax
 
@@ -263,9 +265,10 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
     left = deadline - time.perf_counter()
     guess = _guess_seconds(item, costs, smoke)
     label = ' '.join(str(a) for a in item[1:])
+    asked = f'batch {item[3]}: ' if kind == 'train' else ''
     if left < guess:
       rows.append({'what': kind, 'model': model, 'mode': item[2] if kind == 'train' else None,
-                   'note': f'skipped: {left:.0f} s left, ~{guess:.0f} s needed'})
+                   'note': f'{asked}skipped, {left:.0f} s left, ~{guess:.0f} s needed'})
       print(f'[skip] {kind} {label}: {rows[-1]["note"]}', flush=True)
       continue
     started = time.perf_counter()
@@ -277,9 +280,10 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
       else:
         new_rows = inversion_rows(model, inversion_batch, smoke)
     except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
+      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
       message = (str(e).strip().splitlines() or [''])[0][:100]
       new_rows = [{'what': kind, 'model': model, 'mode': item[2] if kind == 'train' else None,
-                   'note': f'error: {type(e).__name__}: {message}'}]
+                   'note': f'{asked}error: {type(e).__name__}: {message}'}]
     gc.collect()   # free the last row's device buffers before the next row plans its memory
     costs[model] = time.perf_counter() - started
     rows += new_rows
