@@ -5,8 +5,12 @@
 
 Settings: float32 with 'default' precision (TF32-like convolutions on NVIDIA
 GPUs; full float32 on CPUs), float32 with 'highest' precision (what exact
-inversion needs), and bfloat16 compute (float32 coupling streams). Eval mode
-(running BN statistics) on freshly initialised variables and x uniform in [0, 1).
+inversion needs), bfloat16 compute (float32 coupling streams) both ways, and
+'bfloat16>float32/highest': z from the bfloat16 forward that training runs
+(`train_dtype` bfloat16, precision 'default'), inverted by the exact float32
+'highest' model that evaluation, `invert` and the analysis use (the runner's
+policy, `irevnet_jax.train.config`). Eval mode (running BN statistics) on
+freshly initialised variables and x uniform in [0, 1).
 """
 import argparse
 import time
@@ -16,10 +20,11 @@ import numpy as np
 
 from benchmarks import common
 
-SETTINGS = {   # name -> (dtype, precision)
-    'float32/default': ('float32', 'default'),
-    'float32/highest': ('float32', 'highest'),
-    'bfloat16': ('bfloat16', 'default'),
+SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) of invert)
+    'float32/default': (('float32', 'default'), ('float32', 'default')),
+    'float32/highest': (('float32', 'highest'), ('float32', 'highest')),
+    'bfloat16': (('bfloat16', 'default'), ('bfloat16', 'default')),
+    'bfloat16>float32/highest': (('bfloat16', 'default'), ('float32', 'highest')),
 }
 
 
@@ -31,16 +36,17 @@ def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, repor
   """Rows {model, setting, rel_error, max_abs_error, z dtype, seconds}, one per setting."""
   rows, variables = [], None
   for setting in settings:
-    dtype, precision = SETTINGS[setting]
-    config = common.model_config(model, smoke=smoke, dtype=dtype, precision=precision)
-    net = common.build(config)
+    (dtype, precision), (inv_dtype, inv_precision) = SETTINGS[setting]
+    net = common.build(common.model_config(model, smoke=smoke, dtype=dtype, precision=precision))
+    inv_net = common.build(common.model_config(model, smoke=smoke, dtype=inv_dtype,
+                                               precision=inv_precision))
     x, _ = common.synthetic_batch(net, batch)
     if variables is None:   # the parameter tree (float32) is the same for every setting
       variables = _variables(net, x)
 
-    def roundtrip(variables, x):
+    def roundtrip(variables, x, net=net, inv_net=inv_net):
       _, z = net.forward(variables, x)
-      return net.invert(variables, z), z
+      return inv_net.invert(variables, z), z
 
     start = time.perf_counter()
     x_again, z = jax.jit(roundtrip)(variables, x)
