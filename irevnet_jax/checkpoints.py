@@ -20,11 +20,10 @@ import zlib
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from irevnet_jax.workdir import CONFIG_FILE, read_config, write_config  # noqa: F401
+from irevnet_jax.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'

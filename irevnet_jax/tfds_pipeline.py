@@ -21,10 +21,9 @@ keys of step s: no record before it is read.
 TensorFlow is imported only here and in the modules this one imports lazily
 (`tfds_augment`, `tfds_prepare`), and never sees a GPU or TPU.
 
-Fields of the `dataset` config: see FIELDS and docs/data_and_launch.md (only `name` is
-required; None means the default).
+Fields of the `dataset` config: `irevnet_jax.tfds_options` and docs/data_and_launch.md
+(only `name` is required; None means the default).
 """
-import dataclasses
 import itertools
 import os
 from typing import Dict, Iterator, Optional, Tuple
@@ -32,155 +31,9 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from irevnet_jax import data_order
-
-IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
-CROP_SAMPLERS = ('inception', 'torchvision')   # keys of tfds_augment.CROP_SAMPLERS
-JITTER_FIELDS = ('jitter_brightness', 'jitter_contrast', 'jitter_saturation', 'jitter_hue')
-
-
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-  """What the pipeline needs to know about one TFDS dataset."""
-  kind: str                                   # 'imagenet' | 'cifar'
-  num_classes: int
-  image_shape: Optional[Tuple[int, int, int]]  # None: variable size (resized by the pipeline)
-  eval_split: str
-  mean: Tuple[float, float, float]            # per channel, in [0, 1] units
-  std: Tuple[float, float, float]
-  normalization: str
-  jitter: Tuple[float, float, float, float]   # default strengths, JITTER_FIELDS order
-
-
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-# The paper's colour distortion (the RevNet code's): see docs/data_and_launch.md.
-PAPER_JITTER = (0.25, 0.5, 0.5, 0.2)
-SPECS = {
-    'imagenet2012': _Spec('imagenet', 1000, None, 'validation', _IMAGENET_MEAN, _IMAGENET_STD,
-                          'unit', PAPER_JITTER),
-    # The released i-RevNet CIFAR code's normalisation constants.
-    'cifar10': _Spec('cifar', 10, (32, 32, 3), 'test', (0.4914, 0.4822, 0.4465),
-                     (0.2023, 0.1994, 0.2010), 'mean_std', (0.0, 0.0, 0.0, 0.0)),
-    'cifar100': _Spec('cifar', 100, (32, 32, 3), 'test', (0.5071, 0.4865, 0.4409),
-                      (0.2673, 0.2564, 0.2762), 'mean_std', (0.0, 0.0, 0.0, 0.0)),
-}
-
-
-ALIASES = {'imagenet': 'imagenet2012'}
-FIELDS = ('name', 'data_dir', 'manual_dir', 'normalization', 'download', 'train_split',
-          'eval_split', 'crop_sampler', 'crop_area_range', 'crop_aspect_range',
-          *JITTER_FIELDS, 'eval_crop_fraction', 'cpu_threads')
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """The `dataset` config fields, with defaults filled in and checked."""
-  name: str
-  data_dir: Optional[str]
-  manual_dir: Optional[str]
-  normalization: str
-  download: bool
-  train_split: str
-  eval_split: str
-  crop_sampler: str
-  crop_area_range: Tuple[float, float]
-  crop_aspect_range: Tuple[float, float]
-  jitter: Tuple[float, float, float, float]   # brightness, contrast, saturation, hue
-  eval_crop_fraction: float
-  cpu_threads: int
-
-
-def _get(dataset_config, field, default):
-  """The field's value, or `default` if it is missing or None (a placeholder)."""
-  value = dataset_config.get(field, None)
-  return default if value is None else value
-
-
-def parse_options(dataset_config) -> Options:
-  """Reads the `dataset` config (ConfigDict or dict) into `Options`; ValueError on bad fields."""
-  name = ALIASES.get(dataset_config.get('name', None), dataset_config.get('name', None))
-  if name not in SPECS:
-    raise ValueError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
-                     f'use one of {sorted(SPECS)} (or "digits" / "synthetic").')
-  unknown = sorted(set(dataset_config.keys()) - set(FIELDS))
-  if unknown:
-    raise ValueError(f'dataset.name={name!r} has no field(s) {unknown}; its fields are '
-                     f'{list(FIELDS)}.')
-  spec = SPECS[name]
-  get = lambda field, default: _get(dataset_config, field, default)  # noqa: E731
-  opts = Options(
-      name=name,
-      data_dir=_path_or_none(get('data_dir', None)),
-      manual_dir=_path_or_none(get('manual_dir', None)),
-      normalization=get('normalization', spec.normalization),
-      download=bool(get('download', True)),
-      train_split=str(get('train_split', 'train')),
-      eval_split=str(get('eval_split', spec.eval_split)),
-      crop_sampler=str(get('crop_sampler', 'inception')),
-      crop_area_range=tuple(float(v) for v in get('crop_area_range', (0.05, 1.0))),
-      crop_aspect_range=tuple(float(v) for v in get('crop_aspect_range', (3 / 4, 4 / 3))),
-      jitter=tuple(float(get(f, d)) for f, d in zip(JITTER_FIELDS, spec.jitter)),
-      eval_crop_fraction=float(get('eval_crop_fraction', 0.875)),
-      cpu_threads=int(get('cpu_threads', 0)),
-  )
-  _check_options(opts)
-  return opts
-
-
-def _check_options(opts: Options) -> None:
-  """ValueError naming the first bad field and a value that works."""
-  if opts.normalization not in ('unit', 'mean_std'):
-    raise ValueError(f'dataset.normalization={opts.normalization!r}: use "unit" ([0, 1], '
-                     'as in the paper) or "mean_std" (per-channel mean/std).')
-  if opts.crop_sampler not in CROP_SAMPLERS:
-    raise ValueError(f'dataset.crop_sampler={opts.crop_sampler!r}: use "inception" (the '
-                     'paper\'s) or "torchvision" (RandomResizedCrop, the released script\'s).')
-  area, aspect = opts.crop_area_range, opts.crop_aspect_range
-  if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
-    raise ValueError(f'dataset.crop_area_range={area} must be (lo, hi) with '
-                     '0 < lo <= hi <= 1, e.g. (0.05, 1.0).')
-  if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-    raise ValueError(f'dataset.crop_aspect_range={aspect} must be (lo, hi) '
-                     'with 0 < lo <= hi, e.g. (0.75, 1.333).')
-  for field, value in zip(JITTER_FIELDS, opts.jitter):
-    limit = 0.5 if field == 'jitter_hue' else float('inf')
-    if not 0 <= value <= limit:
-      raise ValueError(f'dataset.{field}={value} must be in [0, {limit}] (0 turns it off), '
-                       'e.g. 0.2.')
-  if not 0 < opts.eval_crop_fraction <= 1:
-    raise ValueError(f'dataset.eval_crop_fraction={opts.eval_crop_fraction} must be in '
-                     '(0, 1], e.g. 0.875.')
-  if opts.cpu_threads < 0:
-    raise ValueError(f'dataset.cpu_threads={opts.cpu_threads} must be >= 0 (0: all cores), '
-                     'e.g. 8.')
-
-
-def _path_or_none(path):
-  return None if path in (None, '') else os.path.expanduser(str(path))
-
-
-def _check_input_shape(name: str, spec: _Spec, input_shape) -> Tuple[int, int, int]:
-  """The model's (H, W, C) if this dataset can feed it, else a ValueError naming the field."""
-  shape = tuple(int(v) for v in input_shape)
-  if spec.image_shape is not None:
-    if shape != spec.image_shape:
-      raise ValueError(
-          f'model.input_shape={shape} does not fit dataset.name={name!r}, whose images are '
-          f'{spec.image_shape} and are not resized: set model.input_shape={spec.image_shape} '
-          '(e.g. irevnet_jax.presets.cifar10()).')
-    return shape
-  if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 8:
-    raise ValueError(
-        f'model.input_shape={shape} does not fit dataset.name={name!r}: its RGB images are '
-        'cropped and resized to (H, W, 3) with H, W >= 8, e.g. model.input_shape=(224, 224, 3).')
-  return shape
-
-
-def pixel_stats(spec: _Spec, normalization: str):
-  """(mean, std), per channel in uint8 pixel units, that the model input is normalised by."""
-  if normalization == 'unit':
-    return (0.0,) * 3, (255.0,) * 3
-  return tuple(255.0 * m for m in spec.mean), tuple(255.0 * s for s in spec.std)
-
+from irevnet_jax.tfds_options import (  # noqa: F401  (FIELDS, JITTER_FIELDS, ...: this module's API too)
+    ALIASES, CROP_SAMPLERS, FIELDS, IMAGENET_TARS, JITTER_FIELDS, PAPER_JITTER, SPECS, Options,
+    Spec, check_input_shape, parse_options, pixel_stats)
 
 # ---------------------------------------------------------------------------------------------
 # TensorFlow, lazily and without accelerators.
@@ -451,5 +304,5 @@ def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
   FileNotFoundError if the dataset is not prepared (with the steps that prepare it).
   """
   opts = parse_options(dataset_config)
-  shape = _check_input_shape(opts.name, SPECS[opts.name], model_input_shape)
+  shape = check_input_shape(opts.name, SPECS[opts.name], model_input_shape)
   return TfdsSource(opts, shape)

@@ -87,14 +87,14 @@ def all_train(source):
 def run(tmp_path_factory):
   """A tiny trained run in a workdir, analysed once by experiments.analyze."""
   from experiments.configs import digits as digits_config
-  from irevnet_jax import checkpoints, input_pipeline
+  from irevnet_jax import checkpoints, input_pipeline, workdir as workdir_lib
   config = digits_config.get_config()
   config.model = tiny_model()
   source = input_pipeline.get_source(config.dataset, config.model.input_shape)
   net = irevnet_jax.build(config.model)
   variables = train_tiny(net, source)
   workdir = str(tmp_path_factory.mktemp('run'))
-  checkpoints.write_config(workdir, config)
+  workdir_lib.write_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
   ckpt.save(TRAIN_STEPS, {'params': variables['params'],
                           'batch_stats': variables['batch_stats'],

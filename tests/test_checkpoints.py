@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from irevnet_jax import checkpoints
+from irevnet_jax import checkpoints, workdir as workdir_lib
 import train_testlib as lib
 
 
@@ -66,7 +66,7 @@ def test_corrupt_or_partial_latest_falls_back_to_previous(tmp_path):
 def test_load_run(tmp_path):
   workdir = str(tmp_path)
   config = lib.make_config()
-  checkpoints.write_config(workdir, config)
+  workdir_lib.write_config(workdir, config)
   _save_steps(workdir, [5, 10])
   loaded, variables, step = checkpoints.load_run(workdir)
   assert step == 10 and loaded.model.blocks == (1, 1, 1) and loaded.model.input_shape == (8, 8, 1)

@@ -4,11 +4,9 @@ disk, SIGTERM during evaluation) stop cleanly, and the README's Python snippet r
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 

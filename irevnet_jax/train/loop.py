@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import threading
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple
 
 from absl import logging
 import jax
