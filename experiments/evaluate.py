@@ -23,20 +23,12 @@ from ml_collections.config_dict import placeholder
 
 from experiments import cli
 
-# The dataset fields a source reads (irevnet_jax.input_pipeline, irevnet_jax.tfds_pipeline)
-# and their types; unset (None) fields keep the run's value.
-DATASET_FIELDS = {
-    'name': str, 'data_dir': str, 'manual_dir': str, 'normalization': str, 'download': bool,
-    'train_split': str, 'eval_split': str, 'crop_sampler': str, 'crop_area_range': tuple,
-    'crop_aspect_range': tuple, 'jitter_brightness': float, 'jitter_contrast': float,
-    'jitter_saturation': float, 'jitter_hue': float, 'eval_crop_fraction': float,
-    'cpu_threads': int, 'num_classes': int, 'num_train_examples': int, 'num_eval_examples': int,
-}
-
 
 def _dataset_overrides() -> ml_collections.ConfigDict:
+  """Every dataset field a source reads, unset (None: keep the run's value), typed."""
+  from irevnet_jax import evaluate_run  # pylint: disable=g-import-not-at-top
   overrides = ml_collections.ConfigDict()
-  for field, kind in DATASET_FIELDS.items():
+  for field, kind in evaluate_run.DATASET_FIELDS.items():
     overrides[field] = placeholder(kind)
   return overrides
 

@@ -24,7 +24,6 @@ step is at most the run's latest checkpoint, so a resumed run keeps them.
 """
 from typing import Dict, NamedTuple, Optional
 
-import jax
 import ml_collections
 
 import irevnet_jax
@@ -34,6 +33,15 @@ from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, steps
 
 PREFIX = 'evaluate'
+# The dataset fields a source reads (`input_pipeline`, `tfds_pipeline.FIELDS`) and their
+# types: what `experiments.evaluate --dataset.<field>` may set.
+DATASET_FIELDS = {
+    'name': str, 'data_dir': str, 'manual_dir': str, 'normalization': str, 'download': bool,
+    'train_split': str, 'eval_split': str, 'crop_sampler': str, 'crop_area_range': tuple,
+    'crop_aspect_range': tuple, 'jitter_brightness': float, 'jitter_contrast': float,
+    'jitter_saturation': float, 'jitter_hue': float, 'eval_crop_fraction': float,
+    'cpu_threads': int, 'num_classes': int, 'num_train_examples': int, 'num_eval_examples': int,
+}
 
 
 class Result(NamedTuple):
@@ -89,8 +97,9 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   devices = parallel.select_devices(int(config.num_devices))
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
   if batch_size < 1 or batch_size % len(devices):
+    example = len(devices) * max(1, batch_size // len(devices))
     raise ValueError(f'--batch_size={batch_size} must be a positive multiple of the '
-                     f'{len(devices)} devices, e.g. {len(devices) * max(1, batch_size // len(devices))}.')
+                     f'{len(devices)} devices, e.g. {example}.')
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))

@@ -235,9 +235,9 @@ def test_main_fine_tunes_an_imported_run(evaluated, tmp_path):
   assert [r for r in records if r['step'] == 0] == before
   assert [r['step'] for r in records if 'train/loss' in r or 'eval/loss' in r] == [2, 2]
   _, trained, _ = checkpoints.load_run(workdir)
+  start = authors.to_variables(authors.load_state_dict(NPZ), tiny_config().model)
   assert not np.array_equal(trained['params']['classifier']['kernel'],
-                            authors.to_variables(authors.load_state_dict(NPZ),
-                                                 tiny_config().model)['params']['classifier']['kernel'])
+                            start['params']['classifier']['kernel'])
   result = runs.export_weights(workdir, str(tmp_path / 'fine_tuned.npz'))
   exported = authors.load_state_dict(result.path)
   assert result.step == 2 and exported['module.bn1.num_batches_tracked'] == 3 + 2
@@ -295,3 +295,9 @@ def test_bad_imports_end_in_one_line_and_write_nothing(imported, tmp_path):
       workdir = tmp_path / f'run{index}'
       assert (os.listdir(workdir) == []) if index % 2 else not workdir.exists()
   assert sorted(os.listdir(taken)) == listing and runs.checkpoint_steps(taken) == [0]
+
+
+def test_evaluate_can_set_every_dataset_field():
+  from irevnet_jax import tfds_pipeline
+  assert set(evaluate_run.DATASET_FIELDS) == {
+      'name', *input_pipeline.SYNTHETIC_FIELDS, *tfds_pipeline.FIELDS}
