@@ -30,6 +30,10 @@ cli.define_config_flag('config', RELEASED_CONFIG,
 flags.DEFINE_string('weights', None, "The authors' checkpoint: .pth.tar, .pth or .npz.",
                     required=True)
 flags.DEFINE_string('workdir', None, 'The new run directory.', required=True)
+flags.DEFINE_bool('weights_only', True,
+                  'Read PyTorch files with torch.load(weights_only=True): tensors and plain '
+                  'containers only. --noweights_only unpickles anything: only for a file you '
+                  'trust that needs it.')
 FLAGS = flags.FLAGS
 
 
@@ -37,10 +41,15 @@ def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --weights=FILE.')
   from irevnet_jax import metrics  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.interop import runs  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.interop import authors, runs  # pylint: disable=g-import-not-at-top
   if not FLAGS.verbose:
     metrics.quiet_library_logs()
-  result = runs.import_weights(FLAGS.weights, FLAGS.config, FLAGS.workdir)
+  try:
+    result = runs.import_weights(FLAGS.weights, FLAGS.config, FLAGS.workdir, FLAGS.weights_only)
+  except authors.CheckpointFormatError as error:
+    if 'weights_only=False' not in str(error):
+      raise
+    raise authors.CheckpointFormatError(f'{error} In this command: --noweights_only.') from None
   print(f'Imported {FLAGS.weights} ({result.num_entries} entries, {result.num_parameters:,} '
         f'parameters) into {FLAGS.workdir}: config.json and checkpoint {result.step} (a full '
         f'train state: fresh optimizer state, rng from seed {FLAGS.config.seed}).')

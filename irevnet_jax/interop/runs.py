@@ -110,8 +110,7 @@ def train_state(config, variables) -> dict:
                                      'batch_stats'),
            'opt_state': jax.device_get(tx.init(params)),
            'rng': dropout_key(int(config.seed))}
-  _cast_like(state, target, 'train state')   # same tree and dtypes as main's target
-  return state
+  return _cast_like(state, target, 'train state')   # main's target: same tree and dtypes
 
 
 def _counters(state_dict) -> dict:
@@ -128,20 +127,22 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def import_weights(weights_path: str, config, workdir: str) -> ImportResult:
+def import_weights(weights_path: str, config, workdir: str,
+                   weights_only: bool = True) -> ImportResult:
   """Converts the authors' checkpoint `weights_path` (.npz, .pth, .pth.tar) for the
   experiment config `config` into a new run directory `workdir` (see the module
   docstring). Everything is read and converted before anything is written: on an error
   (a file that is not a checkpoint, PyTorch missing for a .pth.tar, keys or shapes that
   do not fit `config.model`, a workdir that already holds checkpoints or is in use) the
-  workdir is left as it was.
+  workdir is left as it was. `weights_only=False` lets torch.load unpickle any object
+  (only for a file you trust).
   """
   weights_path = os.fspath(weights_path)
   if not os.path.isfile(weights_path):
     raise FileNotFoundError(f'--weights={weights_path}: no such file.')
   config_lib.check_config(config)
   _check_new_run_dir(workdir)
-  state_dict = authors.load_state_dict(weights_path)
+  state_dict = authors.load_state_dict(weights_path, weights_only=weights_only)
   variables = authors.to_variables(state_dict, config.model)
   state = train_state(config, variables)
   record = {'source': os.path.abspath(weights_path), 'sha256': _sha256(weights_path),
