@@ -5,7 +5,9 @@
 
 Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
 float32 with precision 'highest', and writes PNGs plus report.md / report.json.
-See docs/analysis.md for what each plot shows.
+Images are shown as the pixels they came from (the model's input de-normalised
+with the data source's pixel mean and std); every number is computed on the
+model's input. See docs/analysis.md for what each plot shows.
 """
 import dataclasses
 import os
@@ -48,6 +50,7 @@ def main(argv):
     raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
   import irevnet_jax  # pylint: disable=g-import-not-at-top
   from irevnet_jax import checkpoints, input_pipeline, metrics  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   if not FLAGS.verbose:
     metrics.quiet_library_logs()
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
@@ -64,7 +67,9 @@ def main(argv):
       FLAGS.out_dir or os.path.join(FLAGS.workdir, 'analysis'), options,
       num_train=source.num_train_examples, num_eval=source.num_eval_examples,
       run_info={'workdir': FLAGS.workdir, 'step': step,
-                'arch': config.model.get('arch', 'irevnet'), 'dataset': config.dataset.name})
+                'arch': config.model.get('arch', 'irevnet'), 'dataset': config.dataset.name},
+      pixel_space=plots.PixelSpace(tuple(source.pixel_mean), tuple(source.pixel_std),
+                                   float(getattr(source, 'pixel_max', 255.0))))
 
 
 if __name__ == '__main__':

@@ -73,16 +73,28 @@ def _fatal(message):
 FLAG_ERRORS = (flags.Error, AttributeError, OSError, TypeError, ValueError, KeyError, SyntaxError)
 
 
-def define_config_flag(name: str, default: str, help_string: str):
-  """`config_flags.DEFINE_config_file` (locked config). It reads --<name>.<field> overrides
-  at once, so an unknown field fails here, at import: reported like any bad flag."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def _define(define, *args, **kwargs):
+  """Calls a config_flags DEFINE function. It reads --<name>.<field> overrides at once, so an
+  unknown field fails here, at import: reported like any bad flag."""
   try:
-    config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
+    define(*args, **kwargs)
   except FLAG_ERRORS as error:
     if '--verbose' in sys.argv:
       raise
     _fatal(_flag_error_message(error, sys.argv))
+
+
+def define_config_flag(name: str, default: str, help_string: str):
+  """`config_flags.DEFINE_config_file` (locked config): --<name>=FILE, --<name>.<field>=..."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _define(config_flags.DEFINE_config_file, name, default, help_string, lock_config=True)
+
+
+def define_config_dict_flag(name: str, default, help_string: str):
+  """`config_flags.DEFINE_config_dict` (locked): --<name>.<field>=... sets the fields of the
+  ConfigDict `default`; an unknown field is reported like any bad flag."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  _define(config_flags.DEFINE_config_dict, name, default, help_string, lock_config=True)
 
 
 def _parse_flags(argv):

@@ -34,6 +34,8 @@ class DataSource(Protocol):
   num_eval_examples: int
   pixel_mean: Tuple[float, ...]       # per channel, in pixel units: the model's input is
   pixel_std: Tuple[float, ...]        # (image - pixel_mean) / pixel_std
+  pixel_max: float                    # the brightest pixel value (255; digits: 16), for
+                                      # showing images; optional, 255 where missing
 
   def train_batches(self, local_batch_size: int, process_index: int, process_count: int,
                     seed: int, start_step: int) -> Iterator[dict]:
@@ -72,12 +74,13 @@ class ArraySource:
   """
 
   def __init__(self, name, train_images, train_labels, eval_images, eval_labels,
-               num_classes, pixel_mean, pixel_std):
+               num_classes, pixel_mean, pixel_std, pixel_max=255.0):
     self.name = name
     self._train = (np.asarray(train_images, np.uint8), np.asarray(train_labels, np.int32))
     self._eval = (np.asarray(eval_images, np.uint8), np.asarray(eval_labels, np.int32))
     self.pixel_mean = tuple(float(m) for m in pixel_mean)
     self.pixel_std = tuple(float(s) for s in pixel_std)
+    self.pixel_max = float(pixel_max)
     self.input_shape = tuple(self._train[0].shape[1:])
     self.num_classes = int(num_classes)
     self.num_train_examples = len(self._train[1])
@@ -145,7 +148,7 @@ def digits_source() -> ArraySource:
   eval_index = np.sort(np.flatnonzero(eval_mask))
   return ArraySource('digits', images[train_index], labels[train_index],
                      images[eval_index], labels[eval_index], num_classes=10,
-                     pixel_mean=(0.0,), pixel_std=(16.0,))
+                     pixel_mean=(0.0,), pixel_std=(16.0,), pixel_max=16.0)
 
 
 class SyntheticSource:
@@ -165,6 +168,7 @@ class SyntheticSource:
     self.num_eval_examples = int(num_eval_examples)
     self.pixel_mean = (0.0,) * self.input_shape[-1]
     self.pixel_std = (255.0,) * self.input_shape[-1]
+    self.pixel_max = 255.0
 
   def _random_batch(self, rng, size):
     return {'image': rng.integers(0, 256, (size, *self.input_shape), dtype=np.uint8),

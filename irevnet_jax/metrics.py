@@ -79,19 +79,23 @@ def read_jsonl(workdir) -> list:
 class MetricWriter:
   """Writes scalars to TensorBoard and JSON lines; `enabled=False` makes it silent."""
 
-  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
+               append: bool = False):
     """`resume_step`: on resume, JSON lines of later steps (written by the run that was
-    interrupted after its last checkpoint) are dropped, so each step appears once."""
+    interrupted after its last checkpoint) are dropped, so each step appears once.
+    `append`: keep every existing line (for commands that add records to a run, e.g.
+    `experiments.evaluate`); `resume_step` is then not used."""
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self._path = os.path.join(workdir, METRICS_FILE)
-    kept = [r for r in read_jsonl(workdir) if r.get('step', 0) <= resume_step]
-    with open(self._path + '.tmp', 'w') as f:
-      f.writelines(json.dumps(r) + '\n' for r in kept)
-    os.replace(self._path + '.tmp', self._path)
+    if not append:
+      kept = [r for r in read_jsonl(workdir) if r.get('step', 0) <= resume_step]
+      with open(self._path + '.tmp', 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in kept)
+      os.replace(self._path + '.tmp', self._path)
     self._file = open(self._path, 'a')
     from tensorboardX import SummaryWriter  # pure Python, no TensorFlow
     self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))

@@ -394,3 +394,39 @@ def test_options_are_validated():
   model.dtype, model.precision = 'bfloat16', 'default'
   model = pipeline.analysis_model_config(model)
   assert (model.dtype, model.precision) == ('float32', 'highest')
+
+
+def _tile_centre(png, row, col):
+  """The RGB(A) value at the centre of the image tile (row, col) of an `image_grid` PNG."""
+  y = (plots.TITLE_IN + (row + 1) * plots.TILE_IN - 0.475 * plots.TILE_IN) * plots.DPI
+  x = (plots.LABEL_IN + col * plots.TILE_IN + 0.475 * plots.TILE_IN) * plots.DPI
+  return plots.plt.imread(png)[int(y), int(x), :3]
+
+
+def test_images_are_shown_as_the_pixels_they_came_from(tmp_path):
+  """ImageNet mean/std normalised inputs are plotted in their own colours, clipped to [0, 1];
+  the reconstruction's error row stays computed on the model's input."""
+  mean = tuple(255 * m for m in (0.485, 0.456, 0.406))
+  std = tuple(255 * s for s in (0.229, 0.224, 0.225))
+  colours = np.array([[200, 100, 50], [10, 250, 128]], np.float64)     # uint8 pixels
+  x = (np.broadcast_to(colours[:, None, None], (2, 8, 8, 3)) - mean) / std
+  x_hat = x.copy()
+  x_hat[1] += 10.0          # a reconstruction far outside the pixel range: clipped to white
+  space = plots.PixelSpace(mean, std)
+  np.testing.assert_allclose(space(x[:, 0, 0]), colours / 255, atol=1e-12)
+  png = str(tmp_path / 'reconstruction.png')
+  plots.reconstruction_grid(x, x_hat, png, 0.0, pixel_space=space)
+  for col, colour in enumerate(colours):
+    np.testing.assert_allclose(_tile_centre(png, 0, col), colour / 255, atol=1 / 255)
+  np.testing.assert_allclose(_tile_centre(png, 1, 0), colours[0] / 255, atol=1 / 255)
+  np.testing.assert_allclose(_tile_centre(png, 1, 1), [1.0, 1.0, 1.0], atol=1 / 255)
+  np.testing.assert_allclose(_tile_centre(png, 2, 0), [0.0, 0.0, 0.0], atol=1 / 255)  # no error
+  np.testing.assert_allclose(_tile_centre(png, 2, 1), [1.0, 1.0, 1.0], atol=1 / 255)
+  paths = np.stack([x, x_hat], axis=1)[None, 0]       # one pair, 2 steps: (1, 2, 8, 8, 3)
+  png = str(tmp_path / 'interpolation.png')
+  plots.interpolation_grid(paths, paths, png, pixel_space=space)
+  np.testing.assert_allclose(_tile_centre(png, 0, 0), colours[0] / 255, atol=1 / 255)
+  np.testing.assert_allclose(_tile_centre(png, 1, 1), colours[0] / 255, atol=1 / 255)
+  digits = input_pipeline.digits_source()    # pixels 0..16 are shown as 0..1
+  assert plots.PixelSpace(digits.pixel_mean, digits.pixel_std, digits.pixel_max)(
+      np.ones((1, 1, 1))).item() == 1.0

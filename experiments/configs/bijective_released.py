@@ -11,6 +11,8 @@ evaluation: shorter side resized to 256, centre 224 x 224 crop, same normalisati
 
 Command:  python -m experiments.main --config=experiments/configs/bijective_released.py --workdir=runs/bijective_released
 Expected: ~74% top-1 accuracy on the ImageNet validation set.
+The authors' weights:  python -m experiments.import_weights --weights=ILSVRC_trained_irevnet.pth.tar --workdir=runs/released
+(then experiments.evaluate / analyze / export_weights; docs/pretrained.md).
 """
 from experiments.configs import bijective
 from irevnet_jax import presets

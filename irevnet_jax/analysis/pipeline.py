@@ -80,7 +80,8 @@ def _blas_limit(threads):
 
 def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterable[dict],
             out_dir: str, options: Optional[Options] = None, num_train: Optional[int] = None,
-            num_eval: Optional[int] = None, run_info: Optional[dict] = None) -> dict:
+            num_eval: Optional[int] = None, run_info: Optional[dict] = None,
+            pixel_space: Optional[plots.PixelSpace] = None) -> dict:
   """Runs every analysis and writes the PNGs and report.{md,json} into out_dir.
 
   Args:
@@ -90,6 +91,10 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
       'mask' (B,)]}; masked (padded) examples are skipped. train_batches may be endless.
     num_train / num_eval: split sizes if known (caps the passes and the progress bars).
     run_info: extra fields for the report's 'run' section (workdir, step, ...).
+    pixel_space: how the batches' images map back to pixels (the data source's
+      pixel_mean / pixel_std), for showing images in the plots; None shows the model's
+      input with the inputs' range as black .. white. The numbers are computed on the
+      model's input either way.
   Returns:
     The report dict (also written to out_dir/report.json).
   """
@@ -139,7 +144,7 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
         for name, var in reconstruction.collapsed_batch_norms(variables)]
     n = options.num_images
     plots.reconstruction_grid(samples['x'][:n], samples['x_hat'][:n], path('reconstruction.png'),
-                              rec['rel_l2_error'])
+                              rec['rel_l2_error'], pixel_space)
     plot_files['reconstruction'] = 'reconstruction.png'
   else:
     rec = {'skipped': f'{type(net).__name__} is not invertible: no reconstruction.'}
@@ -154,7 +159,8 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
           net, variables, a, b, options.num_steps)
       end_error = float(max(np.abs(latent_paths[:, 0] - a).max(),
                             np.abs(latent_paths[:, -1] - b).max()))
-      plots.interpolation_grid(pixel_paths, latent_paths, path('interpolation.png'), predicted)
+      plots.interpolation_grid(pixel_paths, latent_paths, path('interpolation.png'), predicted,
+                               pixel_space)
     plot_files['interpolation'] = 'interpolation.png'
     interp = {'pairs': [[int(i), int(j)] for i, j in pairs],
               'pair_labels': [[int(samples['label'][i]), int(samples['label'][j])]

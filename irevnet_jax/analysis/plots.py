@@ -2,10 +2,12 @@
 
 Every figure has a fixed size in inches at `DPI`, so its pixel size is known in
 advance: `grid_size_px(rows, cols)` for image grids, `LINE_PLOT_PX` for the
-curves. Image grids share one intensity scale per figure (the range of the
-reference row, usually the inputs), so a reconstruction that is off shows.
+curves. Image grids share one intensity scale per figure, so a reconstruction
+that is off shows: with a `PixelSpace` the images are shown as the pixels they
+came from (the model's input de-normalised); without one, the range of the
+reference row (usually the inputs) is mapped to black .. white.
 """
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import matplotlib
 matplotlib.use('Agg')
@@ -26,6 +28,22 @@ def grid_size_px(rows: int, cols: int):
   w = LABEL_IN + cols * TILE_IN + PAD_IN
   h = TITLE_IN + rows * TILE_IN + PAD_IN
   return int(round(h * DPI)), int(round(w * DPI))
+
+
+class PixelSpace(NamedTuple):
+  """The way back from the model's input x to displayable pixels, per channel:
+  pixel = x * std + mean (in the data source's pixel units, e.g. 0..255), shown as
+  pixel / max_value clipped to [0, 1]. With a source's `pixel_mean` / `pixel_std`, images
+  normalised with ImageNet's mean and std are shown in the colours they had."""
+  mean: Tuple[float, ...]
+  std: Tuple[float, ...]
+  max_value: float = 255.0
+
+  def __call__(self, x) -> np.ndarray:
+    """Model inputs (..., H, W, C) -> float64 (..., H, W, C) in [0, 1]."""
+    x = np.asarray(x, np.float64)
+    pixels = x * np.asarray(self.std, np.float64) + np.asarray(self.mean, np.float64)
+    return np.clip(pixels / self.max_value, 0.0, 1.0)
 
 
 def _displayable(images, lo, hi):
@@ -69,29 +87,43 @@ def image_grid(rows: Sequence[np.ndarray], labels: Sequence[str], path: str, tit
   return path
 
 
-def reconstruction_grid(x, x_hat, path: str, rel_error: float) -> str:
-  """Inputs above reconstructions above |x_hat - x| amplified to fill the range."""
+def reconstruction_grid(x, x_hat, path: str, rel_error: float,
+                        pixel_space: Optional[PixelSpace] = None) -> str:
+  """Inputs above reconstructions above |x_hat - x| amplified to fill the range.
+
+  x, x_hat: model inputs (N, H, W, C). With `pixel_space` the first two rows are shown as
+  pixels; the error row is |x_hat - x| on the model's input either way.
+  """
   x, x_hat = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
   err = np.abs(x_hat - x)
   lo, hi = float(x.min()), float(x.max())
   gain = (hi - lo) / err.max() if err.max() > 0 else 1.0
   err_row = np.clip(err * gain / max(hi - lo, 1e-30), 0, 1)
+  shown, value_range = [x, x_hat], (lo, hi)
+  if pixel_space is not None:
+    shown, value_range = [pixel_space(x), pixel_space(x_hat)], (0.0, 1.0)
   return image_grid(
-      [x, x_hat, err_row], ['input x', 'invert(forward(x))', f'|error| x {gain:.1e}'],
-      path, f'Reconstruction: relative L2 error {rel_error:.2e}', (lo, hi), raw_rows=(2,))
+      shown + [err_row], ['input x', 'invert(forward(x))', f'|error| x {gain:.1e}'],
+      path, f'Reconstruction: relative L2 error {rel_error:.2e}', value_range, raw_rows=(2,))
 
 
-def interpolation_grid(pixel_paths, latent_paths, path: str, predictions=None) -> str:
-  """Two rows per pair: the pixel cross-fade above the inverted representation path."""
+def interpolation_grid(pixel_paths, latent_paths, path: str, predictions=None,
+                       pixel_space: Optional[PixelSpace] = None) -> str:
+  """Two rows per pair: the pixel cross-fade above the inverted representation path.
+
+  Paths: model inputs (P, steps, H, W, C), shown as pixels with `pixel_space`.
+  """
   rows, labels = [], []
   for p, (pix, lat) in enumerate(zip(pixel_paths, latent_paths)):
     rows += [pix, lat]
     labels += [f'pair {p + 1}: pixels', f'pair {p + 1}: invert(z)']
     if predictions is not None:
       labels[-1] += '\n' + ' '.join(str(int(c)) for c in predictions[p])
+  title = 'Linear paths: pixel space vs representation z'
+  if pixel_space is not None:
+    return image_grid([pixel_space(r) for r in rows], labels, path, title, (0.0, 1.0))
   ref = np.stack([r[0] for r in pixel_paths] + [r[-1] for r in pixel_paths])
-  return image_grid(rows, labels, path, 'Linear paths: pixel space vs representation z',
-                    (float(ref.min()), float(ref.max())))
+  return image_grid(rows, labels, path, title, (float(ref.min()), float(ref.max())))
 
 
 def depth_plot(names: List[str], blocks: List[int], linear: List[float], nn1: List[float],

@@ -1,0 +1,78 @@
+"""Evaluates a run's checkpoint (trained here or imported) without training.
+
+    python -m experiments.evaluate --workdir=runs/released
+    python -m experiments.evaluate --workdir=runs/digits --step=500
+    python -m experiments.evaluate --workdir=runs/released --dataset.data_dir=/data/tfds
+    python -m experiments.evaluate --workdir=runs/tiny --dataset.name=synthetic --dataset.num_eval_examples=64
+
+Prints loss, top-1 / top-5 accuracy over the whole eval split and the relative
+inversion error ||invert(forward(x)) - x|| / ||x|| (on the model's input, exact
+float32 model) on a fixed subset of it, as the training loop's evaluation
+computes them, and appends them to <workdir>/metrics.jsonl at the checkpoint's
+step as evaluate/<dataset name>/<metric> (TensorBoard too). A run that is
+training (its workdir is locked) is evaluated but not written to.
+
+--dataset.<field> replaces that field of the run's config.dataset (the names of
+--config.dataset.<field> in experiments.main); the others keep the run's values,
+e.g. its preprocessing. Errors end in one line (--verbose: traceback).
+"""
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from experiments import cli
+
+
+def _dataset_overrides() -> ml_collections.ConfigDict:
+  """Every dataset field a source reads, unset (None: keep the run's value), typed."""
+  from irevnet_jax import evaluate_run  # pylint: disable=g-import-not-at-top
+  overrides = ml_collections.ConfigDict()
+  for field, kind in evaluate_run.DATASET_FIELDS.items():
+    overrides[field] = placeholder(kind)
+  return overrides
+
+
+flags.DEFINE_string('workdir', None, 'Run directory (config.json + checkpoints).', required=True)
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
+cli.define_config_dict_flag(
+    'dataset', _dataset_overrides(),
+    "--dataset.<field>=VALUE replaces that field of the run's config.dataset.")
+flags.DEFINE_integer('batch_size', None,
+                     "Global eval batch (default: the run's eval_batch_size).")
+flags.DEFINE_integer('inversion_examples', None,
+                     "Eval examples whose inversion is measured: -1 all, 0 none "
+                     "(default: the run's eval_inversion_examples).")
+flags.DEFINE_enum('dtype', None, ['auto', 'float32', 'bfloat16'],
+                  "Compute dtype of the forward pass (default: the run's train_dtype).")
+flags.DEFINE_enum('precision', None, ['default', 'high', 'highest'],
+                  "Convolution precision of the forward pass (default: the run's "
+                  "train_precision).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
+  from irevnet_jax import evaluate_run, metrics  # pylint: disable=g-import-not-at-top
+  if not FLAGS.verbose:
+    metrics.quiet_library_logs()
+  lock, busy = evaluate_run.lock_for_writing(FLAGS.workdir)
+  try:
+    result = evaluate_run.evaluate_run(
+        FLAGS.workdir, FLAGS.step, dict(FLAGS.dataset.items()), FLAGS.batch_size,
+        FLAGS.inversion_examples, FLAGS.dtype, FLAGS.precision)
+    print(evaluate_run.table(result))
+    if lock is None:
+      logging.warning('Not recorded in metrics.jsonl: %s', busy)
+    else:
+      evaluate_run.record(result)
+      print(f'Appended to {FLAGS.workdir}/metrics.jsonl at step {result.step} as '
+            f'{evaluate_run.PREFIX}/{result.dataset}/*.')
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+if __name__ == '__main__':
+  cli.run(main)

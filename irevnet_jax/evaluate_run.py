@@ -1,0 +1,153 @@
+"""Evaluating a checkpoint of a run directory without training (`experiments.evaluate`).
+
+    from irevnet_jax import evaluate_run
+    result = evaluate_run.evaluate_run('runs/released')         # its eval split
+    print(evaluate_run.table(result))
+    evaluate_run.record(result)                # appends one line to <workdir>/metrics.jsonl
+
+The numbers are the training loop's evaluation (`irevnet_jax.train.evaluate`):
+loss, top-1 and top-5 accuracy over the whole eval split, one forward pass per
+image at the run's train_dtype / train_precision (or the ones given), and the
+relative inversion error ||invert(forward(x)) - x|| / ||x|| on the model's input
+over a fixed subset of the split, with the exact model (float32, 'highest').
+
+`dataset` overrides fields of the run's `config.dataset` (the same names as
+`--config.dataset.<field>` of `experiments.main`): e.g. {'name': 'synthetic',
+'num_eval_examples': 16}, or {'data_dir': ...} for the run's own data elsewhere.
+Fields not given keep the run's values, so a run keeps its preprocessing.
+
+Records: {"step": <checkpoint step>, "evaluate/<dataset name>/<metric>": value, ...}
+with metric in loss, accuracy, accuracy_top5, num_examples and (invertible
+models) inversion_rel_error, inversion_examples. The `evaluate/` prefix keeps
+them apart from the training loop's `eval/` records at the same step; their
+step is at most the run's latest checkpoint, so a resumed run keeps them.
+"""
+from typing import Dict, NamedTuple, Optional
+
+import ml_collections
+
+import irevnet_jax
+from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
+from irevnet_jax.train import config as config_lib
+from irevnet_jax.train import evaluate as evaluate_lib
+from irevnet_jax.train import parallel, program, steps
+
+PREFIX = 'evaluate'
+# The dataset fields a source reads (`input_pipeline`, `tfds_pipeline.FIELDS`) and their
+# types: what `experiments.evaluate --dataset.<field>` may set.
+DATASET_FIELDS = {
+    'name': str, 'data_dir': str, 'manual_dir': str, 'normalization': str, 'download': bool,
+    'train_split': str, 'eval_split': str, 'crop_sampler': str, 'crop_area_range': tuple,
+    'crop_aspect_range': tuple, 'jitter_brightness': float, 'jitter_contrast': float,
+    'jitter_saturation': float, 'jitter_hue': float, 'eval_crop_fraction': float,
+    'cpu_threads': int, 'num_classes': int, 'num_train_examples': int, 'num_eval_examples': int,
+}
+
+
+class Result(NamedTuple):
+  workdir: str
+  step: int                        # of the checkpoint evaluated
+  dataset: str                     # dataset.name evaluated on
+  metrics: Dict[str, float]        # eval/loss, eval/accuracy, ... (irevnet_jax.train.evaluate)
+  config: ml_collections.ConfigDict   # the run's config with the overrides
+  num_devices: int
+
+
+def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] = None,
+                   precision: Optional[str] = None) -> ml_collections.ConfigDict:
+  """A copy of the run's `config` with dataset fields (None values skipped), train_dtype
+  and train_precision replaced, checked like a training config."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for field, value in (dataset or {}).items():
+    if value is not None:
+      config.dataset[field] = value
+  if dtype is not None:
+    config.train_dtype = dtype
+  if precision is not None:
+    config.train_precision = precision
+  config_lib.check_config(config)
+  return config
+
+
+def _source(config):
+  """The data source of `config.dataset`, checked against the model."""
+  input_shape = tuple(irevnet_jax.build(config.model).input_shape)
+  source = input_pipeline.get_source(config.dataset, input_shape)
+  if source.num_classes > config.model.num_classes:
+    hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
+            if source.name == 'synthetic' else '')
+    raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes, '
+                     f'the model {config.model.num_classes}{hint}.')
+  return source
+
+
+def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dict] = None,
+                 batch_size: Optional[int] = None, inversion_examples: Optional[int] = None,
+                 dtype: Optional[str] = None, precision: Optional[str] = None) -> Result:
+  """Evaluates checkpoint `step` (default: the latest) of the run in `workdir`.
+
+  batch_size: the global eval batch (default the run's eval_batch_size), divisible by the
+  number of devices; inversion_examples: how many eval examples are inverted (-1: all,
+  0: none; default the run's eval_inversion_examples); dtype / precision: the run's
+  train_dtype / train_precision unless given. Single process; writes nothing.
+  """
+  config, variables, step = checkpoints.load_run(workdir, step)
+  config = with_overrides(config, dataset, dtype, precision)
+  source = _source(config)
+  devices = parallel.select_devices(int(config.num_devices))
+  batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
+  if batch_size < 1 or batch_size % len(devices):
+    example = len(devices) * max(1, batch_size // len(devices))
+    raise ValueError(f'--batch_size={batch_size} must be a positive multiple of the '
+                     f'{len(devices)} devices, e.g. {example}.')
+  if inversion_examples is None:
+    inversion_examples = int(config.eval_inversion_examples)
+  normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
+  prog = program.build_program(config, source.num_train_examples, normalization, devices)
+  state = prog.backend.put_state(variables)        # the steps read params and batch_stats only
+  result = evaluate_lib.evaluate(prog, state, source, batch_size, int(inversion_examples),
+                                 int(config.seed))
+  return Result(workdir, step, source.name, result, config, len(devices))
+
+
+def metric_name(dataset: str, key: str) -> str:
+  """'eval/accuracy' -> 'evaluate/<dataset>/accuracy'."""
+  return f'{PREFIX}/{dataset}/{key.split("/", 1)[-1]}'
+
+
+def record(result: Result):
+  """Appends the result to `<workdir>/metrics.jsonl` (and TensorBoard) at its checkpoint's
+  step, keeping every line there. Call it while holding the workdir's lock."""
+  writer = metrics.MetricWriter(result.workdir, append=True)
+  try:
+    writer.write(result.step, {metric_name(result.dataset, k): v
+                               for k, v in result.metrics.items()})
+  finally:
+    writer.close()
+
+
+def lock_for_writing(workdir: str):
+  """The run's `WorkdirLock`, or None (with the reason) when a live run holds it or the
+  workdir is not writable: then the result is printed but not recorded."""
+  workdir_lib.read_config(workdir)      # a clear error for a directory that is not a run
+  try:
+    return workdir_lib.WorkdirLock(workdir), None
+  except OSError as error:
+    return None, str(error).split(";")[0]
+
+
+def table(result: Result) -> str:
+  """The result as a few aligned lines of text."""
+  m, c = result.metrics, result.config
+  count = int(m['eval/num_examples'])
+  lines = [f'{result.workdir}: checkpoint step {result.step}, {result.dataset} eval split '
+           f'({count} examples), {config_lib.resolved_train_dtype(c)} with precision '
+           f'{c.train_precision!r} on {result.num_devices} device(s)',
+           f'  {"loss":<26} {m["eval/loss"]:.4f}',
+           f'  {"top-1 accuracy":<26} {100 * m["eval/accuracy"]:.3f}%  '
+           f'({round(m["eval/accuracy"] * count)} of {count})',
+           f'  {"top-5 accuracy":<26} {100 * m["eval/accuracy_top5"]:.3f}%']
+  if 'eval/inversion_rel_error' in m:
+    lines.append(f'  {"inversion error (rel. L2)":<26} {m["eval/inversion_rel_error"]:.2e}  '
+                 f'({int(m["eval/inversion_examples"])} examples, float32 \'highest\')')
+  return '\n'.join(lines)
