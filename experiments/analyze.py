@@ -46,13 +46,10 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
+  del argv  # checked by cli.run
   import irevnet_jax  # pylint: disable=g-import-not-at-top
-  from irevnet_jax import checkpoints, input_pipeline, metrics  # pylint: disable=g-import-not-at-top
+  from irevnet_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
   from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
-  if not FLAGS.verbose:
-    metrics.quiet_library_logs()
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
   net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
@@ -69,7 +66,7 @@ def main(argv):
       run_info={'workdir': FLAGS.workdir, 'step': step,
                 'arch': config.model.get('arch', 'irevnet'), 'dataset': config.dataset.name},
       pixel_space=plots.PixelSpace(tuple(source.pixel_mean), tuple(source.pixel_std),
-                                   float(getattr(source, 'pixel_max', 255.0))))
+                                   float(source.pixel_max)))
 
 
 if __name__ == '__main__':

@@ -113,8 +113,14 @@ def _parse_flags(argv):
     _fatal(_flag_error_message(error, argv))
 
 
-def _guarded(main, argv):
-  from irevnet_jax import train  # pylint: disable=g-import-not-at-top
+def _guarded(main, argv, flag_example):
+  from irevnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    print(f'Error: Unexpected arguments: {argv[1:]}; flags look like {flag_example}.',
+          file=sys.stderr)
+    sys.exit(1)
+  if not FLAGS.verbose:
+    metrics.quiet_library_logs()
   try:
     main(argv)
   except train.Preempted as preempted:
@@ -131,6 +137,7 @@ def _guarded(main, argv):
     sys.exit(1)
 
 
-def run(main):
-  """`absl.app.run(main)` with this project's flag parsing and error handling."""
-  app.run(lambda argv: _guarded(main, argv), flags_parser=_parse_flags)
+def run(main, flag_example: str = '--workdir=DIR'):
+  """`absl.app.run(main)` with this project's flag parsing and error handling; library
+  chatter is kept off the console unless --verbose (`metrics.quiet_library_logs`)."""
+  app.run(lambda argv: _guarded(main, argv, flag_example), flags_parser=_parse_flags)

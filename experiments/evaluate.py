@@ -26,7 +26,7 @@ from experiments import cli
 
 def _dataset_overrides() -> ml_collections.ConfigDict:
   """Every dataset field a source reads, unset (None: keep the run's value), typed."""
-  from irevnet_jax import evaluate_run  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   overrides = ml_collections.ConfigDict()
   for field, kind in evaluate_run.DATASET_FIELDS.items():
     overrides[field] = placeholder(kind)
@@ -52,11 +52,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
-  from irevnet_jax import evaluate_run, metrics  # pylint: disable=g-import-not-at-top
-  if not FLAGS.verbose:
-    metrics.quiet_library_logs()
+  del argv  # checked by cli.run
+  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   lock, busy = evaluate_run.lock_for_writing(FLAGS.workdir)
   try:
     result = evaluate_run.evaluate_run(

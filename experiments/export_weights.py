@@ -27,12 +27,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --output=FILE.')
-  from irevnet_jax import metrics  # pylint: disable=g-import-not-at-top
+  del argv  # checked by cli.run
   from irevnet_jax.interop import runs  # pylint: disable=g-import-not-at-top
-  if not FLAGS.verbose:
-    metrics.quiet_library_logs()
   result = runs.export_weights(FLAGS.workdir, FLAGS.output, FLAGS.step, FLAGS.prefix,
                                FLAGS.overwrite)
   counters = ('left out, as in the imported file' if result.counters is None
@@ -45,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, flag_example='--output=FILE')

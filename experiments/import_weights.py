@@ -38,12 +38,8 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --weights=FILE.')
-  from irevnet_jax import metrics  # pylint: disable=g-import-not-at-top
+  del argv  # checked by cli.run
   from irevnet_jax.interop import authors, runs  # pylint: disable=g-import-not-at-top
-  if not FLAGS.verbose:
-    metrics.quiet_library_logs()
   try:
     result = runs.import_weights(FLAGS.weights, FLAGS.config, FLAGS.workdir, FLAGS.weights_only)
   except authors.CheckpointFormatError as error:
@@ -57,4 +53,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, flag_example='--weights=FILE')

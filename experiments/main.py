@@ -16,7 +16,7 @@ from absl import logging
 import jax
 
 from experiments import cli
-from irevnet_jax import metrics, train
+from irevnet_jax import train
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'digits.py')
 
@@ -34,10 +34,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}; flags look like --workdir=DIR.')
-  if not FLAGS.verbose:
-    metrics.quiet_library_logs()
+  del argv  # checked by cli.run
   if FLAGS.distributed or FLAGS.coordinator_address:
     try:  # CPU devices of several processes talk through gloo (the default in recent JAX)
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')

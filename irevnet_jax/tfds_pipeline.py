@@ -116,6 +116,7 @@ class TfdsSource:
     self.input_shape = input_shape
     self.num_classes = self.spec.num_classes
     self.pixel_mean, self.pixel_std = pixel_stats(self.spec, opts.normalization)
+    self.pixel_max = 255.0
     self._builder = self._open()
     self.data_sources = {}
     for split, field in ((opts.eval_split, 'dataset.eval_split'),

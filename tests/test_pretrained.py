@@ -20,7 +20,8 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import checkpoints, evaluate_run, input_pipeline, metrics, workdir as workdir_lib
+from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
+from irevnet_jax.train import evaluate_run
 from irevnet_jax.interop import authors, runs
 from irevnet_jax.train import program, state as state_lib, steps
 import train_testlib as lib

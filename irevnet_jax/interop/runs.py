@@ -27,7 +27,6 @@ import json
 import os
 from typing import NamedTuple, Optional
 
-import jax
 import numpy as np
 
 import irevnet_jax
@@ -81,36 +80,15 @@ def _parameter_count(state_dict) -> int:
              if k.endswith(('.weight', '.bias')))
 
 
-def _cast_like(tree, target, what):
-  """`tree`'s arrays as numpy in `target`'s dtypes; RuntimeError if the trees differ."""
-  if jax.tree_util.tree_structure(tree) != jax.tree_util.tree_structure(target):
-    raise RuntimeError(f'irevnet_jax bug: the converted {what} do not have the tree of the '
-                       f'train state.')
-  return jax.tree_util.tree_map(lambda v, t: np.asarray(v, dtype=t.dtype), tree, target)
-
-
-def dropout_key(seed: int) -> np.ndarray:
-  """The train state's `rng` of a fresh run with `seed` (as `train.state.create_state`)."""
-  return np.asarray(jax.random.split(jax.random.PRNGKey(seed))[1])
-
-
 def train_state(config, variables) -> dict:
   """A full host train state {'step', 'params', 'batch_stats', 'opt_state', 'rng'} holding
   `variables` ({'params', 'batch_stats'} of `config.model`): step 0, the optimizer state
-  of a fresh start, the rng of a fresh run with `config.seed`. Its tree, shapes and dtypes
-  are those `experiments.main` restores for `config`."""
+  of a fresh start, the rng of a fresh run with `config.seed`; what `experiments.main`
+  restores for `config`."""
   net = irevnet_jax.build(config_lib.train_model_config(config))
   # The optimizer's initial state does not depend on the schedule's values.
   tx = optimizer.make_optimizer(config, optimizer.learning_rate_schedule(config, 1, 1.0))
-  target = state_lib.create_state(net, tx, int(config.seed), abstract=True)
-  params = _cast_like(variables['params'], target['params'], 'params')
-  state = {'step': np.zeros((), target['step'].dtype),
-           'params': params,
-           'batch_stats': _cast_like(variables['batch_stats'], target['batch_stats'],
-                                     'batch_stats'),
-           'opt_state': jax.device_get(tx.init(params)),
-           'rng': dropout_key(int(config.seed))}
-  return _cast_like(state, target, 'train state')   # main's target: same tree and dtypes
+  return state_lib.state_from_variables(net, tx, variables, int(config.seed))
 
 
 def _counters(state_dict) -> dict:

@@ -8,6 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def initial_keys(seed: int):
+  """(parameter init key, the train state's dropout `rng`) of a fresh run with `seed`."""
+  init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+  return init_key, dropout_key
+
+
 def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
   """A fresh host train state, the same on every process for the same seed.
 
@@ -15,7 +21,7 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
   (and compiling) the initialisers: the target for restoring a checkpoint.
   """
   def init(seed):
-    init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
+    init_key, dropout_key = initial_keys(seed)
     x = jnp.zeros((1, *net.input_shape), jnp.float32)
     variables = net.init(init_key, x)
     return {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
@@ -30,6 +36,26 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
   except Exception:  # pylint: disable=broad-except
     compiled = lowered.compile()
   return jax.device_get(compiled())
+
+
+def state_from_variables(net, tx, variables: dict, seed: int) -> dict:
+  """A host train state at step 0 that holds `variables` ({'params', 'batch_stats'}, e.g.
+  converted from another framework): a fresh optimizer state and the `rng` of a fresh run
+  with `seed`; tree and dtypes those of `create_state(net, tx, seed, abstract=True)`, the
+  target a resumed run restores. RuntimeError if `variables` do not fit `net`."""
+  target = create_state(net, tx, seed, abstract=True)
+  pieces = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  if (jax.tree_util.tree_structure(pieces) !=
+      jax.tree_util.tree_structure({k: target[k] for k in pieces})):
+    raise RuntimeError('irevnet_jax bug: the variables do not have the tree of the train state.')
+  cast = lambda tree, like: jax.tree_util.tree_map(
+      lambda v, t: np.asarray(v, dtype=t.dtype), tree, like)
+  params = cast(pieces['params'], target['params'])
+  state = {'step': np.zeros((), target['step'].dtype), 'params': params,
+           'batch_stats': cast(pieces['batch_stats'], target['batch_stats']),
+           'opt_state': jax.device_get(tx.init(params)),
+           'rng': np.asarray(initial_keys(seed)[1])}
+  return cast(state, target)
 
 
 def non_finite_leaves(state: dict, limit: int = 3):

@@ -1,6 +1,6 @@
 """Evaluating a checkpoint of a run directory without training (`experiments.evaluate`).
 
-    from irevnet_jax import evaluate_run
+    from irevnet_jax.train import evaluate_run
     result = evaluate_run.evaluate_run('runs/released')         # its eval split
     print(evaluate_run.table(result))
     evaluate_run.record(result)                # appends one line to <workdir>/metrics.jsonl
