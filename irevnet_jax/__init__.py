@@ -8,6 +8,7 @@
 Importing this package does not import TensorFlow.
 """
 from irevnet_jax import presets
-from irevnet_jax.network import IRevNet, Net, build, count_params
+from irevnet_jax.net import Net, build, count_params
+from irevnet_jax.network import IRevNet
 
 __all__ = ['build', 'count_params', 'presets', 'Net', 'IRevNet']
