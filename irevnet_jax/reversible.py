@@ -70,31 +70,44 @@ def _apply_f(f_module, params, stats, train, key):
       f_module, {'params': params, 'batch_stats': stats}, u, train, key)
 
 
-def _forward_scan(specs, f_module, train, checkpoint, params, stats, pair, keys, block_scan):
+def _forward_scan(specs, f_module, train, mode, params, stats, pair, keys, block_scan):
   def step(pair, xs):
     p, s, key = xs
     new_stats = []
     for j, spec in enumerate(specs):
-      pair, s_j = blocks.block_forward(
-          spec, _apply_f(f_module, p[j], s[j], train, _coupling_key(key, j)), pair)
+      p_j, key_j = p[j], _coupling_key(key, j)
+      if mode == 'reversible':   # not differentiated: see `_after`
+        p_j, key_j = _after(pair, (p_j, key_j))
+      pair, s_j = blocks.block_forward(spec, _apply_f(f_module, p_j, s[j], train, key_j), pair)
       new_stats.append(s_j)
     return pair, tuple(new_stats)
-  if checkpoint:
+  if mode == 'remat':
     step = jax.checkpoint(step)
   return _scan(step, pair, (params, stats, keys), block_scan)
 
 
-def _zero_after(tree):
-  """A float32 0 that XLA cannot know is 0 and that depends on every leaf of `tree`."""
-  return 0 * sum(jnp.ravel(leaf)[0].astype(jnp.float32) for leaf in jax.tree_util.tree_leaves(tree))
-
-
 def _plus(x, zero):
-  """x + zero for a float, integer or typed-key array: x, computed after `zero`'s inputs."""
+  """x + zero for a float, integer or typed-key array."""
   if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     data = _plus(jax.random.key_data(x), zero)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
   return x + zero.astype(x.dtype)
+
+
+def _after(anchor, tree):
+  """`tree` unchanged, but computed after `anchor` (an exact no-op XLA cannot see through).
+
+  Adds to every leaf of `tree` a float32 0 computed from the first element of
+  every leaf of `anchor`. With the block scans unrolled (CPU), XLA would
+  otherwise schedule work that depends only on variables and keys (parameter
+  slices, kernel layout changes, dropout masks) for all blocks at once, up front,
+  or merge it with the forward pass's identical work: memory would grow with
+  depth. It also keeps them from being merged (CSE) with the forward's copies.
+  Used only where nothing differentiates through it (0 * inf would be nan).
+  """
+  leaves = jax.tree_util.tree_leaves(anchor)
+  zero = 0 * sum(jnp.ravel(leaf)[0].astype(jnp.float32) for leaf in leaves)
+  return jax.tree_util.tree_map(lambda x: _plus(x, zero), tree)
 
 
 def _reversible_scan(specs, f_module, train, block_scan):
@@ -102,7 +115,8 @@ def _reversible_scan(specs, f_module, train, block_scan):
 
   @jax.custom_vjp
   def run(params, stats, pair, keys):
-    return _forward_scan(specs, f_module, train, False, params, stats, pair, keys, block_scan)
+    return _forward_scan(specs, f_module, train, 'reversible', params, stats, pair, keys,
+                         block_scan)
 
   def run_fwd(params, stats, pair, keys):
     out, new_stats = run(params, stats, pair, keys)
@@ -113,19 +127,17 @@ def _reversible_scan(specs, f_module, train, block_scan):
     g_out, _ = cotangents  # running statistics carry no gradient
 
     def reverse_coupling(spec, p, s, key, pair, grads):
-      # Exact no-ops that keep each backward step in one piece once a scan
-      # is unrolled (CPU), where XLA drops optimization barriers without ordering
-      # anything. Without them XLA merges the replayed dropout masks with the
-      # forward's (keeping every block's mask alive) and puts off the parameter
-      # gradients, needed only at the end, holding every block's F residuals:
-      # memory would grow with depth again. Costs one scalar per leaf.
-      key = _plus(key, _zero_after(grads))
+      # Each coupling's backward work starts once the gradient reaches it...
+      p, key = _after(grads, (p, key))
 
       def f_of_params(p_, u):
         return _apply_f(f_module, p_, s, train, key)(u)[0]
 
-      (u1, u2), grads, g_p = blocks.block_reverse_step(spec, f_of_params, p, pair, grads)
-      return (_plus(u1, _zero_after(g_p)), u2), grads, g_p
+      pair, grads, g_p = blocks.block_reverse_step(spec, f_of_params, p, pair, grads)
+      # ... and ends with its results in memory: XLA would otherwise fuse the
+      # rebuilt input (u1 = b - F(u2)) into its users, chaining every coupling's
+      # F(u2) until the end of the stage, and put off the parameter gradients.
+      return lax.optimization_barrier((pair, grads, g_p))
 
     def step(carry, xs):
       pair, grads = carry
@@ -167,8 +179,7 @@ def run_steps(mode: str, specs: Sequence[BlockSpec], f_module, stacked: Sequence
   params, stats = _split(stacked)
   if mode == 'reversible':
     return _reversible_scan(tuple(specs), f_module, train, block_scan)(params, stats, pair, keys)
-  return _forward_scan(tuple(specs), f_module, train, mode == 'remat', params, stats, pair, keys,
-                       block_scan)
+  return _forward_scan(tuple(specs), f_module, train, mode, params, stats, pair, keys, block_scan)
 
 
 def invert_steps(specs: Sequence[BlockSpec], f_module, stacked: Sequence[dict], pair, keys,

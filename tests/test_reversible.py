@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import presets
+from irevnet_jax import baselines, presets
 
 MODES = ('autodiff', 'reversible', 'remat')
 BATCH = 4
@@ -241,9 +241,34 @@ def test_reversible_memory_is_flat_in_depth(block_scan):
   """3 vs 9 blocks per stage: reversible temp memory stays, autodiff's grows."""
   memory = {(m, d): _temp_bytes(_two_stages(m, d, block_scan))
             for m in ('autodiff', 'reversible') for d in (3, 9)}
-  assert memory['reversible', 9] <= 1.15 * memory['reversible', 3], memory
+  # 1.00x measured; before each coupling's variables and keys were ordered after its
+  # input (reversible._after) and its backward results were kept whole, 1.06x here
+  # and 1.73x in benchmarks.memory's cifar10 layout.
+  assert memory['reversible', 9] <= 1.05 * memory['reversible', 3], memory   # was <= 1.15
   assert memory['autodiff', 9] >= 2 * memory['autodiff', 3], memory
   assert memory['reversible', 9] < memory['autodiff', 9] / 2, memory
+
+
+def test_revnet_reversible_memory_is_flat_in_depth():
+  """RevNet on the same engine, CPU default (unrolled scans): 2 vs 6 invertible units a stage."""
+  memory = {(m, d): _temp_bytes(_two_revnet_stages(m, d)) for m, d in
+            (('reversible', 3), ('reversible', 7), ('autodiff', 7))}
+  assert memory['reversible', 7] <= 1.05 * memory['reversible', 3], memory
+  assert memory['reversible', 7] < memory['autodiff', 7] / 2, memory
+
+
+def _two_revnet_stages(mode, units):
+  """A RevNet with two stages of `units` units at 16x16 and 8x8 (small stem, small widths)."""
+  c = baselines.revnet56()
+  c.input_shape = (16, 16, 4)
+  c.stem = 'small'
+  c.stem_width = 8
+  c.units = (units, units)
+  c.strides = (1, 2)
+  c.widths = (4, 8)
+  c.num_classes = 10
+  c.backprop = mode
+  return c
 
 
 def _two_stages(mode, depth, block_scan='auto'):
