@@ -22,7 +22,6 @@ or 'revnet'. `layout(config)` checks it and returns a frozen, hashable
                 ('auto' | 'unrolled' | 'rolled', as for i-RevNet); ResNet has no scans
 """
 import dataclasses
-import math
 from typing import Tuple
 
 import ml_collections
@@ -134,15 +133,15 @@ class BaselineArch:
     name = 'ResNet v1.5' if self.kind == 'resnet' else 'RevNet'
     h, w, _ = self.input_shape
     s = self.stem_downsampling
-    lines = [f'{name}: input {self.input_shape}, stem {self.stem!r} -> {self.stem_width} '
-             f'channels at {h // s}x{w // s}']
+    head = (f'{name}: input {self.input_shape}, stem {self.stem!r} -> {self.stem_width} '
+            f'channels at {h // s}x{w // s}')
+    stages = []
     for i, (n, stride, width) in enumerate(zip(self.units, self.strides, self.widths)):
       s *= stride
-      lines.append(f'stage {i}: {n} units, stride {stride}, {4 * width} channels at '
-                   f'{h // s}x{w // s}')
+      stages.append(f'stage {i}: {n} units, stride {stride}, {4 * width} channels at '
+                    f'{h // s}x{w // s}')
     fh, fw, fc = self.features_shape
-    lines.append(f'features: {fh}x{fw}x{fc} = {math.prod(self.features_shape)} values per image')
-    return '\n'.join(lines)
+    return '\n'.join([head, *stages, f'features: {fh}x{fw}x{fc} = {fh * fw * fc} values per image'])
 
 
 def layout(config) -> BaselineArch:

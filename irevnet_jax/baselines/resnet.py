@@ -24,7 +24,7 @@ def conv_and_norm(arch: BaselineArch, train: bool, bn_axis_name: Optional[str]):
 
 
 class Stem(nn.Module):
-  """The stem, (N, H, W, C) -> (N, H/d, W/d, stem_width).
+  """The stem, x (N, H, W, C) -> (N, H/d, W/d, stem_width); checks x's shape.
 
   'imagenet' (d = 4): 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2.
   'small' (d = 1): 3x3 conv stride 1, BN, ReLU.
@@ -35,6 +35,8 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    validation.check_array_shape(x, self.arch.input_shape, 'x', self.arch.input_shape)
+    x = jnp.asarray(x, blocks.param_dtype(self.arch.dtype))
     conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
     if self.arch.stem == 'imagenet':
       x = conv(self.arch.stem_width, (7, 7), strides=(2, 2), padding=centred_padding(7))(x)
@@ -72,8 +74,6 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     arch = self.arch
-    validation.check_array_shape(x, arch.input_shape, 'x', arch.input_shape)
-    x = jnp.asarray(x, blocks.param_dtype(arch.dtype))
     x = Stem(arch, train, self.bn_axis_name, name='stem')(x)
     unit = nn.remat(ResNetUnit) if arch.backprop == 'remat' else ResNetUnit
     for i, (n, stride, width) in enumerate(zip(arch.units, arch.strides, arch.widths)):

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irevnet_jax import blocks, ops, reversible, validation
+from irevnet_jax import blocks, ops, reversible
 from irevnet_jax.baselines import resnet
 from irevnet_jax.baselines.presets import BaselineArch
 from irevnet_jax.blocks import Bottleneck
@@ -127,15 +127,13 @@ class RevNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     arch = self.arch
-    validation.check_array_shape(x, arch.input_shape, 'x', arch.input_shape)
-    _, norm = resnet.conv_and_norm(arch, train, self.bn_axis_name)
     stream = blocks.param_dtype(arch.dtype)
-    x = jnp.asarray(x, stream)
-    h = resnet.Stem(arch, train, self.bn_axis_name, name='stem')(x).astype(stream)
-    pair = ops.split(h)
+    h = resnet.Stem(arch, train, self.bn_axis_name, name='stem')(x)
+    pair = ops.split(h.astype(stream))
     for i in range(len(arch.units)):
       pair = RevNetStage(arch, i, self.bn_axis_name, name=f'stage{i}')(pair, train)
     features = ops.merge(*pair)
+    _, norm = resnet.conv_and_norm(arch, train, self.bn_axis_name)
     h = nn.relu(norm(name='head_norm')(features))
     logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=stream,
                       name='classifier')(jnp.mean(h, axis=(1, 2)))
