@@ -156,14 +156,15 @@ def test_revnet_units_invert_exactly_inside_a_stage(x64, train):
     assert rel_error(a, b) < 1e-13
 
 
-def test_revnet_reversible_and_remat_gradients_equal_autodiff(x64):
+@pytest.mark.parametrize('block_scan', ['auto', 'rolled'], ids=['cpu_default_unrolled', 'rolled_as_on_gpu'])
+def test_revnet_reversible_and_remat_gradients_equal_autodiff(block_scan, x64):
   x, y = digits_batch(8)
   x = x.astype(jnp.float64)
   results = {}
   for mode in ('autodiff', 'remat', 'reversible'):
     # one stride-2 stage: an entry unit (rematerialised in 'reversible'), then 2 invertible units
     net = irevnet_jax.build(tiny('revnet', dtype='float64', backprop=mode, units=(3,),
-                                 strides=(2,), widths=(4,)))
+                                 strides=(2,), widths=(4,), block_scan=block_scan))
     if mode == 'autodiff':
       variables = numpy_init(net, x)
 
