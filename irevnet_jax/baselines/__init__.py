@@ -9,7 +9,7 @@ They are `irevnet_jax.Net`s like i-RevNet: `net.invertible` is False and `net.in
 from typing import Optional
 
 from irevnet_jax.baselines import resnet, revnet
-from irevnet_jax.net import Net
+from irevnet_jax.network import Net
 from irevnet_jax.baselines.presets import PRESETS, layout, resnet50, revnet56, revnet104
 
 __all__ = ['build', 'module', 'layout', 'resnet50', 'revnet56', 'revnet104', 'PRESETS']
