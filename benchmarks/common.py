@@ -47,7 +47,8 @@ def model_config(name: str, smoke: bool = False, **overrides):
   """The model config of preset `name` (i-RevNet or baseline) with `overrides` applied.
 
   smoke=True shrinks it (fewer blocks, small images) but keeps its kind of layout,
-  so a benchmark's logic runs on a CPU in seconds.
+  so a benchmark's logic runs on a CPU in seconds. A `blocks` override sets a
+  baseline's `units`.
   """
   if name in presets.PRESETS:
     c = presets.PRESETS[name]()
@@ -58,6 +59,8 @@ def model_config(name: str, smoke: bool = False, **overrides):
     raise ValueError(f'Unknown model {name!r}; use one of {known}.')
   if smoke:
     c.update(_smoke_overrides(name, c))
+  if 'blocks' in overrides and c.get('arch', 'irevnet') != 'irevnet':
+    overrides['units'] = overrides.pop('blocks')   # a baseline counts its blocks as units
   c.update(overrides)
   return c
 

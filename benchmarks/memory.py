@@ -10,8 +10,8 @@ allocates beyond its arguments (params, optimizer state, batch) and outputs.
 'reversible' stores only each stage's outputs and should stay flat (the
 gradient buffers, as large as the parameters, still grow with depth: the
 'temp-grads' columns leave them out).
-On CPU the block scans are unrolled by default (see `reversible.scan_unroll`);
---rolled measures the rolled program that GPUs run.
+On CPU the block scans are unrolled by default (model.block_scan='auto', see
+`reversible.scan_unroll`); --rolled measures the rolled program that GPUs run.
 """
 import argparse
 
@@ -24,7 +24,7 @@ MODES = ('autodiff', 'remat', 'reversible')
 
 
 def measure(model: str, batch: int, base_blocks, multipliers, dtype='float32', modes=MODES,
-            smoke=False, report=print):
+            smoke=False, report=print, block_scan='auto'):
   """Rows {mode, depth, blocks, temp_gib, ratio (to 1x), compile_s}, printed as they come."""
   rows = []
   for mode in modes:
@@ -32,7 +32,8 @@ def measure(model: str, batch: int, base_blocks, multipliers, dtype='float32', m
     for m in multipliers:
       blocks = tuple(b * m for b in base_blocks)
       config = common.with_dtype(
-          common.model_config(model, smoke=smoke, blocks=blocks, backprop=mode), dtype)
+          common.model_config(model, smoke=smoke, blocks=blocks, backprop=mode,
+                              block_scan=block_scan), dtype)
       compiled = common.compile_step(common.build(config), batch)
       first = first or compiled.temp_bytes
       first_act = first_act or compiled.temp_bytes - compiled.param_bytes
@@ -68,14 +69,13 @@ def main():
   parser.add_argument('--rolled', action='store_true',
                       help='keep the block scans rolled on CPU too (the program GPUs run)')
   args = parser.parse_args()
-  if args.rolled:
-    reversible.UNROLL = 1
+  block_scan = 'rolled' if args.rolled else 'auto'
   base = tuple(int(b) for b in args.base_blocks.split(','))
   multipliers = tuple(int(m) for m in args.multipliers.split(','))
   print(f'memory of one training step on {common.device_name()}, jax {jax.__version__}, '
-        f'block scans unrolled: {reversible.scan_unroll()}')
+        f'block scans unrolled: {reversible.scan_unroll(block_scan) is True}')
   rows = measure(args.model, args.batch, base, multipliers, args.dtype,
-                 args.modes.split(','), args.smoke)
+                 args.modes.split(','), args.smoke, block_scan=block_scan)
   print(common.format_table(rows, COLUMNS))
 
 

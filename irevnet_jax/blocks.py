@@ -27,10 +27,26 @@ FFn = Callable[[jax.Array], Tuple[jax.Array, dict]]
 torch_default_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 
 
-def _same_padding(kernel_size):
-  """Explicit centred padding: Flax's 'SAME' pads stride-2 convs asymmetrically."""
+def param_dtype(dtype: str):
+  """dtype of the parameters, BN statistics and coupling streams of a model computing in
+  `dtype`: float64 for a float64 model, float32 otherwise."""
+  return jnp.float64 if dtype == 'float64' else jnp.float32
+
+
+def centred_padding(kernel_size: int):
+  """Explicit padding of a k x k convolution: Flax's 'SAME' pads stride-2 convs asymmetrically."""
   p = kernel_size // 2
   return ((p, p), (p, p))
+
+
+def conv_and_norm(dtype: str, precision: str, train: bool, bn_axis_name: Optional[str],
+                  kernel_init: Callable = torch_default_init):
+  """Partials of the bias-free convolution and the BatchNorm that every network here uses."""
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=dtype, param_dtype=param_dtype(dtype),
+                           precision=precision, kernel_init=kernel_init)
+  norm = functools.partial(normalization.BatchNorm, use_running_average=not train, dtype=dtype,
+                           param_dtype=param_dtype(dtype), axis_name=bn_axis_name)
+  return conv, norm
 
 
 class Bottleneck(nn.Module):
@@ -52,23 +68,17 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    param_dtype = jnp.float64 if self.dtype == 'float64' else jnp.float32
-    norm = functools.partial(
-        normalization.BatchNorm, use_running_average=not train, dtype=self.dtype,
-        param_dtype=param_dtype, axis_name=self.bn_axis_name)
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=param_dtype,
-        precision=self.precision, kernel_init=torch_default_init)
+    conv, norm = conv_and_norm(self.dtype, self.precision, train, self.bn_axis_name)
     k1, k2, k3 = self.kernel_sizes
     if not self.first:
       x = nn.relu(norm()(x))
     x = conv(self.hidden, (k1, k1), strides=(self.stride, self.stride),
-             padding=_same_padding(k1))(x)
+             padding=centred_padding(k1))(x)
     x = nn.relu(norm()(x))
-    x = conv(self.hidden, (k2, k2), padding=_same_padding(k2))(x)
+    x = conv(self.hidden, (k2, k2), padding=centred_padding(k2))(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.relu(norm()(x))
-    return conv(self.width, (k3, k3), padding=_same_padding(k3))(x)
+    return conv(self.width, (k3, k3), padding=centred_padding(k3))(x)
 
 
 def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> Bottleneck:
@@ -81,8 +91,7 @@ def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> B
 
 def init_bottleneck(f: Bottleneck, spec: BlockSpec, rng) -> dict:
   """F's variables {'params', 'batch_stats'}, from a dummy one-image input."""
-  param_dtype = jnp.float64 if f.dtype == 'float64' else jnp.float32
-  dummy = jnp.zeros((1, *spec.spatial, spec.f_in_channels), param_dtype)
+  dummy = jnp.zeros((1, *spec.spatial, spec.f_in_channels), param_dtype(f.dtype))
   return f.init({'params': rng}, dummy, train=False)
 
 
@@ -99,6 +108,24 @@ def initial_batch_stats(f: Bottleneck, spec: BlockSpec, num_stacked: int = 0) ->
     return fill(lead + leaf.shape, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fresh, shapes['batch_stats'])
+
+
+def declare_variables(module: nn.Module, name: str, f: Bottleneck, spec: BlockSpec,
+                      num_stacked: int = 0):
+  """Declares F's variables on `module` under `name` in 'params' and 'batch_stats'.
+
+  With `num_stacked` > 0 they are the variables of that many alike couplings,
+  stacked on a leading axis. Returns (params, the batch_stats `nn.Variable`).
+  """
+  def init_params(rng):
+    if not num_stacked:
+      return init_bottleneck(f, spec, rng)['params']
+    init_one = functools.partial(init_bottleneck, f, spec)
+    return jax.vmap(init_one)(jax.random.split(rng, num_stacked))['params']
+
+  params = module.param(name, init_params)
+  stats = module.variable('batch_stats', name, lambda: initial_batch_stats(f, spec, num_stacked))
+  return params, stats
 
 
 def apply_bottleneck(f: Bottleneck, variables, u, train: bool, key) -> Tuple[jax.Array, dict]:

@@ -1,9 +1,19 @@
-"""The i-RevNet Flax module and `Net`, its pure init / forward / invert API.
+"""The i-RevNet Flax module, and `Net`: pure init / forward / invert for every model here.
 
     x (N, H, W, C) -> psi(init_ds) -> split -> stages of blocks -> merge -> z
     logits = Dense(mean_HW(ReLU(BN(z))))
 
-Only the head discards information; `invert` maps z back to x.
+Only the head discards information; `invert` maps z back to x. The stages run on
+the reversible engine (`irevnet_jax.reversible`).
+
+    net = irevnet_jax.build(model_config)      # model.arch: 'irevnet', 'revnet' or 'resnet'
+    variables = net.init(rng, x)               # {'params', 'batch_stats'}
+    logits, z = net.forward(variables, x)      # z: i-RevNet's representation, a baseline's features
+    x_again = net.invert(variables, z)         # i-RevNet only (net.invertible)
+
+What differs between the models is in their frozen layout, `net.arch`
+(`presets.Architecture` or `baselines.presets.BaselineArch`): `invertible`,
+`input_shape`, `z_shape`, `dropout_rate`, `describe()`.
 """
 import functools
 from typing import Optional
@@ -12,13 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irevnet_jax import blocks, norm, ops, presets, reversible
+from irevnet_jax import blocks, norm, ops, presets, reversible, validation
 from irevnet_jax.presets import Architecture, StageSpec
-
-
-def stream_dtype(arch: Architecture):
-  """dtype of the coupling streams: float32, or float64 for a float64 model."""
-  return jnp.float64 if arch.dtype == 'float64' else jnp.float32
 
 
 def _stack(tree):
@@ -42,21 +47,12 @@ class Stage(nn.Module):
   def setup(self):
     spec = self.spec
     self.first_f = blocks.make_bottleneck(self.arch, spec.first, self.bn_axis_name)
-    init_first = functools.partial(blocks.init_bottleneck, self.first_f, spec.first)
-    self.first_params = self.param('first', lambda rng: init_first(rng)['params'])
-    self.first_stats = self.variable(
-        'batch_stats', 'first', lambda: blocks.initial_batch_stats(self.first_f, spec.first))
+    self.first_params, self.first_stats = blocks.declare_variables(
+        self, 'first', self.first_f, spec.first)
     if spec.num_rest:
       self.rest_f = blocks.make_bottleneck(self.arch, spec.rest, self.bn_axis_name)
-      init_one = functools.partial(blocks.init_bottleneck, self.rest_f, spec.rest)
-
-      def init_rest(rng):
-        return jax.vmap(init_one)(jax.random.split(rng, spec.num_rest))
-
-      self.rest_params = self.param('rest', lambda rng: init_rest(rng)['params'])
-      self.rest_stats = self.variable(
-          'batch_stats', 'rest',
-          lambda: blocks.initial_batch_stats(self.rest_f, spec.rest, spec.num_rest))
+      self.rest_params, self.rest_stats = blocks.declare_variables(
+          self, 'rest', self.rest_f, spec.rest, spec.num_rest)
 
   def _keys(self, train):
     """One dropout key per block; drawn from the 'dropout' stream only when dropout is active."""
@@ -65,20 +61,24 @@ class Stage(nn.Module):
       return jax.random.split(self.make_rng('dropout'), n)
     return jax.random.split(jax.random.PRNGKey(0), n)
 
+  def _first(self):
+    return _stack({'params': self.first_params, 'batch_stats': self.first_stats.value})
+
+  def _rest(self):
+    return {'params': self.rest_params, 'batch_stats': self.rest_stats.value}
+
   def __call__(self, pair, train: bool = False):
     """Each half (N, H, W, C_in/2) -> (N, H/s, W/s, width)."""
     keys = self._keys(train)
-    mode = self.arch.backprop
-    first = {'params': self.first_params, 'batch_stats': self.first_stats.value}
+    mode, block_scan = self.arch.backprop, self.arch.block_scan
     pair, first_stats = reversible.run_blocks(
-        mode, self.spec.first, self.first_f, _stack(first), pair, keys[:1], train)
+        mode, self.spec.first, self.first_f, self._first(), pair, keys[:1], train, block_scan)
     update = train and not self.is_initializing()
     if update:
       self.first_stats.value = _unstack(first_stats)
     if self.spec.num_rest:
-      rest = {'params': self.rest_params, 'batch_stats': self.rest_stats.value}
       pair, rest_stats = reversible.run_blocks(
-          mode, self.spec.rest, self.rest_f, rest, pair, keys[1:], train)
+          mode, self.spec.rest, self.rest_f, self._rest(), pair, keys[1:], train, block_scan)
       if update:
         self.rest_stats.value = rest_stats
     return pair
@@ -86,12 +86,12 @@ class Stage(nn.Module):
   def inverse(self, pair, train: bool = False):
     """Inverse of `__call__`; `train=True` re-evaluates F with batch statistics."""
     keys = self._keys(train)
+    block_scan = self.arch.block_scan
     if self.spec.num_rest:
-      rest = {'params': self.rest_params, 'batch_stats': self.rest_stats.value}
-      pair = reversible.invert_blocks(self.spec.rest, self.rest_f, rest, pair, keys[1:], train)
-    first = {'params': self.first_params, 'batch_stats': self.first_stats.value}
+      pair = reversible.invert_blocks(
+          self.spec.rest, self.rest_f, self._rest(), pair, keys[1:], train, block_scan)
     return reversible.invert_blocks(
-        self.spec.first, self.first_f, _stack(first), pair, keys[:1], train)
+        self.spec.first, self.first_f, self._first(), pair, keys[:1], train, block_scan)
 
 
 class IRevNet(nn.Module):
@@ -101,59 +101,54 @@ class IRevNet(nn.Module):
 
   def setup(self):
     self.stages = [Stage(self.arch, spec, self.bn_axis_name) for spec in self.arch.stages]
-    param_dtype = stream_dtype(self.arch)
+    stream = blocks.param_dtype(self.arch.dtype)
     self.head_norm = norm.BatchNorm(
-        momentum=norm.HEAD_MOMENTUM, dtype=self.arch.dtype, param_dtype=param_dtype,
+        momentum=norm.HEAD_MOMENTUM, dtype=self.arch.dtype, param_dtype=stream,
         axis_name=self.bn_axis_name)
     self.classifier = nn.Dense(self.arch.num_classes, dtype=self.arch.dtype,
-                               param_dtype=param_dtype, kernel_init=blocks.torch_default_init)
-
-  def _check_shape(self, array, expected, name):
-    if tuple(array.shape[1:]) != tuple(expected) or array.ndim != 4:
-      raise ValueError(
-          f'{name} must have shape (N, {", ".join(map(str, expected))}) for this model '
-          f'(model.input_shape={self.arch.input_shape}), got {tuple(array.shape)}. '
-          f'Resize the input or set model.input_shape to match it.')
+                               param_dtype=stream, kernel_init=blocks.torch_default_init)
 
   def __call__(self, x, train: bool = False):
     """x (N, H, W, C) -> (logits (N, num_classes), z (N, H', W', C')).
 
     logits are float32 (float64 in a float64 model) whatever F computes in.
     """
-    self._check_shape(x, self.arch.input_shape, 'x')
-    x = jnp.asarray(x, stream_dtype(self.arch))
-    pair = ops.split(ops.psi(x, self.arch.init_ds))
+    validation.check_array_shape(x, self.arch.input_shape, 'x', self.arch.input_shape)
+    stream = blocks.param_dtype(self.arch.dtype)
+    pair = ops.split(ops.psi(jnp.asarray(x, stream), self.arch.init_ds))
     for stage in self.stages:
       pair = stage(pair, train)
     z = ops.merge(*pair)
     h = nn.relu(self.head_norm(z, use_running_average=not train))
     logits = self.classifier(jnp.mean(h, axis=(1, 2)))
-    return logits.astype(stream_dtype(self.arch)), z
+    return logits.astype(stream), z
 
   def invert(self, z, train: bool = False):
     """z (N, H', W', C') -> x (N, H, W, C). Exact up to float rounding."""
-    self._check_shape(z, self.arch.z_shape, 'z')
-    pair = ops.split(jnp.asarray(z, stream_dtype(self.arch)))
+    validation.check_array_shape(z, self.arch.z_shape, 'z', self.arch.input_shape)
+    pair = ops.split(jnp.asarray(z, blocks.param_dtype(self.arch.dtype)))
     for stage in reversed(self.stages):
       pair = stage.inverse(pair, train)
     return ops.psi_inverse(ops.merge(*pair), self.arch.init_ds)
 
 
 class Net:
-  """Pure functions over Flax variables for one i-RevNet.
+  """Pure functions over Flax variables for one network.
 
   `variables` is `{'params': ..., 'batch_stats': ...}`. Every method is pure and
   works under `jax.jit`, `jax.vmap`, `jax.grad` and `jax.pmap`.
   """
 
-  invertible = True
-
-  def __init__(self, module: IRevNet):
+  def __init__(self, module):
     self.module = module
     self.arch = module.arch
 
   def __repr__(self):
-    return f'Net(\n{presets.describe(self.arch)})'
+    return f'Net(\n{self.arch.describe()})'
+
+  @property
+  def invertible(self) -> bool:
+    return self.arch.invertible
 
   @property
   def input_shape(self):
@@ -161,6 +156,7 @@ class Net:
 
   @property
   def z_shape(self):
+    """(H, W, C) of what `forward` returns beside the logits."""
     return self.arch.z_shape
 
   def init(self, rng, x):
@@ -183,20 +179,26 @@ class Net:
   def invert(self, variables, z, train: bool = False, rngs=None):
     """z -> x. Eval mode uses running BN statistics; train=True recomputes F with
     the batch statistics of the rebuilt activations (and replays dropout from `rngs`),
-    which inverts a train-mode forward on the same batch."""
-    return self.module.apply(variables, z, train=train, rngs=rngs, method=IRevNet.invert)
+    which inverts a train-mode forward on the same batch.
+
+    Raises NotImplementedError for the baselines, which discard information.
+    """
+    if not self.invertible:
+      raise NotImplementedError(self.arch.why_not_invertible)
+    return self.module.apply(variables, z, train=train, rngs=rngs, method=type(self.module).invert)
 
 
 def build(model_config, bn_axis_name: Optional[str] = None) -> Net:
-  """Validates an i-RevNet model config and returns its `Net`.
+  """Validates a model config and returns its `Net`.
 
-  `bn_axis_name`: the pmap / shard_map axis over which train-mode batch
-  statistics are averaged (synchronised BN); None for per-device statistics.
+  `model_config.arch` picks the network: 'irevnet' (the default), or a baseline
+  ('resnet', 'revnet'; see `irevnet_jax.baselines`). `bn_axis_name`: the pmap /
+  shard_map axis over which train-mode batch statistics are averaged
+  (synchronised BN); None for per-device statistics.
   """
-  arch = model_config.get('arch', 'irevnet')
-  if arch != 'irevnet':
+  if model_config.get('arch', 'irevnet') != 'irevnet':
     from irevnet_jax import baselines  # the non-invertible comparison networks
-    return baselines.build(model_config, bn_axis_name)
+    return Net(baselines.module(model_config, bn_axis_name))
   return Net(IRevNet(presets.layout(model_config), bn_axis_name))
 
 

@@ -12,9 +12,10 @@ from typing import Optional, Tuple
 
 import ml_collections
 
+from irevnet_jax import validation
+from irevnet_jax.validation import BLOCK_SCANS, DTYPES, PRECISIONS  # noqa: F401 (re-exported)
+
 BACKPROP_MODES = ('autodiff', 'reversible', 'remat')
-PRECISIONS = ('default', 'high', 'highest')
-DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
 
 
 def base() -> ml_collections.ConfigDict:
@@ -37,6 +38,10 @@ def base() -> ml_collections.ConfigDict:
   # instead of ~1e-6. For fast training use dtype='bfloat16' instead.
   c.precision = 'highest'
   c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
+  # How each stage's scan over its alike blocks compiles: 'auto' unrolls it on CPU
+  # (XLA:CPU runs convolution gradients in a loop ~12x slower) and keeps it rolled
+  # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it.
+  c.block_scan = 'auto'
   return c
 
 
@@ -153,6 +158,8 @@ class Architecture:
   precision: str
   num_classes: int
   backprop: str
+  block_scan: str = 'auto'
+  invertible = True
 
   @property
   def z_shape(self) -> Tuple[int, int, int]:
@@ -166,52 +173,32 @@ class Architecture:
   def num_blocks(self) -> int:
     return sum(1 + s.num_rest for s in self.stages)
 
-
-def _as_tuple(config, field, length=None):
-  value = config[field]
-  if isinstance(value, int):
-    value = (value,)
-  try:
-    value = tuple(int(v) for v in value)
-  except (TypeError, ValueError):
-    raise ValueError(f'model.{field} must be a list of integers, got {value!r}.') from None
-  if length is not None and len(value) != length:
-    raise ValueError(f'model.{field} must have {length} entries, got {value!r}.')
-  return value
-
-
-def check_known_fields(config):
-  """Rejects fields that no i-RevNet model config has (typos in overrides)."""
-  known = set(base().keys())
-  unknown = sorted(set(config.keys()) - known)
-  if unknown:
-    raise ValueError(
-        f'Unknown model config field(s) {unknown}; known fields are {sorted(known)}.')
+  def describe(self) -> str:
+    """A short human-readable summary of the layout (one line per stage)."""
+    lines = [f'input {self.input_shape}, stem psi({self.init_ds})' if self.init_ds > 1
+             else f'input {self.input_shape}, no stem']
+    for i, stage in enumerate(self.stages):
+      b = stage.first
+      inj = f', pads {b.in_channels}->{2 * b.width}' if b.pad else ''
+      lines.append(f'stage {i}: {1 + stage.num_rest} blocks, stride {b.stride}, '
+                   f'width {b.width}, at {b.spatial[0]}x{b.spatial[1]}{inj}')
+    h, w, c = self.z_shape
+    lines.append(f'z: {h}x{w}x{c} = {math.prod(self.z_shape)} values per image')
+    return '\n'.join(lines)
 
 
 def layout(config) -> Architecture:
   """Validates a model config and returns its block-by-block `Architecture`."""
-  check_known_fields(config)
-  h, w, c = _as_tuple(config, 'input_shape', 3)
-  blocks = _as_tuple(config, 'blocks')
-  strides = _as_tuple(config, 'strides')
-  widths = _as_tuple(config, 'widths')
-  kernels = _as_tuple(config, 'kernel_sizes', 3)
+  validation.check_fields(config, base().keys(), "arch='irevnet'", 'irevnet_jax.presets.base()')
+  h, w, c = validation.input_shape(config)
+  blocks = validation.int_tuple(config, 'blocks')
+  strides = validation.int_tuple(config, 'strides')
+  widths = validation.int_tuple(config, 'widths')
+  kernels = validation.int_tuple(config, 'kernel_sizes', 3)
   mult = int(config.bottleneck_mult)
   init_ds = int(config.init_ds)
 
-  if not blocks:
-    raise ValueError('model.blocks is empty; give at least one stage, e.g. blocks=(2,).')
-  if not len(blocks) == len(strides) == len(widths):
-    raise ValueError(
-        f'model.blocks, model.strides and model.widths need one entry per stage, '
-        f'got {len(blocks)}, {len(strides)} and {len(widths)} entries '
-        f'(blocks={blocks}, strides={strides}, widths={widths}).')
-  if min(blocks) < 1:
-    raise ValueError(f'model.blocks={blocks}: every stage needs at least 1 block.')
-  bad = [s for s in strides if s not in (1, 2)]
-  if bad:
-    raise ValueError(f'model.strides={strides}: each stride must be 1 or 2 (psi downsamples by 2).')
+  validation.check_stages('blocks', blocks, strides, widths)
   for k in kernels:
     if k < 1 or k % 2 == 0:
       raise ValueError(
@@ -221,27 +208,17 @@ def layout(config) -> Architecture:
     raise ValueError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
   if init_ds < 0:
     raise ValueError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
-  if min(h, w, c) < 1:
-    raise ValueError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
-  if config.dtype not in DTYPES:
-    raise ValueError(f'model.dtype={config.dtype!r} is not one of {DTYPES}.')
-  if config.precision not in PRECISIONS:
-    raise ValueError(f'model.precision={config.precision!r} is not one of {PRECISIONS}; '
-                     f"'highest' is needed for exact inversion in float32.")
-  if config.backprop not in BACKPROP_MODES:
-    raise ValueError(f'model.backprop={config.backprop!r} is not one of {BACKPROP_MODES}.')
+  validation.check_choice(config, 'dtype', DTYPES)
+  validation.check_choice(config, 'precision', PRECISIONS,
+                          "; 'highest' is needed for exact inversion in float32")
+  validation.check_choice(config, 'backprop', BACKPROP_MODES)
+  block_scan = validation.check_choice(config, 'block_scan', BLOCK_SCANS)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
     raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 
   ds = max(init_ds, 1)
-  downsampling = ds * 2 ** sum(s == 2 for s in strides)
-  if h % downsampling or w % downsampling:
-    fit_h = max(downsampling, h - h % downsampling)
-    fit_w = max(downsampling, w - w % downsampling)
-    raise ValueError(
-        f'model.input_shape={(h, w, c)}: height and width must be divisible by the total '
-        f'downsampling {downsampling} (init_ds={init_ds}, strides={strides}); '
-        f'e.g. input_shape=({fit_h}, {fit_w}, {c}), or fewer stride-2 stages.')
+  validation.check_divisible((h, w, c), ds * 2 ** sum(s == 2 for s in strides),
+                             f'init_ds={init_ds}, strides={strides}')
 
   spatial = (h // ds, w // ds)
   in_channels = c * ds * ds
@@ -281,18 +258,4 @@ def layout(config) -> Architecture:
       input_shape=(h, w, c), init_ds=ds, stages=tuple(stages), kernel_sizes=kernels,
       bottleneck_mult=mult, dropout_rate=float(config.dropout_rate), dtype=config.dtype,
       precision=config.precision, num_classes=int(config.num_classes),
-      backprop=config.backprop)
-
-
-def describe(arch: Architecture) -> str:
-  """A short human-readable summary of the layout (one line per stage)."""
-  lines = [f'input {arch.input_shape}, stem psi({arch.init_ds})' if arch.init_ds > 1
-           else f'input {arch.input_shape}, no stem']
-  for i, stage in enumerate(arch.stages):
-    b = stage.first
-    inj = f', pads {b.in_channels}->{2 * b.width}' if b.pad else ''
-    lines.append(f'stage {i}: {1 + stage.num_rest} blocks, stride {b.stride}, '
-                 f'width {b.width}, at {b.spatial[0]}x{b.spatial[1]}{inj}')
-  h, w, c = arch.z_shape
-  lines.append(f'z: {h}x{w}x{c} = {math.prod(arch.z_shape)} values per image')
-  return '\n'.join(lines)
+      backprop=config.backprop, block_scan=block_scan)

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import baselines
+from irevnet_jax import baselines, reversible
 from irevnet_jax.baselines import revnet
 from experiments.configs import resnet50 as resnet50_config
 from experiments.configs import revnet56 as revnet56_config
@@ -81,7 +81,7 @@ def digits_batch(n):
 ])
 def test_parameter_counts_of_the_experiment_configs(config_module, count):
   net = irevnet_jax.build(config_module.get_config().model)  # the core dispatches on arch
-  assert isinstance(net, baselines.BaselineNet)
+  assert isinstance(net, irevnet_jax.Net)   # one Net class for every model
   assert not net.invertible
   assert irevnet_jax.count_params(net) == count   # jax.eval_shape: nothing allocated
   x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
@@ -137,17 +137,18 @@ def test_revnet_units_invert_exactly_inside_a_stage(x64, train):
   net = irevnet_jax.build(tiny('revnet', dtype='float64'))
   variables = numpy_init(net, jnp.zeros((1, 8, 8, 1), jnp.float64))
   stage = 1   # stride-2 stage: an entry unit, then 2 invertible units
-  params = {k: variables['params'][f'stage{stage}'][f'rest_{k}'] for k in 'fg'}
-  stats = {k: variables['batch_stats'][f'stage{stage}'][f'rest_{k}'] for k in 'fg'}
-  module = revnet.rest_module(net.arch, stage)
+  stacked = [{'params': variables['params'][f'stage{stage}'][f'rest_{k}'],
+              'batch_stats': variables['batch_stats'][f'stage{stage}'][f'rest_{k}']} for k in 'fg']
   half = 2 * net.arch.widths[stage]
+  specs, module = revnet.rest_couplings(net.arch, stage, (4, 4))
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
   rng = np.random.default_rng(1)
   pair = tuple(jnp.asarray(rng.normal(size=(4, 4, 4, half))) for _ in range(2))
 
   @jax.jit
   def round_trip(pair):
-    out, _ = revnet.run_units('autodiff', module, params, stats, pair, train)
-    return out, revnet.invert_units(module, params, stats, out, train)
+    out, _ = reversible.run_steps('autodiff', specs, module, stacked, pair, keys, train)
+    return out, reversible.invert_steps(specs, module, stacked, out, keys, train)
 
   out, back = round_trip(pair)
   assert rel_error(out[0], pair[0]) > 0.1  # the units do change the pair
@@ -155,14 +156,15 @@ def test_revnet_units_invert_exactly_inside_a_stage(x64, train):
     assert rel_error(a, b) < 1e-13
 
 
-def test_revnet_reversible_and_remat_gradients_equal_autodiff(x64):
+@pytest.mark.parametrize('block_scan', ['auto', 'rolled'], ids=['cpu_default_unrolled', 'rolled_as_on_gpu'])
+def test_revnet_reversible_and_remat_gradients_equal_autodiff(block_scan, x64):
   x, y = digits_batch(8)
   x = x.astype(jnp.float64)
   results = {}
   for mode in ('autodiff', 'remat', 'reversible'):
     # one stride-2 stage: an entry unit (rematerialised in 'reversible'), then 2 invertible units
     net = irevnet_jax.build(tiny('revnet', dtype='float64', backprop=mode, units=(3,),
-                                 strides=(2,), widths=(4,)))
+                                 strides=(2,), widths=(4,), block_scan=block_scan))
     if mode == 'autodiff':
       variables = numpy_init(net, x)
 

@@ -88,7 +88,7 @@ def test_strided_conv_pads_symmetrically():
       x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
       precision='highest')
   got = jax.lax.conv_general_dilated(
-      x, kernel, (2, 2), blocks._same_padding(3), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      x, kernel, (2, 2), blocks.centred_padding(3), dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
       precision='highest')
   np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
   # Flax's 'SAME' would pad (0, 1) here and shift the grid: the explicit padding matters.

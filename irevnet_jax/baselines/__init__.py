@@ -4,9 +4,24 @@
     variables = net.init(jax.random.PRNGKey(0), x)
     logits, features = net.forward(variables, x)
 
-`net.invertible` is False and `net.invert` raises.
+They are `irevnet_jax.Net`s like i-RevNet: `net.invertible` is False and `net.invert` raises.
 """
-from irevnet_jax.baselines.net import BaselineNet, build
+from typing import Optional
+
+from irevnet_jax.baselines import resnet, revnet
+from irevnet_jax.network import Net
 from irevnet_jax.baselines.presets import PRESETS, layout, resnet50, revnet56, revnet104
 
-__all__ = ['build', 'BaselineNet', 'layout', 'resnet50', 'revnet56', 'revnet104', 'PRESETS']
+__all__ = ['build', 'module', 'layout', 'resnet50', 'revnet56', 'revnet104', 'PRESETS']
+
+
+def module(model_config, bn_axis_name: Optional[str] = None):
+  """The Flax module (`resnet.ResNet` or `revnet.RevNet`) of a validated baseline config."""
+  arch = layout(model_config)
+  module_cls = resnet.ResNet if arch.kind == 'resnet' else revnet.RevNet
+  return module_cls(arch, bn_axis_name)
+
+
+def build(model_config, bn_axis_name: Optional[str] = None):
+  """`irevnet_jax.build` for a baseline config (arch 'resnet' or 'revnet'): its `Net`."""
+  return Net(module(model_config, bn_axis_name))

@@ -18,14 +18,16 @@ or 'revnet'. `layout(config)` checks it and returns a frozen, hashable
   dtype         compute dtype ('float32', 'bfloat16', 'float16', 'float64')
   precision     convolution precision: 'default', 'high' or 'highest'
   backprop      ResNet: 'autodiff' | 'remat'; RevNet: also 'reversible'
+  block_scan    RevNet: how each stage's scan over its invertible units compiles
+                ('auto' | 'unrolled' | 'rolled', as for i-RevNet); ResNet has no scans
 """
 import dataclasses
-import math
 from typing import Tuple
 
 import ml_collections
 
-from irevnet_jax.presets import DTYPES, PRECISIONS
+from irevnet_jax import validation
+from irevnet_jax.validation import BLOCK_SCANS, DTYPES, PRECISIONS
 
 ARCHS = ('resnet', 'revnet')
 STEMS = ('imagenet', 'small')
@@ -46,6 +48,7 @@ def base(arch: str = 'resnet') -> ml_collections.ConfigDict:
   c.dtype = 'float32'
   c.precision = 'default'
   c.backprop = 'autodiff'
+  c.block_scan = 'auto'
   return c
 
 
@@ -95,6 +98,9 @@ class BaselineArch:
   dtype: str
   precision: str
   backprop: str
+  block_scan: str = 'auto'
+  invertible = False
+  dropout_rate = 0.0
 
   @property
   def stem_downsampling(self) -> int:
@@ -110,18 +116,32 @@ class BaselineArch:
     h, w, _ = self.input_shape
     return (h // self.downsampling, w // self.downsampling, 4 * self.widths[-1])
 
+  @property
+  def z_shape(self) -> Tuple[int, int, int]:
+    """What `Net.forward` returns beside the logits: here the features."""
+    return self.features_shape
 
-def _as_tuple(config, field, length=None):
-  value = config[field]
-  if isinstance(value, int):
-    value = (value,)
-  try:
-    value = tuple(int(v) for v in value)
-  except (TypeError, ValueError):
-    raise ValueError(f'model.{field} must be a list of integers, got {value!r}.') from None
-  if length is not None and len(value) != length:
-    raise ValueError(f'model.{field} must have {length} entries, got {value!r}.')
-  return value
+  @property
+  def why_not_invertible(self) -> str:
+    where = ('in every unit' if self.kind == 'resnet'
+             else "in each stage's first unit (strided projections)")
+    return (f'model.arch={self.kind!r} is not invertible: it discards information {where}; '
+            f"use model.arch='irevnet' for a network with an inverse.")
+
+  def describe(self) -> str:
+    """A short summary of the layout, one line per stage."""
+    name = 'ResNet v1.5' if self.kind == 'resnet' else 'RevNet'
+    h, w, _ = self.input_shape
+    s = self.stem_downsampling
+    head = (f'{name}: input {self.input_shape}, stem {self.stem!r} -> {self.stem_width} '
+            f'channels at {h // s}x{w // s}')
+    stages = []
+    for i, (n, stride, width) in enumerate(zip(self.units, self.strides, self.widths)):
+      s *= stride
+      stages.append(f'stage {i}: {n} units, stride {stride}, {4 * width} channels at '
+                    f'{h // s}x{w // s}')
+    fh, fw, fc = self.features_shape
+    return '\n'.join([head, *stages, f'features: {fh}x{fw}x{fc} = {fh * fw * fc} values per image'])
 
 
 def layout(config) -> BaselineArch:
@@ -130,90 +150,36 @@ def layout(config) -> BaselineArch:
   if kind not in ARCHS:
     raise ValueError(f'model.arch={kind!r} is not a baseline; use one of {ARCHS} '
                      f"(or 'irevnet' through irevnet_jax.build).")
-  known = set(base(kind).keys())
-  unknown = sorted(set(config.keys()) - known)
-  if unknown:
-    raise ValueError(f'Unknown model config field(s) {unknown} for arch={kind!r}; '
-                     f'known fields are {sorted(known)}.')
-  missing = sorted(known - set(config.keys()))
-  if missing:
-    raise ValueError(f'model config for arch={kind!r} lacks field(s) {missing}; start from '
-                     f'irevnet_jax.baselines.resnet50() / revnet56().')
-
-  h, w, c = _as_tuple(config, 'input_shape', 3)
-  units = _as_tuple(config, 'units')
-  strides = _as_tuple(config, 'strides')
-  widths = _as_tuple(config, 'widths')
+  validation.check_fields(config, base(kind).keys(), f'arch={kind!r}',
+                          'irevnet_jax.baselines.resnet50() / revnet56()')
+  h, w, c = validation.input_shape(config)
+  units = validation.int_tuple(config, 'units')
+  strides = validation.int_tuple(config, 'strides')
+  widths = validation.int_tuple(config, 'widths')
   stem_width = int(config.stem_width)
-  if not units:
-    raise ValueError('model.units is empty; give at least one stage, e.g. units=(2,).')
-  if not len(units) == len(strides) == len(widths):
-    raise ValueError(
-        f'model.units, model.strides and model.widths need one entry per stage, got '
-        f'units={units}, strides={strides}, widths={widths}.')
-  if min(units) < 1:
-    raise ValueError(f'model.units={units}: every stage needs at least 1 unit.')
-  if any(s not in (1, 2) for s in strides):
-    raise ValueError(f'model.strides={strides}: each stride must be 1 or 2.')
+  validation.check_stages('units', units, strides, widths)
   min_width = 2 if kind == 'revnet' else 1
   if min(widths) < min_width:
     raise ValueError(f'model.widths={widths}: each width must be >= {min_width} '
                      f'(RevNet\'s F and G have width // 2 hidden channels).')
   if stem_width < 2:
     raise ValueError(f'model.stem_width={stem_width} must be >= 2, e.g. 64.')
-  if config.stem not in STEMS:
-    raise ValueError(f'model.stem={config.stem!r} is not one of {STEMS}.')
+  validation.check_choice(config, 'stem', STEMS)
   if int(config.num_classes) < 1:
     raise ValueError(f'model.num_classes={config.num_classes} must be >= 1.')
-  if config.dtype not in DTYPES:
-    raise ValueError(f'model.dtype={config.dtype!r} is not one of {DTYPES}.')
-  if config.precision not in PRECISIONS:
-    raise ValueError(f'model.precision={config.precision!r} is not one of {PRECISIONS}.')
-  modes = BACKPROP_MODES[kind]
-  if config.backprop not in modes:
-    hint = (" (reversible backprop needs invertible units: use arch='revnet')"
-            if kind == 'resnet' else '')
-    raise ValueError(f'model.backprop={config.backprop!r} is not one of {modes} for '
-                     f'arch={kind!r}{hint}.')
-  if min(h, w, c) < 1:
-    raise ValueError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
+  validation.check_choice(config, 'dtype', DTYPES)
+  validation.check_choice(config, 'precision', PRECISIONS)
+  hint = (" (reversible backprop needs invertible units: use arch='revnet')"
+          if kind == 'resnet' else '')
+  validation.check_choice(config, 'backprop', BACKPROP_MODES[kind], f' for arch={kind!r}{hint}')
+  block_scan = validation.check_choice(config, 'block_scan', BLOCK_SCANS)
 
   arch = BaselineArch(
       kind=kind, input_shape=(h, w, c), num_classes=int(config.num_classes), stem=config.stem,
       stem_width=stem_width, units=units, strides=strides, widths=widths, dtype=config.dtype,
-      precision=config.precision, backprop=config.backprop)
-  ds = arch.downsampling
-  if h % ds or w % ds:
-    hint = (" or model.stem='small' (3x3 conv, no max-pool) for small images"
-            if config.stem == 'imagenet' else '')
-    raise ValueError(
-        f'model.input_shape={(h, w, c)}: height and width must be divisible by the total '
-        f'downsampling {ds} (stem={config.stem!r}, strides={strides}); use e.g. '
-        f'input_shape=({max(ds, h - h % ds)}, {max(ds, w - w % ds)}, {c}){hint}, '
-        f'or fewer stride-2 stages.')
+      precision=config.precision, backprop=config.backprop, block_scan=block_scan)
+  validation.check_divisible(
+      (h, w, c), arch.downsampling, f'stem={config.stem!r}, strides={strides}',
+      " or model.stem='small' (3x3 conv, no max-pool) for small images"
+      if config.stem == 'imagenet' else '')
   return arch
-
-
-def describe(arch: BaselineArch) -> str:
-  """A short summary of the layout, one line per stage."""
-  name = 'ResNet v1.5' if arch.kind == 'resnet' else 'RevNet'
-  h, w, _ = arch.input_shape
-  s = arch.stem_downsampling
-  lines = [f'{name}: input {arch.input_shape}, stem {arch.stem!r} -> {arch.stem_width} channels '
-           f'at {h // s}x{w // s}']
-  for i, (n, stride, width) in enumerate(zip(arch.units, arch.strides, arch.widths)):
-    s *= stride
-    lines.append(f'stage {i}: {n} units, stride {stride}, {4 * width} channels at '
-                 f'{h // s}x{w // s}')
-  fh, fw, fc = arch.features_shape
-  lines.append(f'features: {fh}x{fw}x{fc} = {math.prod(arch.features_shape)} values per image')
-  return '\n'.join(lines)
-
-
-def check_input(arch: BaselineArch, x):
-  """Raises a ValueError unless x has shape (N, *arch.input_shape)."""
-  if x.ndim != 4 or tuple(x.shape[1:]) != tuple(arch.input_shape):
-    raise ValueError(
-        f'x must have shape (N, {", ".join(map(str, arch.input_shape))}) for this model '
-        f'(model.input_shape={arch.input_shape}), got {tuple(x.shape)}. Resize the input '
-        f'or set model.input_shape to match it.')

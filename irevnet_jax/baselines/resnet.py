@@ -6,40 +6,25 @@
 A unit: relu(BN(conv1x1(relu(BN(conv3x3_s(relu(BN(conv1x1(x))))))), zero-init scale) + shortcut),
 with a strided 1x1 projection + BN as the shortcut where the shape changes.
 """
-import functools
 from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from irevnet_jax import norm as normalization
-from irevnet_jax.baselines.presets import BaselineArch, check_input
+from irevnet_jax import blocks, validation
+from irevnet_jax.baselines.presets import BaselineArch
+from irevnet_jax.blocks import centred_padding
 
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
-def param_dtype(arch: BaselineArch):
-  return jnp.float64 if arch.dtype == 'float64' else jnp.float32
-
-
 def conv_and_norm(arch: BaselineArch, train: bool, bn_axis_name: Optional[str]):
-  """Partials of the convolution (no bias, He init) and BatchNorm shared by the baselines."""
-  conv = functools.partial(nn.Conv, use_bias=False, dtype=arch.dtype,
-                           param_dtype=param_dtype(arch), precision=arch.precision,
-                           kernel_init=he_normal)
-  norm = functools.partial(normalization.BatchNorm, use_running_average=not train,
-                           dtype=arch.dtype, param_dtype=param_dtype(arch),
-                           axis_name=bn_axis_name)
-  return conv, norm
-
-
-def pad(k):
-  """Centred explicit padding for a k x k kernel (Flax 'SAME' is asymmetric at stride 2)."""
-  return ((k // 2, k // 2), (k // 2, k // 2))
+  """The baselines' convolution (He init) and BatchNorm partials."""
+  return blocks.conv_and_norm(arch.dtype, arch.precision, train, bn_axis_name, he_normal)
 
 
 class Stem(nn.Module):
-  """The stem, (N, H, W, C) -> (N, H/d, W/d, stem_width).
+  """The stem, x (N, H, W, C) -> (N, H/d, W/d, stem_width); checks x's shape.
 
   'imagenet' (d = 4): 7x7 conv stride 2, BN, ReLU, 3x3 max-pool stride 2.
   'small' (d = 1): 3x3 conv stride 1, BN, ReLU.
@@ -50,11 +35,14 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    validation.check_array_shape(x, self.arch.input_shape, 'x', self.arch.input_shape)
+    x = jnp.asarray(x, blocks.param_dtype(self.arch.dtype))
     conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
     if self.arch.stem == 'imagenet':
-      x = nn.relu(norm()(conv(self.arch.stem_width, (7, 7), strides=(2, 2), padding=pad(7))(x)))
-      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pad(3))
-    return nn.relu(norm()(conv(self.arch.stem_width, (3, 3), padding=pad(3))(x)))
+      x = conv(self.arch.stem_width, (7, 7), strides=(2, 2), padding=centred_padding(7))(x)
+      x = nn.relu(norm()(x))
+      return nn.max_pool(x, (3, 3), strides=(2, 2), padding=centred_padding(3))
+    return nn.relu(norm()(conv(self.arch.stem_width, (3, 3), padding=centred_padding(3))(x)))
 
 
 class ResNetUnit(nn.Module):
@@ -71,7 +59,7 @@ class ResNetUnit(nn.Module):
     s = (self.stride, self.stride)
     out = 4 * self.width
     y = nn.relu(norm()(conv(self.width, (1, 1))(x)))
-    y = nn.relu(norm()(conv(self.width, (3, 3), strides=s, padding=pad(3))(y)))
+    y = nn.relu(norm()(conv(self.width, (3, 3), strides=s, padding=centred_padding(3))(y)))
     y = norm(scale_init=nn.initializers.zeros)(conv(out, (1, 1))(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = norm(name='proj_norm')(conv(out, (1, 1), strides=s, name='proj_conv')(x))
@@ -86,14 +74,13 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     arch = self.arch
-    check_input(arch, x)
-    x = jnp.asarray(x, param_dtype(arch))
     x = Stem(arch, train, self.bn_axis_name, name='stem')(x)
     unit = nn.remat(ResNetUnit) if arch.backprop == 'remat' else ResNetUnit
     for i, (n, stride, width) in enumerate(zip(arch.units, arch.strides, arch.widths)):
       for j in range(n):
         x = unit(arch, width, stride if j == 0 else 1, train, self.bn_axis_name,
                  name=f'stage{i}_unit{j}')(x)
-    logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=param_dtype(arch),
+    stream = blocks.param_dtype(arch.dtype)
+    logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=stream,
                       name='classifier')(jnp.mean(x, axis=(1, 2)))
-    return logits.astype(param_dtype(arch)), x
+    return logits.astype(stream), x
