@@ -144,7 +144,8 @@ class Net:
     self.arch = module.arch
 
   def __repr__(self):
-    return f'Net(\n{self.arch.describe()})'
+    lines = self.arch.describe().splitlines()
+    return 'Net: ' + '\n     '.join(lines)
 
   @property
   def invertible(self) -> bool:

@@ -157,8 +157,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     host_state, start_step = state_lib.create_state(prog.train_net, prog.tx, int(config.seed)), 0
   if is_chief:
     workdir_lib.record_config(workdir, config, restored_step, allow_config_change)
-    logging.info('%s\n%d parameters; %d steps of global batch %d on %d device(s) (%s, %s), '
-                 '%.1f steps per epoch.', prog.train_net,
+    logging.info('Model: %s\n%d parameters; %d steps of global batch %d on %d device(s) '
+                 '(%s, %s), %.1f steps per epoch.', prog.train_net.arch.describe(),
                  irevnet_jax.count_params(prog.train_net), total_steps, config.batch_size,
                  num_global, backend.name, config_lib.resolved_train_dtype(config),
                  prog.steps_per_epoch)
