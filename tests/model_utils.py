@@ -55,3 +55,12 @@ def tiny_config(**overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def assert_same_state_dict(got, expected):
+  """Same keys in the same order, and per key the same shape, dtype and values."""
+  assert list(got) == list(expected)
+  for key, value in expected.items():
+    assert np.shape(got[key]) == np.shape(value), key
+    assert np.asarray(got[key]).dtype == np.asarray(value).dtype, key
+    np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -21,6 +21,7 @@ import pytest
 import irevnet_jax
 from irevnet_jax import blocks, ops, presets
 from irevnet_jax.interop import authors, state_dict_files
+from model_utils import assert_same_state_dict
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'authors_irevnet')
 NPZ = os.path.join(FIXTURES, 'checkpoint_tiny_state_dict.npz')
@@ -63,15 +64,6 @@ def max_rel(a, b):
   """max |a - b| / max |b|."""
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
-
-def assert_same_state_dict(got, expected):
-  """Same keys in the same order, and per key the same shape, dtype and values."""
-  assert list(got) == list(expected)
-  for key, value in expected.items():
-    assert np.shape(got[key]) == np.shape(value), key
-    assert np.asarray(got[key]).dtype == np.asarray(value).dtype, key
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 @pytest.fixture(scope='module')

@@ -21,9 +21,9 @@ import pytest
 
 import irevnet_jax
 from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
-from irevnet_jax.train import evaluate_run
 from irevnet_jax.interop import authors, runs
-from irevnet_jax.train import program, state as state_lib, steps
+from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
+from model_utils import assert_same_state_dict
 import train_testlib as lib
 
 FIXTURES = os.path.join(lib.REPO, 'tests', 'fixtures', 'authors_irevnet')
@@ -61,15 +61,6 @@ def command(module, *args, env=None):
 
 def import_args(weights, workdir, *extra):
   return [f'--config={TINY_CONFIG}', f'--weights={weights}', f'--workdir={workdir}', *extra]
-
-
-def assert_same_state_dict(got, expected):
-  """Same keys in the same order, and per key the same shape, dtype and values."""
-  assert list(got) == list(expected)
-  for key, value in expected.items():
-    assert np.shape(got[key]) == np.shape(value), key
-    assert np.asarray(got[key]).dtype == np.asarray(value).dtype, key
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
 
 
 @pytest.fixture(scope='module')
