@@ -12,6 +12,7 @@ The saved tree is the unreplicated state as host numpy arrays:
 process 0). Orbax writes into a temporary directory and renames it when done,
 so a run killed mid-save leaves the previous checkpoints intact.
 """
+import logging as std_logging
 import os
 import shutil
 import time
@@ -37,6 +38,24 @@ class CorruptCheckpoint(ValueError):
 
 class CheckpointMismatch(ValueError):
   """A checkpoint of another model or optimizer (its arrays have other shapes)."""
+
+
+class _ReportedFailures(std_logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read
+  tasks in a checkpoint that `restore` has already reported as unusable in one line (they
+  surface later, often at interpreter exit, one traceback per array)."""
+
+  def __init__(self):
+    super().__init__()
+    self.paths = set()
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('never retrieved' in message and any(p in message for p in self.paths))
+
+
+_reported_failures = _ReportedFailures()
+std_logging.getLogger('asyncio').addFilter(_reported_failures)
 
 
 class CheckpointSaveError(OSError):
@@ -208,6 +227,8 @@ class Checkpointer:
       except Exception as error:  # pylint: disable=broad-except
         logging.error('Checkpoint %d in %s is unusable (%s).', candidate, self.directory,
                       _short(error))
+        _reported_failures.paths.add(os.path.join(os.path.abspath(self.directory),
+                                                  str(candidate), ''))
         failed.append((candidate, error))
         continue
       if failed:
