@@ -26,9 +26,9 @@ from experiments import cli
 
 def _dataset_overrides() -> ml_collections.ConfigDict:
   """Every dataset field a source reads, unset (None: keep the run's value), typed."""
-  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
+  from irevnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   overrides = ml_collections.ConfigDict()
-  for field, kind in evaluate_run.DATASET_FIELDS.items():
+  for field, kind in input_pipeline.DATASET_FIELDS.items():
     overrides[field] = placeholder(kind)
   return overrides
 

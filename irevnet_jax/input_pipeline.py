@@ -20,8 +20,10 @@ from typing import Iterator, Protocol, Tuple
 
 import numpy as np
 
+from irevnet_jax import tfds_options   # names and checks only: no TensorFlow
+
 # Names served by `irevnet_jax.tfds_pipeline` (imported lazily: it needs TensorFlow).
-TFDS_NAMES = ('imagenet2012', 'imagenet', 'cifar10', 'cifar100')
+TFDS_NAMES = (*tfds_options.SPECS, *tfds_options.ALIASES)
 LOCAL_NAMES = ('digits', 'synthetic')
 
 
@@ -198,17 +200,17 @@ class SyntheticSource:
 # Fields the synthetic source understands (beyond `name`) and their defaults; others are typos.
 SYNTHETIC_FIELDS = {'num_classes': None, 'num_train_examples': 1_281_167,
                     'num_eval_examples': 1024}
+# Every dataset field some source reads, with its type.
+DATASET_FIELDS = {**tfds_options.FIELDS, **{field: int for field in SYNTHETIC_FIELDS}}
 
 
 def _check_fields(dataset_config):
   """Rejects dataset fields that no source reads (typos). Fields of other sources are
   allowed, so that `--config.dataset.name=synthetic` works on an ImageNet config."""
-  from irevnet_jax import tfds_pipeline  # its field names only; imports no TensorFlow
-  known = {'name', *SYNTHETIC_FIELDS, *tfds_pipeline.FIELDS}
-  unknown = sorted(set(dataset_config.keys()) - known)
+  unknown = sorted(set(dataset_config.keys()) - set(DATASET_FIELDS))
   if unknown:
     raise ValueError(
-        f'dataset has no field(s) {unknown}; dataset fields are {sorted(known)}.')
+        f'dataset has no field(s) {unknown}; dataset fields are {sorted(DATASET_FIELDS)}.')
 
 
 def get_source(dataset_config, model_input_shape) -> DataSource:
@@ -228,7 +230,7 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
                              fields['num_train_examples'], fields['num_eval_examples'])
   elif name in TFDS_NAMES:
     from irevnet_jax import tfds_pipeline  # needs TensorFlow; only for these names
-    tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_pipeline.FIELDS}
+    tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_options.FIELDS}
     return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
   else:
     raise ValueError(

@@ -3,7 +3,7 @@
 `parse_options(dataset_config)` turns the `dataset` sub-config into checked `Options`
 (a ValueError names the field and a value that works); `SPECS` holds what the pipeline
 knows of each dataset (classes, image size, normalisation constants, default recipe).
-No TensorFlow here: `irevnet_jax.input_pipeline` reads `FIELDS` without importing it.
+No TensorFlow here: `irevnet_jax.input_pipeline` reads the names without importing it.
 """
 import dataclasses
 import os
@@ -42,9 +42,11 @@ SPECS = {
 
 
 ALIASES = {'imagenet': 'imagenet2012'}
-FIELDS = ('name', 'data_dir', 'manual_dir', 'normalization', 'download', 'train_split',
-          'eval_split', 'crop_sampler', 'crop_area_range', 'crop_aspect_range',
-          *JITTER_FIELDS, 'eval_crop_fraction', 'cpu_threads')
+FIELDS = {   # field -> type (what `experiments.evaluate --dataset.<field>` parses)
+    'name': str, 'data_dir': str, 'manual_dir': str, 'normalization': str, 'download': bool,
+    'train_split': str, 'eval_split': str, 'crop_sampler': str, 'crop_area_range': tuple,
+    'crop_aspect_range': tuple, **{field: float for field in JITTER_FIELDS},
+    'eval_crop_fraction': float, 'cpu_threads': int}
 
 
 @dataclasses.dataclass(frozen=True)

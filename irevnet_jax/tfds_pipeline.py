@@ -31,9 +31,8 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from irevnet_jax import data_order
-from irevnet_jax.tfds_options import (  # noqa: F401  (FIELDS, JITTER_FIELDS, ...: this module's API too)
-    ALIASES, CROP_SAMPLERS, FIELDS, IMAGENET_TARS, JITTER_FIELDS, PAPER_JITTER, SPECS, Options,
-    Spec, check_input_shape, parse_options, pixel_stats)
+from irevnet_jax.tfds_options import (
+    IMAGENET_TARS, SPECS, Options, check_input_shape, parse_options, pixel_stats)
 
 # ---------------------------------------------------------------------------------------------
 # TensorFlow, lazily and without accelerators.
@@ -299,7 +298,8 @@ class TfdsSource:
 
 
 def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
-  """The data source for `dataset_config` (see FIELDS and docs/data_and_launch.md).
+  """The data source for `dataset_config` (fields: `tfds_options.FIELDS`; see
+  docs/data_and_launch.md).
 
   Raises ValueError if `model_input_shape` (model.input_shape) does not fit the dataset,
   FileNotFoundError if the dataset is not prepared (with the steps that prepare it).

@@ -22,12 +22,12 @@ buys and what it changes.
 import argparse
 import os
 
-from irevnet_jax import tfds_pipeline
+from irevnet_jax import tfds_options, tfds_pipeline
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--dataset', required=True, choices=sorted(tfds_pipeline.SPECS))
+  parser.add_argument('--dataset', required=True, choices=sorted(tfds_options.SPECS))
   parser.add_argument('--data_dir', default=None,
                       help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).')
   parser.add_argument('--manual_dir', default=None,
@@ -43,7 +43,7 @@ def main():
   _describe(args.dataset, builder)
   if args.small_copy_dir:
     from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
-    if tfds_pipeline.SPECS[args.dataset].kind != 'imagenet':
+    if tfds_options.SPECS[args.dataset].kind != 'imagenet':
       parser.error('--small_copy_dir is for imagenet2012 (CIFAR images are 32 x 32).')
     tfds_prepare.write_small_copy(builder, args.small_copy_dir, args.short_side, args.quality)
     _describe(args.dataset, tfds_prepare.open_builder(args.dataset, args.small_copy_dir))

@@ -8,6 +8,7 @@ tests/authors_tiny_config.py is the released config shrunk to it (on synthetic i
 back exactly; bad inputs end in one line with nothing written. The commands run as
 subprocesses on one CPU device; the PyTorch checks skip without PyTorch.
 """
+import importlib
 import json
 import os
 import shutil
@@ -290,6 +291,13 @@ def test_bad_imports_end_in_one_line_and_write_nothing(imported, tmp_path):
 
 
 def test_evaluate_can_set_every_dataset_field():
-  from irevnet_jax import tfds_pipeline
-  assert set(evaluate_run.DATASET_FIELDS) == {
-      'name', *input_pipeline.SYNTHETIC_FIELDS, *tfds_pipeline.FIELDS}
+  """`experiments.evaluate --dataset.<field>` parses a field by its type in DATASET_FIELDS:
+  it must name every field a source reads, with the type the configs give it."""
+  from irevnet_jax import tfds_options
+  assert set(input_pipeline.DATASET_FIELDS) == {
+      'name', *input_pipeline.SYNTHETIC_FIELDS, *tfds_options.FIELDS}
+  for name in ('injective', 'bijective', 'bijective_released', 'cifar10', 'resnet50'):
+    config = importlib.import_module(f'experiments.configs.{name}').get_config()
+    for field, value in config.dataset.items():
+      if value is not None:
+        assert isinstance(value, input_pipeline.DATASET_FIELDS[field]), (name, field, value)

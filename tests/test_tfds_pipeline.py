@@ -11,7 +11,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from irevnet_jax import data_order, tfds_pipeline
+from irevnet_jax import data_order, tfds_options, tfds_pipeline
 
 tfds = pytest.importorskip('tensorflow_datasets')
 tf = pytest.importorskip('tensorflow')
@@ -24,7 +24,7 @@ SYNSETS = ('n01440764', 'n01443537')   # labels 0 and 1 of imagenet2012
 TRAIN_PER_CLASS = 9
 NUM_TRAIN = 2 * TRAIN_PER_CLASS
 NUM_VAL = 11
-NO_JITTER = {f: 0.0 for f in tfds_pipeline.JITTER_FIELDS}
+NO_JITTER = {f: 0.0 for f in tfds_options.JITTER_FIELDS}
 
 
 def _gray_jpeg(value, height, width):
@@ -257,20 +257,20 @@ def test_wrong_model_input_shape_or_fields_are_value_errors():
   with pytest.raises(ValueError, match='model.input_shape'):
     tfds_pipeline.get_tfds_source({'name': 'imagenet2012'}, (224, 224, 1))
   with pytest.raises(ValueError, match='dataset.normalization'):
-    tfds_pipeline.parse_options({'name': 'cifar10', 'normalization': 'zca'})
+    tfds_options.parse_options({'name': 'cifar10', 'normalization': 'zca'})
   with pytest.raises(ValueError, match='dataset.name'):
-    tfds_pipeline.parse_options({'name': 'mnist'})
+    tfds_options.parse_options({'name': 'mnist'})
   with pytest.raises(ValueError, match=r"no field\(s\) \['shufle_buffer'\]"):
-    tfds_pipeline.parse_options({'name': 'cifar10', 'shufle_buffer': 10})
+    tfds_options.parse_options({'name': 'cifar10', 'shufle_buffer': 10})
   for field, value in (('crop_sampler', 'random'), ('jitter_hue', 0.7),
                        ('jitter_brightness', -0.1), ('crop_area_range', (0.5, 0.1)),
                        ('cpu_threads', -1), ('eval_crop_fraction', 1.5)):
     with pytest.raises(ValueError, match=rf'dataset\.{field}=.*(e\.g\.|use )'):
-      tfds_pipeline.parse_options({'name': 'imagenet', field: value})
-  opts = tfds_pipeline.parse_options({'name': 'imagenet'})   # only `name` set; an alias
+      tfds_options.parse_options({'name': 'imagenet', field: value})
+  opts = tfds_options.parse_options({'name': 'imagenet'})   # only `name` set; an alias
   assert (opts.name, opts.normalization, opts.eval_split, opts.crop_sampler, opts.jitter) == (
-      'imagenet2012', 'unit', 'validation', 'inception', tfds_pipeline.PAPER_JITTER)
-  zero = tfds_pipeline.parse_options({'name': 'imagenet', 'jitter_brightness': 0.0})
+      'imagenet2012', 'unit', 'validation', 'inception', tfds_options.PAPER_JITTER)
+  zero = tfds_options.parse_options({'name': 'imagenet', 'jitter_brightness': 0.0})
   assert zero.jitter[0] == 0.0                               # 0 is a value, not "unset"
 
 
@@ -286,7 +286,7 @@ def test_mock_batches_have_shapes_dtypes_and_pixel_stats(name, shape, normalizat
     train = _take(source.train_batches(4, 0, 1, seed=0), 3)
     evals = list(source.eval_batches(4, 0, 1))
   assert source.num_classes == {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}[name]
-  spec = tfds_pipeline.SPECS[name]
+  spec = tfds_options.SPECS[name]
   if source.opts.normalization == 'unit':
     assert (source.pixel_mean, source.pixel_std) == ((0.0,) * 3, (255.0,) * 3)
   else:

@@ -33,15 +33,6 @@ from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, steps
 
 PREFIX = 'evaluate'
-# The dataset fields a source reads (`input_pipeline`, `tfds_pipeline.FIELDS`) and their
-# types: what `experiments.evaluate --dataset.<field>` may set.
-DATASET_FIELDS = {
-    'name': str, 'data_dir': str, 'manual_dir': str, 'normalization': str, 'download': bool,
-    'train_split': str, 'eval_split': str, 'crop_sampler': str, 'crop_area_range': tuple,
-    'crop_aspect_range': tuple, 'jitter_brightness': float, 'jitter_contrast': float,
-    'jitter_saturation': float, 'jitter_hue': float, 'eval_crop_fraction': float,
-    'cpu_threads': int, 'num_classes': int, 'num_train_examples': int, 'num_eval_examples': int,
-}
 
 
 class Result(NamedTuple):
