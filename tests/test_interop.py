@@ -21,20 +21,8 @@ import pytest
 import irevnet_jax
 from irevnet_jax import blocks, ops, presets
 from irevnet_jax.interop import authors, state_dict_files
+from authors_fixture import NPZ, OUTPUTS, PTH_TAR, needs_torch, torch
 from model_utils import assert_same_state_dict
-
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'authors_irevnet')
-NPZ = os.path.join(FIXTURES, 'checkpoint_tiny_state_dict.npz')
-PTH_TAR = os.path.join(FIXTURES, 'checkpoint_tiny.pth.tar')
-OUTPUTS = os.path.join(FIXTURES, 'outputs_tiny.npz')
-
-try:
-  import torch
-except ImportError:
-  torch = None
-needs_torch = pytest.mark.skipif(
-    torch is None, reason="PyTorch is not installed (pip install -e '.[torch]'): "
-    'the .pth / .pth.tar path is not tested')
 
 
 def tiny_config(**overrides):

@@ -24,21 +24,11 @@ import irevnet_jax
 from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
 from irevnet_jax.interop import authors, runs
 from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
+from authors_fixture import NPZ, PTH_TAR, needs_torch, torch
 from model_utils import assert_same_state_dict
 import train_testlib as lib
 
-FIXTURES = os.path.join(lib.REPO, 'tests', 'fixtures', 'authors_irevnet')
-NPZ = os.path.join(FIXTURES, 'checkpoint_tiny_state_dict.npz')
-PTH_TAR = os.path.join(FIXTURES, 'checkpoint_tiny.pth.tar')
 TINY_CONFIG = os.path.join(lib.REPO, 'tests', 'authors_tiny_config.py')
-
-try:
-  import torch
-except ImportError:
-  torch = None
-needs_torch = pytest.mark.skipif(
-    torch is None, reason="PyTorch is not installed (pip install -e '.[torch]'): "
-    'the .pth.tar import and export are not tested')
 
 
 def tiny_config():
