@@ -10,7 +10,9 @@ in which every eval example appears exactly once over all processes. Batches are
 Images are not normalised here: the model's input is
 `(image.astype(float32) - source.pixel_mean) / source.pixel_std`, computed on the device.
 
-Reading: records are read by key from TFDS's ArrayRecord files (`builder.as_data_source`).
+Reading: records are read by key from TFDS's ArrayRecord files (`builder.as_data_source`),
+one batched read (`__getitems__` of the batch's keys) per step, ahead of the augmentation;
+ArrayRecord reads the shards a batch touches in parallel, local or on `gs://`.
 The order of training records is `irevnet_jax.data_order`: each epoch a new permutation
 of the whole split from (seed, epoch); global batch s is positions [s * G, (s + 1) * G)
 of the stream of epochs and process p reads rows [p * B, (p + 1) * B) of it. Each
@@ -177,21 +179,26 @@ class TfdsSource:
     return ValueError(f'{field}={split!r} is not a split of {self.name} in '
                       f'{self._builder.data_dir}; available: {available}.{hint}')
 
-  def _read_and_parse(self, split: str):
-    """A graph function: record key (int64 scalar) -> (encoded image, label int32)."""
+  def _read(self, split: str, keys: np.ndarray) -> np.ndarray:
+    """Serialized examples of `keys` (int64 (n,)) in one batched read: object (n,) of bytes.
+
+    One `__getitems__` call per batch: ArrayRecord reads the shards it touches in parallel
+    threads (the GIL released), which is what hides an object store's latency."""
+    records = self.data_sources[split].__getitems__([int(k) for k in keys])
+    if len(records) != len(keys):
+      raise IndexError(f'{split}: read {len(records)} records for {len(keys)} keys.')
+    out = np.empty(len(records), object)
+    out[:] = records
+    return out
+
+  @staticmethod
+  def _parse(serialized):
+    """A graph function: serialized examples (n,) -> (encoded images (n,), labels int32 (n,))."""
     tf, _ = _tf()
-    source = self.data_sources[split]
     features = {'image': tf.io.FixedLenFeature([], tf.string),
                 'label': tf.io.FixedLenFeature([], tf.int64)}
-
-    def read(key):
-      return source[int(key)]
-
-    def read_and_parse(key):
-      serialized = tf.ensure_shape(tf.numpy_function(read, [key], tf.string), [])
-      example = tf.io.parse_single_example(serialized, features)
-      return example['image'], tf.cast(example['label'], tf.int32)
-    return read_and_parse
+    example = tf.io.parse_example(serialized, features)
+    return example['image'], tf.cast(example['label'], tf.int32)
 
   def _options(self):
     """tf.data options: deterministic order; one thread per op, examples in parallel."""
@@ -239,19 +246,20 @@ class TfdsSource:
     order = data_order.TrainOrder(self.num_train_examples, seed, global_batch)
     first_row = process_index * local_batch_size
 
-    def keys_and_seeds():
+    split = self.opts.train_split
+
+    def steps():   # one batched read per step, ahead of the augmentation (prefetch below)
       for step in itertools.count(start_step):
-        yield order.rows(step, first_row, local_batch_size)
+        keys, seeds = order.rows(step, first_row, local_batch_size)
+        yield self._read(split, keys), seeds
 
-    read_and_parse = self._read_and_parse(self.opts.train_split)
-
-    def example(key, seed_pair):
-      encoded, label = read_and_parse(key)
+    def example(encoded, label, seed_pair):
       return {'image': self._augment(encoded, seed_pair), 'label': label}
 
-    ds = tf.data.Dataset.from_generator(keys_and_seeds, output_signature=(
-        tf.TensorSpec((local_batch_size,), tf.int64),
+    ds = tf.data.Dataset.from_generator(steps, output_signature=(
+        tf.TensorSpec((local_batch_size,), tf.string),
         tf.TensorSpec((local_batch_size, 2), tf.int64)))
+    ds = ds.prefetch(2).map(lambda serialized, seeds: (*self._parse(serialized), seeds))
     ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(self._options()).as_numpy_iterator()
@@ -280,19 +288,25 @@ class TfdsSource:
     start = process_index * total // process_count
     stop = (process_index + 1) * total // process_count
     num_batches = self.eval_num_batches(local_batch_size, process_count)
-    read_and_parse = self._read_and_parse(self.opts.eval_split)
+    split = self.opts.eval_split
 
-    def example(key):
-      encoded, label = read_and_parse(key)
+    def chunks():   # one batched read per batch of this process's slice
+      for first in range(start, stop, local_batch_size):
+        keys = np.arange(first, min(first + local_batch_size, stop), dtype=np.int64)
+        yield self._read(split, keys), keys.astype(np.int32)
+
+    def example(encoded, label, index):
       return {'image': self._preprocess_eval(encoded), 'label': label,
-              'mask': tf.constant(1.0, tf.float32), 'index': tf.cast(key, tf.int32)}
+              'mask': tf.constant(1.0, tf.float32), 'index': index}
 
     padding = tf.data.Dataset.from_tensors({
         'image': tf.zeros(self.input_shape, tf.uint8), 'label': tf.constant(0, tf.int32),
         'mask': tf.constant(0.0, tf.float32), 'index': tf.constant(-1, tf.int32),
     }).repeat(num_batches * local_batch_size - (stop - start))
-    ds = tf.data.Dataset.range(start, stop).map(
-        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.from_generator(chunks, output_signature=(
+        tf.TensorSpec((None,), tf.string), tf.TensorSpec((None,), tf.int32)))
+    ds = ds.prefetch(2).map(lambda serialized, index: (*self._parse(serialized), index))
+    ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(self._options()).as_numpy_iterator()
 

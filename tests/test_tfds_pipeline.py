@@ -2,11 +2,13 @@
 `tfds.testing.mock_data` for CIFAR-10/100 and ImageNet; the augmentation ops; plus the
 launch scripts' syntax."""
 import colorsys
+import contextlib
 import glob
 import io
 import os
 import subprocess
 import tarfile
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -85,6 +87,19 @@ def tiny_imagenet(tmp_path_factory):
   return config, labels, root
 
 
+@contextlib.contextmanager
+def _mock_data(num_examples):
+  """`tfds.testing.mock_data` with a working batched read: TFDS 4.9.10 sets the mocked
+  reader's `__getitems__` as an instance attribute (MagicMock binds only the dunders it
+  knows), so it is called without `self` and fails; this gives it the signature it gets."""
+  def getitems(record_keys, generator, serialized=False):
+    del serialized
+    return [generator[int(k)] for k in record_keys]
+  with mock.patch('tensorflow_datasets.testing.mocking._getitems', getitems), \
+      tfds.testing.mock_data(num_examples=num_examples):
+    yield
+
+
 def _take(iterator, n):
   return [next(iterator) for _ in range(n)]
 
@@ -98,17 +113,24 @@ def _assert_batches_equal(a, b):
 
 
 class _CountingReads:
-  """A data source that records the keys read from it."""
+  """A data source that records the keys read from it, one list per batched read."""
 
   def __init__(self, source):
-    self.source, self.keys = source, []
+    self.source, self.reads = source, []
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, key):
-    self.keys.append(int(key))
-    return self.source[key]
+    raise AssertionError('the pipeline reads one record at a time')
+
+  def __getitems__(self, keys):
+    self.reads.append([int(k) for k in keys])
+    return self.source.__getitems__(keys)
+
+  @property
+  def keys(self):
+    return [k for read in self.reads for k in read]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +213,7 @@ def test_imagenet_augmentation_is_a_function_of_seed_example_and_epoch(tiny_imag
 
 def test_resume_reads_no_record_before_its_step():
   n, batch, start = 200, 4, 10
-  with tfds.testing.mock_data(num_examples=n):
+  with _mock_data(num_examples=n):
     source = tfds_pipeline.get_tfds_source({'name': 'imagenet2012'}, SHAPE)
     uninterrupted = _take(source.train_batches(batch, 0, 1, seed=2), start + 2)
     counted = _CountingReads(source.data_sources['train'])
@@ -203,6 +225,10 @@ def test_resume_reads_no_record_before_its_step():
   assert not set(counted.keys) & set(done.tolist())      # nothing before step `start`
   assert set(wanted.tolist()) <= set(counted.keys)
   assert set(counted.keys) <= set(epoch[start * batch:].tolist())  # read-ahead stays in order
+  # One batched read per step, of exactly that step's keys in row order.
+  assert len(counted.reads) >= 2
+  for i, read in enumerate(counted.reads):
+    assert read == epoch[(start + i) * batch:(start + i + 1) * batch].tolist()
 
 
 def test_tfrecord_dataset_is_refused_until_prepare_adds_array_record(tiny_imagenet):
@@ -281,7 +307,7 @@ def test_wrong_model_input_shape_or_fields_are_value_errors():
     ('cifar10', SHAPE, None), ('cifar100', SHAPE, 'unit'),
     ('imagenet2012', (48, 40, 3), None), ('imagenet2012', SHAPE, 'mean_std')])
 def test_mock_batches_have_shapes_dtypes_and_pixel_stats(name, shape, normalization):
-  with tfds.testing.mock_data(num_examples=10):
+  with _mock_data(num_examples=10):
     source = tfds_pipeline.get_tfds_source({'name': name, 'normalization': normalization}, shape)
     train = _take(source.train_batches(4, 0, 1, seed=0), 3)
     evals = list(source.eval_batches(4, 0, 1))
@@ -310,7 +336,7 @@ def test_mock_batches_have_shapes_dtypes_and_pixel_stats(name, shape, normalizat
 @pytest.mark.parametrize('name', ['cifar10', 'imagenet2012'])
 def test_mock_resume_gives_the_uninterrupted_batches(name):
   jitter = {'jitter_brightness': 0.4} if name == 'cifar10' else {}
-  with tfds.testing.mock_data(num_examples=10):
+  with _mock_data(num_examples=10):
     source = tfds_pipeline.get_tfds_source(dict(name=name, **jitter), SHAPE)
     uninterrupted = _take(source.train_batches(4, 0, 1, seed=3), 5)   # 2.5 steps an epoch
     resumed = _take(source.train_batches(4, 0, 1, seed=3, start_step=3), 2)
@@ -321,9 +347,12 @@ def test_mock_resume_gives_the_uninterrupted_batches(name):
 
 
 def test_mock_eval_splits_cover_the_split_once():
-  with tfds.testing.mock_data(num_examples=11):
+  with _mock_data(num_examples=11):
     source = tfds_pipeline.get_tfds_source({'name': 'cifar10'}, SHAPE)
+    counted = _CountingReads(source.data_sources['test'])
+    source.data_sources['test'] = counted
     whole = np.concatenate([b['image'][b['mask'] == 1] for b in source.eval_batches(3, 0, 1)])
+    assert counted.reads == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]   # one read a batch
     assert len(whole) == 11 and len({x.tobytes() for x in whole}) == 11
     for count in (2, 3):
       parts = [list(source.eval_batches(3, index, count)) for index in range(count)]
