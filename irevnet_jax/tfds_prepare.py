@@ -8,6 +8,16 @@ file format (`builder.as_data_source`), not for TFRecord. So:
   `short_side` pixels, in ArrayRecord, into another data dir: fewer pixels to decode per
   training image (see docs/data_and_launch.md for what it buys).
 
+Why not TFDS's own `tfds convert_format` (TFDS 4.9.10): its module imports Apache Beam at
+import time even without `--use_beam` (a `beam.DoFn` subclass at module level), which would
+add apache-beam and ~15 packages (pyarrow, a protobuf upgrade, ...) for the ~20 lines
+below; without Beam it converts one shard after the other and drops a failed shard's error
+when `num_workers > 1`; and it cannot read ArrayRecord shards (no `make_tf_data`), which the
+small copy starts from. `add_array_record` writes what it writes (group_size:1 ArrayRecord
+twins of the shards, the format listed in `alternativeFileFormats`), so with Beam installed
+`tfds convert_format --dataset_version_dir=DIR --out_file_format=array_record` is an
+equivalent (docs/data_and_launch.md).
+
 Imported lazily by `irevnet_jax.tfds_pipeline` (after it hides accelerators from TensorFlow).
 """
 import concurrent.futures
