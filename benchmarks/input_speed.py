@@ -1,23 +1,20 @@
-"""ImageNet input pipeline throughput: train and eval images/s per CPU core, before and after.
+"""ImageNet input pipeline throughput: train and eval images/s per CPU core.
 
-    python -m benchmarks.input_speed                    # ~3 min on 2 cores
+    python -m benchmarks.input_speed                    # ~2 min on 2 cores
     python -m benchmarks.input_speed --threads=1 --timed_images=1024
 
 Makes an ImageNet-like data set locally: JPEGs of ~400 x 350 pixels and ~110 KB (crops
 of scikit-learn's two sample photos with sensor-like noise, quality 97), packed into fake
-ILSVRC2012 tars and prepared by TFDS, in TFRecord (what the "before" pipeline reads) plus
-ArrayRecord (the pipeline now), and optionally a copy with the shorter side shrunk to
---short_side (`launch/prepare_data.py --small_copy_dir`). Then it times, on the same
-machine and in one run:
-  before  the pipeline of main before issue 13 (benchmarks/input_before.py): float32
-          images, crop + flip only;
-  after   `irevnet_jax.tfds_pipeline` with the dataset fields of --config (colour
-          jitter included): uint8 images;
-  after, small copy   the same on the shrunk copy.
+ILSVRC2012 tars and prepared by TFDS in ArrayRecord (`launch/prepare_data.py`), and
+optionally a copy with the shorter side shrunk to --short_side (`--small_copy_dir`). Then
+it times `irevnet_jax.tfds_pipeline` with the dataset fields of --config (colour jitter
+included; uint8 images; one batched ArrayRecord read per step) on both.
 "per core" is images per CPU-second of this process (all its threads: TensorFlow's and
 Python's, from time.process_time), so that other jobs on a shared machine distort it
 less than a wall-clock rate; "cores busy" is CPU seconds per wall second. Each row shows
 the best (fewest CPU seconds) of --repeats runs. The images are 224 x 224 (--size).
+Earlier pipelines (per-record reads, TFRecord before issue 13) are compared in
+benchmarks/RESULTS.md; git keeps their code.
 """
 import argparse
 import importlib
@@ -76,8 +73,7 @@ def write_tars(manual_dir: str, train, val) -> None:
 
 
 def make_dataset(root: str, num_train: int, num_val: int, short_side: int):
-  """(TFDS builder with TFRecord + ArrayRecord files, data dir of the small copy or None)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  """(data dir prepared in ArrayRecord, data dir of the small copy or None)."""
   from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
   manual = os.path.join(root, 'manual')
   os.makedirs(manual)
@@ -87,15 +83,12 @@ def make_dataset(root: str, num_train: int, num_val: int, short_side: int):
         f'({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} KB), ~350 x 400 pixels')
   write_tars(manual, jpegs[:num_train], jpegs[num_train:])
   data_dir = os.path.join(root, 'data')
-  builder = tfds.builder('imagenet2012', data_dir=data_dir, file_format='tfrecord')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
-  tfds_prepare.add_array_record(builder)
+  builder = tfds_pipeline.prepare('imagenet2012', data_dir, manual)
   small_dir = None
   if short_side:
     small_dir = os.path.join(root, f'data_{short_side}')
-    tfds_prepare.write_small_copy(tfds.builder('imagenet2012', data_dir=data_dir), small_dir,
-                                  short_side)
-  return tfds.builder('imagenet2012', data_dir=data_dir), small_dir
+    tfds_prepare.write_small_copy(builder, small_dir, short_side)
+  return data_dir, small_dir
 
 
 def time_batches(make_batches, batch_size: int, timed_images: int, repeats: int, warmup: int = 2):
@@ -115,28 +108,7 @@ def time_batches(make_batches, batch_size: int, timed_images: int, repeats: int,
   return best
 
 
-def _with_threads(ds, threads: int):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  options = tf.data.Options()
-  if threads:
-    options.threading.private_threadpool_size = threads
-  return ds.with_options(options)
-
-
-def before_rows(builder, args):
-  """The pipeline before issue 13 (benchmarks/input_before.py) on the TFRecord files."""
-  from benchmarks import input_before  # pylint: disable=g-import-not-at-top
-  size = (args.size, args.size)
-  datasets = {'train': lambda: input_before.train_dataset(builder, args.batch, size),
-              'eval': lambda: input_before.eval_dataset(builder, args.batch, size)}
-  for split, dataset in datasets.items():
-    timed = args.timed_images if split == 'train' else args.eval_images - 2 * args.batch
-    yield 'before', split, time_batches(
-        lambda make=dataset: _with_threads(make(), args.threads).as_numpy_iterator(),
-        args.batch, timed, args.repeats)
-
-
-def after_rows(label: str, data_dir: str, args):
+def pipeline_rows(label: str, data_dir: str, args):
   """`irevnet_jax.tfds_pipeline` with the dataset fields of --config, on data_dir."""
   config = importlib.import_module(f'experiments.configs.{args.config}').get_config()
   dataset = dict(config.dataset.items(), data_dir=data_dir, cpu_threads=args.threads)
@@ -150,7 +122,7 @@ def after_rows(label: str, data_dir: str, args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--config', default='bijective_released',
-                      help='experiments/configs/<name>.py whose dataset fields "after" uses.')
+                      help='experiments/configs/<name>.py whose dataset fields are timed.')
   parser.add_argument('--threads', type=int, default=0,
                       help='tf.data threads per pipeline (0: one per core).')
   parser.add_argument('--batch', type=int, default=128)
@@ -165,13 +137,15 @@ def main():
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory() as root:
-    builder, small_dir = make_dataset(root, args.train_images, args.eval_images, args.short_side)
-    rows = list(before_rows(builder, args))
-    rows += after_rows('after', os.path.join(root, 'data'), args)
+    data_dir, small_dir = make_dataset(root, args.train_images, args.eval_images,
+                                       args.short_side)
+    rows = list(pipeline_rows('ArrayRecord, batched reads', data_dir, args))
     if small_dir:
-      rows += after_rows(f'after, copy <= {args.short_side} px', small_dir, args)
-  print(f'\n{os.cpu_count()} cores, --threads={args.threads}, batch {args.batch}, '
-        f'{args.size} x {args.size}, after = experiments/configs/{args.config}.py fields\n')
+      rows += pipeline_rows(f'the same, copy <= {args.short_side} px', small_dir, args)
+  load = ', '.join(f'{v:.1f}' for v in os.getloadavg())
+  print(f'\n{os.cpu_count()} cores (load average {load}), --threads={args.threads}, '
+        f'batch {args.batch}, {args.size} x {args.size}, '
+        f'experiments/configs/{args.config}.py fields\n')
   print('| pipeline | split | images | wall s | images/s | cores busy | images/s per core |')
   print('|---|---|---|---|---|---|---|')
   for label, split, (images, wall, cpu) in rows:
