@@ -6,6 +6,7 @@ import contextlib
 import glob
 import io
 import os
+import socket
 import subprocess
 import tarfile
 from unittest import mock
@@ -229,6 +230,42 @@ def test_resume_reads_no_record_before_its_step():
   assert len(counted.reads) >= 2
   for i, read in enumerate(counted.reads):
     assert read == epoch[(start + i) * batch:(start + i + 1) * batch].tolist()
+
+
+@pytest.fixture
+def gcs_emulator(monkeypatch):
+  """A GCS emulator on localhost with the bucket 'data'; array_record's GCS client (and
+  google-cloud-storage's) pointed at it. Yields a google-cloud-storage bucket."""
+  server_lib = pytest.importorskip('gcp_storage_emulator.server')
+  storage = pytest.importorskip('google.cloud.storage')
+  credentials = pytest.importorskip('google.auth.credentials')
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  server = server_lib.create_server('localhost', port, in_memory=True, default_bucket='data')
+  server.start()
+  endpoint = f'http://localhost:{port}'
+  monkeypatch.setenv('CLOUD_STORAGE_EMULATOR_ENDPOINT', endpoint)   # google-cloud-cpp
+  monkeypatch.setenv('STORAGE_EMULATOR_HOST', endpoint)             # google-cloud-storage
+  try:
+    client = storage.Client(credentials=credentials.AnonymousCredentials(), project='test')
+    yield client.bucket('data')
+  finally:
+    server.stop()
+
+
+def test_array_record_reads_the_training_shards_from_gs(tiny_imagenet, gcs_emulator):
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  _, _, root = tiny_imagenet
+  local = sorted(glob.glob(str(root / 'data' / 'imagenet2012' / '*' / '*-train.array_record-*')))
+  assert local
+  for path in local:
+    gcs_emulator.blob(f'tfds/{os.path.basename(path)}').upload_from_filename(path)
+  remote = [f'gs://data/tfds/{os.path.basename(path)}' for path in local]
+  keys = data_order.epoch_permutation(0, 0, NUM_TRAIN).tolist()
+  expected = array_record_data_source.ArrayRecordDataSource(local).__getitems__(keys)
+  read = array_record_data_source.ArrayRecordDataSource(remote).__getitems__(keys)
+  assert read == expected and len(set(read)) == NUM_TRAIN
 
 
 def test_tfrecord_dataset_is_refused_until_prepare_adds_array_record(tiny_imagenet):
