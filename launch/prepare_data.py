@@ -9,10 +9,15 @@
 ImageNet: register at https://image-net.org/download-images, download
 ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into --manual_dir (default
 <data_dir>/downloads/manual), then run this from ONE process (a few hours; ~155 GB of
-ArrayRecord files written to --data_dir, which may be a gs:// path). A dataset prepared
-earlier in TFRecord gets ArrayRecord files written beside its TFRecords instead (as much
-disk again; the TFRecords may be deleted afterwards). Train with the same data dir
-(dataset.data_dir, or the TFDS_DATA_DIR environment variable).
+ArrayRecord files written to --data_dir). A dataset prepared earlier in TFRecord gets
+ArrayRecord files written beside its TFRecords instead (as much disk again; the TFRecords
+may be deleted afterwards). Train with the same data dir (dataset.data_dir, or the
+TFDS_DATA_DIR environment variable).
+
+--data_dir must be a local (or mounted) folder: array_record writes local files only. For
+a TPU pod, prepare on a disk, then copy the dataset's folder to a bucket, e.g.
+`gcloud storage cp -r /data/tfds/imagenet2012 gs://BUCKET/tfds/`, and train with
+dataset.data_dir=gs://BUCKET/tfds (array_record >= 0.8.3 reads gs://).
 
 --small_copy_dir also writes a copy whose JPEGs have their shorter side reduced to at
 most --short_side pixels (ImageNet at 256: about half the pixels to decode per image);
@@ -38,6 +43,11 @@ def main():
                       help='The copy\'s largest shorter side, in pixels.')
   parser.add_argument('--quality', type=int, default=90, help='The copy\'s JPEG quality.')
   args = parser.parse_args()
+  for flag in ('data_dir', 'small_copy_dir'):
+    if '://' in (getattr(args, flag) or ''):
+      parser.error(f'--{flag}={getattr(args, flag)}: array_record writes local files only; '
+                   'prepare into a local folder, then copy it to the bucket (e.g. `gcloud '
+                   'storage cp -r DIR/imagenet2012 gs://BUCKET/tfds/`).')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   builder = tfds_pipeline.prepare(args.dataset, args.data_dir, args.manual_dir)
   _describe(args.dataset, builder)
