@@ -28,7 +28,7 @@ import numpy as np
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from irevnet_jax import tfds_pipeline  # noqa: E402  (hides accelerators from TensorFlow)
+from irevnet_jax import tfds_options, tfds_pipeline  # noqa: E402  (hides accelerators from TF)
 
 SYNSETS = ('n01440764', 'n01443537', 'n01484850', 'n01491361')   # labels 0-3 of imagenet2012
 
@@ -111,7 +111,8 @@ def time_batches(make_batches, batch_size: int, timed_images: int, repeats: int,
 def pipeline_rows(label: str, data_dir: str, args):
   """`irevnet_jax.tfds_pipeline` with the dataset fields of --config, on data_dir."""
   config = importlib.import_module(f'experiments.configs.{args.config}').get_config()
-  dataset = dict(config.dataset.items(), data_dir=data_dir, cpu_threads=args.threads)
+  dataset = {k: v for k, v in config.dataset.items() if k in tfds_options.FIELDS}
+  dataset.update(data_dir=data_dir, cpu_threads=args.threads)
   source = tfds_pipeline.get_tfds_source(dataset, (args.size, args.size, 3))
   yield label, 'train', time_batches(lambda: source.train_batches(args.batch, 0, 1, seed=0),
                                      args.batch, args.timed_images, args.repeats)
