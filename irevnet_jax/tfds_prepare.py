@@ -10,7 +10,7 @@ file format (`builder.as_data_source`), not for TFRecord. So:
 
 Why not TFDS's own `tfds convert_format` (TFDS 4.9.10): its module imports Apache Beam at
 import time even without `--use_beam` (a `beam.DoFn` subclass at module level), which would
-add apache-beam and ~15 packages (pyarrow, a protobuf upgrade, ...) for the ~20 lines
+add apache-beam and ~15 packages (pyarrow, a protobuf upgrade, ...) for the few lines
 below; without Beam it converts one shard after the other and drops a failed shard's error
 when `num_workers > 1`; and it cannot read ArrayRecord shards (no `make_tf_data`), which the
 small copy starts from. `add_array_record` writes what it writes (group_size:1 ArrayRecord
