@@ -184,9 +184,7 @@ class TfdsSource:
 
     One `__getitems__` call per batch: ArrayRecord reads the shards it touches in parallel
     threads (the GIL released), which is what hides an object store's latency."""
-    records = self.data_sources[split].__getitems__([int(k) for k in keys])
-    if len(records) != len(keys):
-      raise IndexError(f'{split}: read {len(records)} records for {len(keys)} keys.')
+    records = self.data_sources[split].__getitems__([int(k) for k in keys])  # checks count
     out = np.empty(len(records), object)
     out[:] = records
     return out
