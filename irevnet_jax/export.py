@@ -12,7 +12,7 @@ A saved directory holds
 
 The batch size b is symbolic: one artifact serves every batch size. The functions
 are the eval-mode network (running BN statistics) at float32 and convolution
-precision 'highest' (what exact inversion needs; `exact_net`), lowered for every
+precision 'highest' (what exact inversion needs; `Net.exact()`), lowered for every
 platform asked for (default cpu, cuda, tpu). Loading needs jax and numpy only:
 
     import numpy as np
@@ -59,7 +59,7 @@ def export_net(net, variables, platforms: Sequence[str] = PLATFORMS
                ) -> Dict[str, jax_export.Exported]:
   """The eval-mode forward (and invert, for an invertible net) of `net`, lowered for
   `platforms` with a symbolic batch size. Build `net` at float32 / 'highest'
-  (`exact_net`) for exact inversion; the artifact computes what `net` computes."""
+  (`net.exact()`) for exact inversion; the artifact computes what `net` computes."""
   platforms = tuple(platforms)
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown or not platforms:
@@ -76,12 +76,6 @@ def export_net(net, variables, platforms: Sequence[str] = PLATFORMS
     functions['invert'] = (lambda w, z: net.invert(_nested(w), z), z_spec)
   return {name: jax_export.export(jax.jit(fn), platforms=platforms)(weights, spec)
           for name, (fn, spec) in functions.items()}
-
-
-def exact_net(model_config):
-  """The net that inverts exactly: float32 (float64 stays) and precision 'highest'."""
-  from irevnet_jax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  return irevnet_jax.build(config_lib.exact_model_config(model_config))
 
 
 def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = None):
@@ -123,7 +117,7 @@ def export_run(workdir: str, directory: str, step: Optional[int] = None,
     raise FileExistsError(f'{directory} already holds an export: choose another --output '
                           f'or pass --overwrite.')
   config, variables, step = checkpoints.load_run(workdir, step)
-  net = exact_net(config.model)
+  net = irevnet_jax.build(config.model).exact()
   artifacts = export_net(net, variables, platforms)
   info = {'workdir': workdir, 'step': step, 'model': net.arch.describe().splitlines()[0]}
   return save_artifacts(artifacts, variables, directory, info)

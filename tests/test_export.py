@@ -39,7 +39,7 @@ def exported(tiny_run, tmp_path_factory):
 def test_a_program_without_irevnet_jax_computes_the_runs_z_and_inverts_it(exported):
   workdir, directory, manifest = exported
   config, variables, step = checkpoints.load_run(str(workdir))
-  net = export.exact_net(config.model)
+  net = irevnet_jax.build(config.model).exact()
   x = np.asarray(jax.random.uniform(jax.random.PRNGKey(3), (5, *net.input_shape)))
   np.save(os.path.join(directory, 'x.npy'), x)
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}

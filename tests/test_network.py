@@ -145,6 +145,19 @@ def test_vmap_over_single_examples_equals_the_batched_call():
     net.invert(variables, z[0], train=True)
 
 
+@pytest.mark.parametrize('name', ['cifar10', 'injective'])
+def test_exact_twin_is_the_float32_highest_build(name):
+  from irevnet_jax.baselines import presets as baseline_presets
+  from irevnet_jax.train import config as config_lib
+  configs = [getattr(presets, name)(), baseline_presets.revnet56()]
+  for config in configs:
+    with config.unlocked():
+      config.dtype, config.precision = 'bfloat16', 'default'
+    exact = irevnet_jax.build(config).exact()
+    assert exact.arch == irevnet_jax.build(config_lib.exact_model_config(config)).arch
+    assert (exact.arch.dtype, exact.arch.precision) == ('float32', 'highest')
+
+
 def test_init_compiles_once_for_calls_of_one_shape():
   net = irevnet_jax.build(tiny_config())
   for seed in range(3):
