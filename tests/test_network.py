@@ -132,6 +132,39 @@ class TestInvertUnderTransformations:
     assert rel_error(xs.reshape(x.shape), x) <= 1e-6
 
 
+def test_vmap_over_single_examples_equals_the_batched_call():
+  net, variables, x = _setup(tiny_config())
+  logits, z = net.forward(variables, x)
+  one_logits, one_z = jax.vmap(net.forward, in_axes=(None, 0))(variables, x)
+  np.testing.assert_allclose(one_logits, logits, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(one_z, z, rtol=1e-6, atol=1e-6)
+  x_back = jax.vmap(net.invert, in_axes=(None, 0))(variables, z)
+  np.testing.assert_allclose(x_back, net.invert(variables, z), rtol=1e-6, atol=1e-6)
+  assert net.invert(variables, z[0]).shape == net.input_shape
+  with pytest.raises(ValueError, match='needs a batch'):
+    net.invert(variables, z[0], train=True)
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'injective'])
+def test_exact_twin_is_the_float32_highest_build(name):
+  from irevnet_jax.baselines import presets as baseline_presets
+  from irevnet_jax.train import config as config_lib
+  configs = [getattr(presets, name)(), baseline_presets.revnet56()]
+  for config in configs:
+    with config.unlocked():
+      config.dtype, config.precision = 'bfloat16', 'default'
+    exact = irevnet_jax.build(config).exact()
+    assert exact.arch == irevnet_jax.build(config_lib.exact_model_config(config)).arch
+    assert (exact.arch.dtype, exact.arch.precision) == ('float32', 'highest')
+
+
+def test_init_compiles_once_for_calls_of_one_shape():
+  net = irevnet_jax.build(tiny_config())
+  for seed in range(3):
+    net.init(jax.random.PRNGKey(seed), jnp.zeros((2, *net.input_shape)))
+  assert net._init._cache_size() == 1   # pylint: disable=protected-access
+
+
 def test_wrong_input_shape_is_a_clear_error():
   net, variables, x = _setup(tiny_config())
   with pytest.raises(ValueError, match='input_shape'):
