@@ -183,6 +183,7 @@ class Checkpointer:
     self.check()
     if step in self._manager.all_steps():
       return
+    state = jax.tree_util.tree_map(np.asarray, state)   # numpy scalars as 0-d arrays (views)
     items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums_lib.Save(state)}
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
