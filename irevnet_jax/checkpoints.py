@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from irevnet_jax import checksums as checksums_lib
+from irevnet_jax import checksums as checksums_lib, orbax_logs
 from irevnet_jax.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -48,21 +48,7 @@ class CheckpointMismatch(ValueError):
   """A checkpoint of another model or optimizer (its arrays have other shapes)."""
 
 
-class _ReportedFailures(std_logging.Filter):
-  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read
-  tasks in a checkpoint that `restore` has already reported as unusable in one line (they
-  surface later, often at interpreter exit, one traceback per array)."""
-
-  def __init__(self):
-    super().__init__()
-    self.paths = set()
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not ('never retrieved' in message and any(p in message for p in self.paths))
-
-
-_reported_failures = _ReportedFailures()
+_reported_failures = orbax_logs.ReportedFailures()
 std_logging.getLogger('asyncio').addFilter(_reported_failures)
 
 
@@ -125,27 +111,6 @@ _NO_COPY_TYPES = ocp.type_handlers.create_type_handler_registry(
     (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
 
 
-class _ReadOnlyNotes(std_logging.Filter):
-  """Orbax's notes that a manager opened read-only is read-only ('Given directory is read
-  only=...'): said on every `load_run`, they are not the user's business."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not ('/orbax/' in record.pathname and
-                ('read only' in message or 'read_only' in message))
-
-
-@contextlib.contextmanager
-def _quiet_read_only():
-  absl_logger = std_logging.getLogger('absl')
-  note_filter = _ReadOnlyNotes()
-  absl_logger.addFilter(note_filter)
-  try:
-    yield
-  finally:
-    absl_logger.removeFilter(note_filter)
-
-
 class Checkpointer:
   """Saves and restores the host train state under `<workdir>/checkpoints`."""
 
@@ -168,7 +133,7 @@ class Checkpointer:
     checksums through `checksums.Handler` (computed in the commit thread)."""
     handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
                 CHECKSUM_ITEM: checksums_lib.Handler()}
-    with _quiet_read_only() if self._read_only else contextlib.nullcontext():
+    with orbax_logs.quiet_read_only() if self._read_only else contextlib.nullcontext():
       return ocp.CheckpointManager(self.directory, item_handlers=handlers,
                                    options=self._options)
 
