@@ -23,7 +23,6 @@ import os
 import shutil
 import time
 from typing import Optional, Tuple
-import zlib
 
 from absl import logging
 from etils import epath
