@@ -11,19 +11,26 @@ The saved tree is the unreplicated state as host numpy arrays:
 `save` (Orbax writes collectively; replicated numpy arrays are written by
 process 0). Orbax writes into a temporary directory and renames it when done,
 so a run killed mid-save leaves the previous checkpoints intact.
+
+An asynchronous `save` blocks the caller only while Orbax starts the write: the
+arrays are neither copied (the caller hands over a tree it will not modify) nor
+checksummed on the calling thread; the CRC-32s (`irevnet_jax.checksums`) are
+computed and written by Orbax's commit thread, before the checkpoint is committed.
 """
+import contextlib
 import logging as std_logging
 import os
 import shutil
 import time
 from typing import Optional, Tuple
-import zlib
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax import checksums as checksums_lib, orbax_logs
 from irevnet_jax.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -32,62 +39,20 @@ STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoin
 CHECKSUM_ITEM = 'checksums'
 
 
-class CorruptCheckpoint(ValueError):
-  """A checkpoint whose arrays fail their checksums or hold non-finite values."""
+CorruptCheckpoint = checksums_lib.CorruptCheckpoint
+checksums, verify = checksums_lib.checksums, checksums_lib.verify
 
 
 class CheckpointMismatch(ValueError):
   """A checkpoint of another model or optimizer (its arrays have other shapes)."""
 
 
-class _ReportedFailures(std_logging.Filter):
-  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read
-  tasks in a checkpoint that `restore` has already reported as unusable in one line (they
-  surface later, often at interpreter exit, one traceback per array)."""
-
-  def __init__(self):
-    super().__init__()
-    self.paths = set()
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not ('never retrieved' in message and any(p in message for p in self.paths))
-
-
-_reported_failures = _ReportedFailures()
+_reported_failures = orbax_logs.ReportedFailures()
 std_logging.getLogger('asyncio').addFilter(_reported_failures)
 
 
 class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, permissions, ...)."""
-
-
-def _path_name(path) -> str:
-  """'params/stages_0/first/...': the same for a dict tree and Orbax's raw restore of it."""
-  return jax.tree_util.keystr(path, simple=True, separator='/')
-
-
-def checksums(state) -> dict:
-  """{array path: CRC-32 of its dtype, shape and bytes} for a host state."""
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    leaf = np.ascontiguousarray(leaf)
-    header = f'{leaf.dtype.str}{leaf.shape}'.encode()
-    out[_path_name(path)] = f'{zlib.crc32(leaf.data, zlib.crc32(header)):08x}'
-  return out
-
-
-def verify(state, expected: Optional[dict], what: str):
-  """Raises CorruptCheckpoint if an array of `state` fails its checksum in `expected` (arrays
-  that `expected` does not name are not checked) or holds NaN / infinity."""
-  got = checksums(state)
-  bad = sorted(k for k in got if expected is not None and k in expected and got[k] != expected[k])
-  if bad:
-    raise CorruptCheckpoint(f'{what}: {len(bad)} array(s) fail their checksum, e.g. {bad[0]}')
-  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-    leaf = np.asarray(leaf)
-    if leaf.dtype.kind == 'f' and not np.isfinite(leaf).all():
-      raise CorruptCheckpoint(f'{what}: non-finite values in {_path_name(path)}')
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
@@ -97,6 +62,11 @@ def _short(error: BaseException, limit: int = 300) -> str:
   if len(text) > limit:
     text = text[:limit] + '...'
   return f'{type(error).__name__}: {text}'
+
+
+def _reason(error: BaseException) -> str:
+  """Why a checkpoint does not restore, in a few words (without the checkpoint's name)."""
+  return error.reason if isinstance(error, CorruptCheckpoint) else _short(error)
 
 
 def _errno_reason(error: BaseException) -> str:
@@ -132,6 +102,14 @@ def _check_matches(target, restored, what):
                      f'or optimizer, use a new --workdir.')
 
 
+# Orbax's default handlers, except that numpy arrays are written without a deep copy first.
+_NO_COPY_TYPES = ocp.type_handlers.create_type_handler_registry(
+    (int, ocp.type_handlers.ScalarHandler()), (float, ocp.type_handlers.ScalarHandler()),
+    (np.number, ocp.type_handlers.ScalarHandler()),
+    (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+    (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
+
+
 class Checkpointer:
   """Saves and restores the host train state under `<workdir>/checkpoints`."""
 
@@ -140,28 +118,37 @@ class Checkpointer:
     clean-up); otherwise unfinished saves of an interrupted run are deleted."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
-    self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+    self._read_only = read_only
+    self._options = ocp.CheckpointManagerOptions(   # the values Orbax forces when read-only
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
     self._manager = self._open()
     self._pending = None    # the step of the latest save started
 
   def _open(self):
-    return ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM, CHECKSUM_ITEM),
-                                 options=self._options)
+    """The manager: the state through a PyTree handler that writes the caller's numpy arrays
+    without a defensive copy (a copy of the whole state on the training thread), the
+    checksums through `checksums.Handler` (computed in the commit thread)."""
+    handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
+                CHECKSUM_ITEM: checksums_lib.Handler()}
+    with orbax_logs.quiet_read_only() if self._read_only else contextlib.nullcontext():
+      return ocp.CheckpointManager(self.directory, item_handlers=handlers,
+                                   options=self._options)
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: dict):
     """Starts saving `state` (host numpy tree) with its checksums as checkpoint `step`;
-    returns before it is on disk when asynchronous (`wait` blocks). Raises
-    CheckpointSaveError if this or an earlier background save failed."""
+    returns before it is on disk when asynchronous (`wait` blocks), without copying or
+    reading the arrays: do not modify them until then. Raises CheckpointSaveError if this
+    or an earlier background save failed."""
     self.check()
     if step in self._manager.all_steps():
       return
-    items = {STATE_ITEM: ocp.args.StandardSave(state),
-             CHECKSUM_ITEM: ocp.args.JsonSave(checksums(state))}
+    state = jax.tree_util.tree_map(np.asarray, state)   # numpy scalars as 0-d arrays (views)
+    items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums_lib.Save(state)}
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as error:  # pylint: disable=broad-except
@@ -225,51 +212,69 @@ class Checkpointer:
       except CheckpointMismatch:
         raise
       except Exception as error:  # pylint: disable=broad-except
-        logging.error('Checkpoint %d in %s is unusable (%s).', candidate, self.directory,
-                      _short(error))
         _reported_failures.paths.add(os.path.join(os.path.abspath(self.directory),
                                                   str(candidate), ''))
         failed.append((candidate, error))
         continue
       if failed:
-        logging.error('Using the previous checkpoint, step %d%s.', candidate,
-                      '; the unusable ones move to ' + CORRUPT_DIR if move_corrupt else '')
-        if move_corrupt:
-          for bad, _ in failed:
-            self._move_aside(bad)
+        self._fall_back(failed, candidate, move_corrupt)
       return restored, candidate
     if failed:
       bad, error = failed[0]
       raise ValueError(
           f'No checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); '
-          f'step {bad}: {_short(error)}. If this workdir holds a run of another model or '
+          f'step {bad}: {_reason(error)}. If this workdir holds a run of another model or '
           f'optimizer, use a new --workdir.') from error
     return None, None
 
+  def _fall_back(self, failed, used: int, move_corrupt: bool):
+    """Moves the unusable checkpoints aside (with `move_corrupt`) and says so in one line."""
+    moved = [self._move_aside(bad) for bad, _ in failed] if move_corrupt else []
+    steps = ', '.join(str(bad) for bad, _ in failed)
+    if len(failed) == 1:
+      what = f'Checkpoint {steps} in {self.directory} is unusable ({_reason(failed[0][1])})'
+    else:
+      what = (f'Checkpoints {steps} in {self.directory} are unusable (' +
+              '; '.join(f'{bad}: {_reason(error)}' for bad, error in failed) + ')')
+    where = ''
+    if moved:
+      where = (f' and moved it to {moved[0]}' if len(moved) == 1 and moved[0] else
+               f' and moved {"it" if len(moved) == 1 else "them"} to '
+               f'{os.path.join(self.workdir, CORRUPT_DIR)}')
+    logging.error('%s; using step %d instead%s.', what, used, where)
+
   def _restore_verified(self, step: int, target: Optional[dict]):
     """Checkpoint `step`, checked against the target's shapes and its checksums."""
-    has_checksums = os.path.isdir(os.path.join(self.directory, str(step), CHECKSUM_ITEM))
-    items = {STATE_ITEM: ocp.args.StandardRestore(target)}
-    if has_checksums:   # checkpoints of older versions have none
-      items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
+    what = f'Checkpoint {step} in {self.directory}'
+    step_dir = epath.Path(self.directory) / str(step)
+    if not (step_dir / STATE_ITEM / '_METADATA').exists():
+      raise CorruptCheckpoint(what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
+    has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
+    restore_args = (None if target is None
+                    else ocp.checkpoint_utils.construct_restore_args(target))
+    items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
+    if has_checksums:
+      items[CHECKSUM_ITEM] = checksums_lib.Restore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     state = restored[STATE_ITEM]
-    what = f'Checkpoint {step} in {self.directory}'
     if target is not None:
       _check_matches(target, state, what)
     verify(state, restored[CHECKSUM_ITEM] if has_checksums else None, what)
     return state
 
-  def _move_aside(self, step: int):
+  def _move_aside(self, step: int) -> Optional[str]:
+    """Moves checkpoint `step` to `<workdir>/corrupt_checkpoints/<step>-<time>` (process 0);
+    returns that path on process 0, None on the others."""
     _sync(f'checkpoint_corrupt_{step}_before')
+    destination = None
     if jax.process_index() == 0:
       destination = os.path.join(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
       os.makedirs(os.path.dirname(destination), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), destination)
-      logging.error('Moved the unusable checkpoint %d to %s.', step, destination)
     _sync(f'checkpoint_corrupt_{step}_after')
     self._manager.close()
     self._manager = self._open()
+    return destination
 
 
 def load_run(workdir: str, step: Optional[int] = None):

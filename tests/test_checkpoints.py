@@ -1,4 +1,5 @@
 """Tests of irevnet_jax.checkpoints: round trip, pruning, fall-back, partial saves, load_run."""
+import json
 import os
 
 import numpy as np
@@ -92,3 +93,96 @@ def test_mismatched_target_is_an_error_not_corruption(tmp_path):
   assert checkpointer.all_steps() == [1, 2]
   checkpointer.close()
   assert not os.path.exists(tmp_path / 'corrupt_checkpoints')
+
+
+def _errors(caplog):
+  return [r.getMessage() for r in caplog.records if r.levelname == 'ERROR']
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_fallback_is_reported_in_one_line(tmp_path, caplog):
+  """A flipped byte in step 3's data: one error line names the checkpoint, why, the step used
+  and where the unusable one went."""
+  big = lambda value: {'params': {'w': np.arange(4096, dtype=np.float32) * value}}
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  for step in (1, 2, 3):   # 16 KB arrays: stored apart from OCDBT's (checksummed) tree nodes
+    checkpointer.save(step, big(step))
+  checkpointer.close()
+  files = [os.path.join(root, name) for root, _, names in os.walk(tmp_path / 'checkpoints' / '3')
+           for name in names if os.path.basename(root) == 'd']
+  largest = max(files, key=os.path.getsize)
+  data = bytearray(open(largest, 'rb').read())
+  data[len(data) // 2] ^= 0x01
+  open(largest, 'wb').write(bytes(data))
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  with caplog.at_level('INFO'):
+    restored, step = checkpointer.restore(target=big(0))
+  checkpointer.close()
+  assert step == 2
+  lib.assert_trees_close(restored, big(2), rtol=0, atol=0)
+  moved = os.listdir(tmp_path / 'corrupt_checkpoints')
+  assert _errors(caplog) == [
+      f'Checkpoint 3 in {tmp_path}/checkpoints is unusable (1 array(s) fail their checksum, '
+      f'e.g. params/w); using step 2 instead and moved it to '
+      f'{tmp_path}/corrupt_checkpoints/{moved[0]}.']
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_a_deleted_tree_metadata_file_is_named(tmp_path, caplog):
+  _save_steps(str(tmp_path), [1, 2])
+  os.remove(tmp_path / 'checkpoints' / '2' / 'default' / '_METADATA')
+  with caplog.at_level('INFO'):
+    _, step = checkpoints.Checkpointer(str(tmp_path), keep=3).restore(
+        target=_state(0), move_corrupt=False)
+  assert step == 1
+  assert _errors(caplog) == [
+      f'Checkpoint 2 in {tmp_path}/checkpoints is unusable (its tree metadata '
+      f'default/_METADATA is missing); using step 1 instead.']
+
+
+def test_non_finite_values_make_a_checkpoint_unusable(tmp_path):
+  bad = _state(2)
+  bad['opt_state'][0]['trace']['dense']['kernel'][1, 1] = np.nan
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  checkpointer.save(1, _state(1))
+  checkpointer.save(2, bad)
+  checkpointer.close()
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  _, step = checkpointer.restore(target=_state(0), move_corrupt=False)
+  checkpointer.close()
+  assert step == 1
+
+
+def test_checksums_are_computed_in_the_commit_thread(tmp_path, monkeypatch):
+  """An asynchronous save neither copies nor checksums the arrays on the calling thread, and
+  the checkpoint on disk carries the checksums of what was saved."""
+  import threading
+  threads = []
+  crc = checkpoints.checksums_lib.checksums
+
+  def recording(state):
+    threads.append(threading.current_thread())
+    return crc(state)
+  monkeypatch.setattr(checkpoints.checksums_lib, 'checksums', recording)
+  state = _state(5)
+  state['step'] = np.int32(5)   # a numpy scalar, as the pmap back end's to_host gives
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  checkpointer.save(5, state)
+  checkpointer.close()
+  assert threads and threading.main_thread() not in threads
+  stored = json.load(open(tmp_path / 'checkpoints' / '5' / 'checksums' / 'metadata'))
+  assert stored == crc(_state(5))
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  raw, step = checkpointer.restore(move_corrupt=False)   # no target: what load_run reads
+  checkpointer.close()
+  assert step == 5 and raw['step'] == 5
+
+
+def test_load_run_logs_no_orbax_notes(tmp_path, caplog):
+  workdir_lib.write_config(str(tmp_path), lib.make_config())
+  _save_steps(str(tmp_path), [5])
+  with caplog.at_level('INFO'):
+    _, _, step = checkpoints.load_run(str(tmp_path))
+  assert step == 5
+  notes = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+  assert not notes, notes

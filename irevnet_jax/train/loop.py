@@ -176,9 +176,10 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   eval_metrics = {}
 
   def flush():
-    """Fetches pending train metrics; stops at the first step whose loss or state is not
-    finite, naming it (that state is never saved)."""
-    fetched = [(s, backend.to_host(m)) for s, m in pending]
+    """Fetches pending train metrics (one batched device-to-host fetch for all the steps
+    since the last one); stops at the first step whose loss or state is not finite, naming
+    it (that state is never saved)."""
+    fetched = list(zip([s for s, _ in pending], backend.to_host([m for _, m in pending])))
     pending.clear()
     for s, m in fetched:
       if not m['finite']:
@@ -187,6 +188,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     return fetched
 
   def save(step):
+    """Starts saving the state of `step` in the background: the training thread waits only
+    for the device-to-host copy (none on CPU) and Orbax's start of the write."""
     nonlocal last_saved
     if last_saved != step:
       checkpointer.save(step, backend.to_host(state))

@@ -1,0 +1,40 @@
+"""Orbax log records that `irevnet_jax.checkpoints` has already reported in its own words, or
+that are not the user's business."""
+import contextlib
+import logging as std_logging
+
+
+class ReportedFailures(std_logging.Filter):
+  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read
+  tasks in a checkpoint that `restore` has already reported as unusable in one line (they
+  surface later, often at interpreter exit, one traceback per array)."""
+
+  def __init__(self):
+    super().__init__()
+    self.paths = set()
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('never retrieved' in message and any(p in message for p in self.paths))
+
+
+class ReadOnlyNotes(std_logging.Filter):
+  """Orbax's notes that a manager opened read-only is read-only ('Given directory is read
+  only=...'): said on every `load_run`, they are not the user's business."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('/orbax/' in record.pathname and
+                ('read only' in message or 'read_only' in message))
+
+
+@contextlib.contextmanager
+def quiet_read_only():
+  """Drops `ReadOnlyNotes` from absl's logger while the block runs."""
+  absl_logger = std_logging.getLogger('absl')
+  note_filter = ReadOnlyNotes()
+  absl_logger.addFilter(note_filter)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(note_filter)
