@@ -21,9 +21,11 @@ import zlib
 
 from absl import logging
 import jax
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax import workdir as workdir_lib
 from irevnet_jax.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -138,8 +140,8 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, use_async: bool = True, read_only: bool = False):
     """`read_only`: for readers of a run that may still be training (no writes, no
     clean-up); otherwise unfinished saves of an interrupted run are deleted."""
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.workdir = workdir_lib.resolve(workdir)     # a local path or a URL (gs://...)
+    self.directory = workdir_lib.join(self.workdir, CHECKPOINT_DIR)
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
@@ -147,7 +149,7 @@ class Checkpointer:
     self._pending = None    # the step of the latest save started
 
   def _open(self):
-    return ocp.CheckpointManager(self.directory, item_names=(STATE_ITEM, CHECKSUM_ITEM),
+    return ocp.CheckpointManager(epath.Path(self.directory), item_names=(STATE_ITEM, CHECKSUM_ITEM),
                                  options=self._options)
 
   def all_steps(self):
@@ -227,8 +229,7 @@ class Checkpointer:
       except Exception as error:  # pylint: disable=broad-except
         logging.error('Checkpoint %d in %s is unusable (%s).', candidate, self.directory,
                       _short(error))
-        _reported_failures.paths.add(os.path.join(os.path.abspath(self.directory),
-                                                  str(candidate), ''))
+        _reported_failures.paths.add(os.path.join(self.directory, str(candidate), ''))
         failed.append((candidate, error))
         continue
       if failed:
@@ -248,7 +249,7 @@ class Checkpointer:
 
   def _restore_verified(self, step: int, target: Optional[dict]):
     """Checkpoint `step`, checked against the target's shapes and its checksums."""
-    has_checksums = os.path.isdir(os.path.join(self.directory, str(step), CHECKSUM_ITEM))
+    has_checksums = epath.Path(self.directory, str(step), CHECKSUM_ITEM).is_dir()
     items = {STATE_ITEM: ocp.args.StandardRestore(target)}
     if has_checksums:   # checkpoints of older versions have none
       items[CHECKSUM_ITEM] = ocp.args.JsonRestore()
@@ -263,9 +264,13 @@ class Checkpointer:
   def _move_aside(self, step: int):
     _sync(f'checkpoint_corrupt_{step}_before')
     if jax.process_index() == 0:
-      destination = os.path.join(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
-      os.makedirs(os.path.dirname(destination), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), destination)
+      destination = epath.Path(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      source = epath.Path(self.directory, str(step))
+      if workdir_lib.is_url(self.workdir):
+        source.rename(destination)      # object stores: copy, then delete
+      else:
+        shutil.move(source, destination)
       logging.error('Moved the unusable checkpoint %d to %s.', step, destination)
     _sync(f'checkpoint_corrupt_{step}_after')
     self._manager.close()
