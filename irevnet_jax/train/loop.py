@@ -17,6 +17,7 @@ from typing import Any, Dict, NamedTuple
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 import irevnet_jax
 from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
@@ -275,10 +276,13 @@ def _check_same_step(restored_step):
   (a local path on a pod) shows each host other checkpoints."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.assert_equal(
-        -1 if restored_step is None else int(restored_step),
-        'The processes found different checkpoints in --workdir: give every process the '
-        'same shared workdir (e.g. gs://bucket/runs/name), not a local path.')
+    steps_found = multihost_utils.process_allgather(
+        np.int64(-1 if restored_step is None else restored_step))
+    if len(set(np.asarray(steps_found).ravel().tolist())) > 1:
+      raise ValueError(
+          f'The processes found different latest checkpoints in the workdir (steps '
+          f'{np.asarray(steps_found).ravel().tolist()}, -1: none): give every process the same '
+          f'shared --workdir (e.g. gs://bucket/runs/name), not a path on each host\'s own disk.')
 
 
 def _non_finite_message(step, step_metrics, host_state, last_saved, directory) -> str:
