@@ -149,8 +149,8 @@ class Checkpointer:
     self._pending = None    # the step of the latest save started
 
   def _open(self):
-    return ocp.CheckpointManager(epath.Path(self.directory), item_names=(STATE_ITEM, CHECKSUM_ITEM),
-                                 options=self._options)
+    return ocp.CheckpointManager(epath.Path(self.directory),
+                                 item_names=(STATE_ITEM, CHECKSUM_ITEM), options=self._options)
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
