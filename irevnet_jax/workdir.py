@@ -221,9 +221,9 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   try:
     return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
   except (ValueError, TypeError, AttributeError) as error:
-    raise ValueError(f'{path} is not a config written by this project ({error}); restore it '
-                     f'(an earlier one may be in {HISTORY_FILE}), or delete it to resume '
-                     f'with the config of this command.') from None
+    raise ValueError(f'{path} is not a valid config ({error}); restore it (earlier ones are '
+                     f'in {HISTORY_FILE} if the config changed), or delete it and rerun '
+                     f'experiments.main, which writes the config of its command.') from None
 
 
 def _flat(tree, prefix=''):
