@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from irevnet_jax import checksums as checksums_lib, orbax_logs
+from irevnet_jax import workdir as workdir_lib
 from irevnet_jax.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -116,8 +117,8 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, use_async: bool = True, read_only: bool = False):
     """`read_only`: for readers of a run that may still be training (no writes, no
     clean-up); otherwise unfinished saves of an interrupted run are deleted."""
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.workdir = workdir_lib.resolve(workdir)     # a local path or a URL (gs://...)
+    self.directory = workdir_lib.join(self.workdir, CHECKPOINT_DIR)
     self._read_only = read_only
     self._options = ocp.CheckpointManagerOptions(   # the values Orbax forces when read-only
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
@@ -133,7 +134,7 @@ class Checkpointer:
     handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
                 CHECKSUM_ITEM: checksums_lib.Handler()}
     with orbax_logs.quiet_read_only() if self._read_only else contextlib.nullcontext():
-      return ocp.CheckpointManager(self.directory, item_handlers=handlers,
+      return ocp.CheckpointManager(epath.Path(self.directory), item_handlers=handlers,
                                    options=self._options)
 
   def all_steps(self):
@@ -212,8 +213,7 @@ class Checkpointer:
       except CheckpointMismatch:
         raise
       except Exception as error:  # pylint: disable=broad-except
-        _reported_failures.paths.add(os.path.join(os.path.abspath(self.directory),
-                                                  str(candidate), ''))
+        _reported_failures.paths.add(os.path.join(self.directory, str(candidate), ''))
         failed.append((candidate, error))
         continue
       if failed:
@@ -268,9 +268,14 @@ class Checkpointer:
     _sync(f'checkpoint_corrupt_{step}_before')
     destination = None
     if jax.process_index() == 0:
-      destination = os.path.join(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
-      os.makedirs(os.path.dirname(destination), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), destination)
+      destination = epath.Path(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      source = epath.Path(self.directory, str(step))
+      if workdir_lib.is_url(self.workdir):
+        source.rename(destination)      # object stores: copy, then delete
+      else:
+        shutil.move(source, destination)
+      destination = str(destination)
     _sync(f'checkpoint_corrupt_{step}_after')
     self._manager.close()
     self._manager = self._open()

@@ -2,7 +2,9 @@
 
 Only process 0 writes; on other processes every method is a no-op. Each
 `write(step, scalars)` becomes one JSON line `{"step": step, **scalars}` and
-one TensorBoard scalar per key (tensorboardX: no TensorFlow needed).
+one TensorBoard scalar per key (tensorboardX: no TensorFlow needed). The workdir
+may be a URL (`gs://...`): both files are then written through `etils.epath`,
+each flush replacing the object whole (object stores cannot append).
 """
 import json
 import math
@@ -11,6 +13,9 @@ import time
 from typing import Dict, Optional
 
 from absl import logging
+from etils import epath
+
+from irevnet_jax import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -69,11 +74,48 @@ def quiet_library_logs():
 
 def read_jsonl(workdir) -> list:
   """All records of `<workdir>/metrics.jsonl` (an empty list when there is none)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir_lib.join(workdir_lib.resolve(workdir), METRICS_FILE))
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class ObjectFile:
+  """A file on an object store opened for appending: `write`s gather in memory and each
+  `flush` (and `close`) replaces the object with everything written so far."""
+
+  def __init__(self, path: str, initial: bytes = b''):
+    self.path = epath.Path(path)
+    self._data = bytearray(initial)
+    self._flushed = None
+
+  def write(self, data):
+    self._data += data.encode() if isinstance(data, str) else data
+
+  def flush(self):
+    if self._flushed != len(self._data):
+      self.path.write_bytes(bytes(self._data))
+      self._flushed = len(self._data)
+
+  def close(self):
+    self.flush()
+
+
+class _ObjectFileFactory:
+  """tensorboardX's writer factory for event files on object stores, through epath."""
+
+  def open(self, path):
+    return ObjectFile(path)
+
+  def directory_check(self, path):
+    del path   # object stores have no folders to create
+
+
+def _route_tensorboard(url: str):
+  """Makes tensorboardX write event files under `url`'s scheme through epath (its own
+  gs:// writer needs google-cloud-storage; epath is what Orbax and the rest use)."""
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.register_writer_factory(url.split('://', 1)[0], _ObjectFileFactory())
 
 
 class MetricWriter:
@@ -89,16 +131,25 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._path = os.path.join(workdir, METRICS_FILE)
+    workdir = workdir_lib.resolve(workdir)
+    self._path = workdir_lib.join(workdir, METRICS_FILE)
+    kept = read_jsonl(workdir)
     if not append:
-      kept = [r for r in read_jsonl(workdir) if r.get('step', 0) <= resume_step]
-      with open(self._path + '.tmp', 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in kept)
-      os.replace(self._path + '.tmp', self._path)
-    self._file = open(self._path, 'a')
+      kept = [r for r in kept if r.get('step', 0) <= resume_step]
+    text = ''.join(json.dumps(r) + '\n' for r in kept)
+    if workdir_lib.is_url(workdir):
+      self._file = ObjectFile(self._path, text.encode())
+      self._file.flush()
+      _route_tensorboard(workdir)
+    else:
+      os.makedirs(workdir, exist_ok=True)
+      if not append:
+        with open(self._path + '.tmp', 'w') as f:
+          f.write(text)
+        os.replace(self._path + '.tmp', self._path)
+      self._file = open(self._path, 'a')
     from tensorboardX import SummaryWriter  # pure Python, no TensorFlow
-    self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    self._tb = SummaryWriter(workdir_lib.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: Dict[str, float]):
     if not self.enabled:

@@ -10,7 +10,13 @@
 #   cd ~/irevnet_jax && TFDS_DATA_DIR=$BUCKET/tensorflow_datasets \
 #     python3 -m experiments.main --config=CONFIG --workdir=WORKDIR --distributed
 #
-# WORKDIR must be shared by all hosts (a gs:// path): checkpoints are written there.
+# WORKDIR must be shared by all hosts (a gs:// path): checkpoints, config.json,
+# metrics.jsonl and TensorBoard events are written there (process 0 writes all but the
+# checkpoints' arrays, which Orbax writes collectively), and every host resumes from its
+# latest checkpoint (the run stops if the hosts see different ones). The run owns WORKDIR
+# through a lease record (WORKDIR/.lease.json, renewed every 15 s): a second `train` on it
+# is refused while the first is alive; after a kill without release (SIGKILL, a lost VM),
+# rerun after 60 s or delete the record (docs/data_and_launch.md, "Run directories on gs://").
 # ImageNet must be prepared in $BUCKET/tensorflow_datasets first (launch/prepare_data.py).
 # The input reads each record by key (ArrayRecord); from gs:// every read waits on the
 # network, so check `python -m benchmarks.input_speed` figures against the host's cores and
@@ -57,7 +63,7 @@ case "${1:-}" in
     on_all_workers "pkill -f 'experiments.main' || true"
     ;;
   *)
-    sed -n '2,19p' "$0" >&2
+    sed -n '2,25p' "$0" >&2
     exit 2
     ;;
 esac

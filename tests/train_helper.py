@@ -8,7 +8,9 @@ of step `kill_at_step` (steps done so far), the process waits until checkpoint
 `wait_for_checkpoint` is on disk, then sends itself `kill_signal` (KILL: dies
 at once; TERM: the runner saves after the current step and exits with 143).
 `--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
-its batch k instead. `--file_size_limit=N` makes every file write beyond N bytes
+its batch k instead. `--wait_for_file=PATH`: before interrupting, also wait until PATH
+exists (a test's signal that it has done what it needed while this run is alive).
+The workdir may be a URL (gs://...). `--file_size_limit=N` makes every file write beyond N bytes
 fail with EFBIG (a full disk, for checkpoints).
 TensorFlow cannot be imported here: the runs also show that training on digits
 does not need it.
@@ -22,6 +24,8 @@ import time
 sys.modules['tensorflow'] = None   # any `import tensorflow` now raises ImportError
 
 from absl import flags
+from etils import epath
+import orbax.checkpoint as ocp
 
 from experiments import cli
 from experiments import main as experiment_main
@@ -30,6 +34,7 @@ from irevnet_jax import checkpoints, input_pipeline
 flags.DEFINE_integer('kill_at_step', -1, 'Interrupt when the batch of this step is requested.')
 flags.DEFINE_integer('wait_for_checkpoint', -1, 'Checkpoint step to wait for before that.')
 flags.DEFINE_integer('kill_at_eval_batch', -1, 'Interrupt when this eval batch is requested.')
+flags.DEFINE_string('wait_for_file', '', 'File to wait for before interrupting.')
 flags.DEFINE_enum('kill_signal', 'KILL', ['KILL', 'TERM', 'INT'], 'Signal to send to this process.')
 flags.DEFINE_integer('file_size_limit', -1, 'Largest file this process may write (RLIMIT_FSIZE).')
 FLAGS = flags.FLAGS
@@ -39,11 +44,17 @@ def _interrupting(batches, start_step):
   for step, batch in enumerate(batches, start=start_step):
     if step == FLAGS.kill_at_step:
       if FLAGS.wait_for_checkpoint >= 0:
-        path = os.path.join(FLAGS.workdir, checkpoints.CHECKPOINT_DIR,
-                            str(FLAGS.wait_for_checkpoint))
+        path = epath.Path(FLAGS.workdir, checkpoints.CHECKPOINT_DIR,
+                          str(FLAGS.wait_for_checkpoint))
         deadline = time.time() + 120
-        while not os.path.isdir(path) and time.time() < deadline:
+        while time.time() < deadline and not (
+            path.is_dir() and ocp.path.step.is_checkpoint_finalized(path)):
           time.sleep(0.05)
+      deadline = time.time() + 120
+      while FLAGS.wait_for_file and not os.path.exists(FLAGS.wait_for_file):
+        if time.time() > deadline:
+          break
+        time.sleep(0.05)
       os.kill(os.getpid(), getattr(signal, 'SIG' + FLAGS.kill_signal))
     yield batch
 

@@ -17,6 +17,7 @@ from typing import Any, Dict, NamedTuple
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 import irevnet_jax
 from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
@@ -106,13 +107,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   config_lib.check_config(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
+  # Only the primary process writes the shared files (lock, config, metrics, checkpoint
+  # metadata); the others read the same workdir.
+  if not is_chief:
+    return _train(config, workdir_lib.resolve(workdir), allow_config_change, process_index,
+                  process_count)
+  before = workdir_lib.state(workdir)
   workdir = workdir_lib.check_workdir(workdir)
-  lock = workdir_lib.WorkdirLock(workdir) if is_chief else None
+  lock = workdir_lib.WorkdirLock(workdir)
   try:
     return _train(config, workdir, allow_config_change, process_index, process_count)
+  except BaseException:
+    lock.release()
+    workdir_lib.clean_up_refused(workdir, before)   # a refused run leaves nothing behind
+    raise
   finally:
-    if lock is not None:
-      lock.release()
+    lock.release()
 
 
 def _train(config, workdir, allow_config_change, process_index, process_count) -> Result:
@@ -150,13 +160,19 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                                           use_async=bool(config.async_checkpoints))
   restored, restored_step = checkpointer.restore(
       target=state_lib.create_state(prog.train_net, prog.tx, int(config.seed), abstract=True))
+  _check_same_step(restored_step)
+  if is_chief:   # a refused resume stops here, before it says anything about resuming
+    config_record = workdir_lib.check_config_record(workdir, config, restored_step,
+                                                     allow_config_change)
+    if restored is None:
+      config_record.commit()   # a new run; a resumed one commits at its first save
   if restored is not None:
     host_state, start_step = restored, int(restored_step)
-    logging.info('Resuming from the checkpoint at step %d in %s.', start_step, workdir)
+    if is_chief:
+      logging.info('Resuming from the checkpoint at step %d in %s.', start_step, workdir)
   else:
     host_state, start_step = state_lib.create_state(prog.train_net, prog.tx, int(config.seed)), 0
   if is_chief:
-    workdir_lib.record_config(workdir, config, restored_step, allow_config_change)
     logging.info('Model: %s\n%d parameters; %d steps of global batch %d on %d device(s) '
                  '(%s, %s), %.1f steps per epoch.', prog.train_net.arch.describe(),
                  irevnet_jax.count_params(prog.train_net), total_steps, config.batch_size,
@@ -194,6 +210,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     if last_saved != step:
       checkpointer.save(step, backend.to_host(state))
       last_saved = step
+      if is_chief:
+        config_record.commit()   # the config (and its history) goes with the first save
 
   def run_evaluation():
     return evaluate_lib.evaluate(prog, state, source, local_eval_batch,
@@ -254,6 +272,20 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                  ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()),
                  os.path.join(checkpointer.directory, str(last_saved)))
   return Result(backend.to_host(state), eval_metrics, step)
+
+
+def _check_same_step(restored_step):
+  """Every process must resume from the same step: a workdir on a disk that is not shared
+  (a local path on a pod) shows each host other checkpoints."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    steps_found = multihost_utils.process_allgather(
+        np.int64(-1 if restored_step is None else restored_step))
+    if len(set(np.asarray(steps_found).ravel().tolist())) > 1:
+      raise ValueError(
+          f'The processes found different latest checkpoints in the workdir (steps '
+          f'{np.asarray(steps_found).ravel().tolist()}, -1: none): give every process the same '
+          f'shared --workdir (e.g. gs://bucket/runs/name), not a path on each host\'s own disk.')
 
 
 def _non_finite_message(step, step_metrics, host_state, last_saved, directory) -> str:
