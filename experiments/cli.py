@@ -6,8 +6,10 @@ A user error ends the process with exit status 1 and without a traceback
 (`--verbose` shows it): a bad flag, config file or config field with absl's two
 lines `FATAL Flags parsing error: ...`; a value that cannot work, a missing
 file or a run that cannot go on with `Error: <message>` on stderr. Errors that
-are not the user's (bugs) keep their traceback.
+are not the user's (bugs) keep their traceback. Log lines print plain (no absl
+prefix) unless --verbose or --log_dir (a log file with absl's format).
 """
+import logging as std_logging
 import os
 import re
 import sys
@@ -113,6 +115,24 @@ def _parse_flags(argv):
     _fatal(_flag_error_message(error, argv))
 
 
+class PlainFormatter(std_logging.Formatter):
+  """Console lines as a user reads them: the message alone ('WARNING: ' / 'ERROR: ' before
+  warnings and errors), without absl's 'I1204 14:01:33.545115 1398... file.py:150]'."""
+
+  def format(self, record):
+    text = super().format(record)
+    return text if record.levelno < std_logging.WARNING else f'{record.levelname}: {text}'
+
+
+def _plain_console_lines():
+  """absl's prefix only with --verbose, or in the log file that --log_dir asks for."""
+  handler = logging.get_absl_handler()
+  if FLAGS.log_dir:
+    handler.use_absl_log_file(log_dir=FLAGS.log_dir)
+  elif not FLAGS.verbose:
+    handler.setFormatter(PlainFormatter('%(message)s'))
+
+
 def _guarded(main, argv, flag_example):
   from irevnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
@@ -121,6 +141,7 @@ def _guarded(main, argv, flag_example):
     sys.exit(1)
   if not FLAGS.verbose:
     metrics.quiet_library_logs()
+  _plain_console_lines()
   try:
     main(argv)
   except train.Preempted as preempted:

@@ -80,18 +80,19 @@ class _StopWatch:
     self._previous = {}
 
 
-def _divisible(field, value, by, what):
+def _divisible(field, value, by, what, min_per_device=1):
   if value % by:
+    suggestion = config_lib.suggested_batch_size(value, by, min_per_device)
     raise ValueError(
         f'{field}={value} is not divisible by the {by} {what}; use a multiple of {by}, '
-        f'e.g. {field}={max(by, value - value % by)}.')
+        f'e.g. {field}={suggestion}.')
 
 
 def _due(step, every, total):
   return step == total or (every > 0 and step % every == 0)
 
 
-MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
+MIN_BN_EXAMPLES = config_lib.MIN_BN_EXAMPLES
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -123,7 +124,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   devices = parallel.select_devices(int(config.num_devices))
   num_global = len(devices) * process_count
   what = f'devices ({process_count} process(es) x {len(devices)} local devices)'
-  _divisible('batch_size', config.batch_size, num_global, what)
+  _divisible('batch_size', config.batch_size, num_global, what, MIN_BN_EXAMPLES)
   _divisible('eval_batch_size', config.eval_batch_size, num_global, what)
   local_batch = config.batch_size // process_count
   local_eval_batch = config.eval_batch_size // process_count
