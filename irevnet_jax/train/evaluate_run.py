@@ -48,11 +48,16 @@ class Result(NamedTuple):
 def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] = None,
                    precision: Optional[str] = None) -> ml_collections.ConfigDict:
   """A copy of the run's `config` with dataset fields (None values skipped), train_dtype
-  and train_precision replaced, checked like a training config."""
+  and train_precision replaced, checked like a training config. Synthetic images get the
+  model's num_classes unless dataset.num_classes says otherwise."""
   config = ml_collections.ConfigDict(config.to_dict())
   for field, value in (dataset or {}).items():
     if value is not None:
       config.dataset[field] = value
+  if (config.dataset.get('name') == 'synthetic'
+      and not config.dataset.get('num_classes', None)):   # the model's classes, not 10
+    with config.dataset.ignore_type():
+      config.dataset.num_classes = int(config.model.num_classes)
   if dtype is not None:
     config.train_dtype = dtype
   if precision is not None:

@@ -8,6 +8,7 @@ training fields unless allowed; SIGTERM (or Ctrl-C) saves and raises
 `Preempted`; a non-finite loss or state stops the run without saving that
 state; a failed save stops it at once (`checkpoints.CheckpointSaveError`).
 """
+import json
 import math
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any, Dict, NamedTuple
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 import irevnet_jax
 from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
@@ -173,6 +175,9 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   batches = backend.prefetch(source.train_batches(local_batch, process_index, process_count,
                                                   int(config.seed), start_step))
   pending = []          # (step, per-step metrics on the devices), fetched at log time
+  # (step, per-step metrics) fetched since the last train/* record, those of the steps before a
+  # resume included, so that the first record after a resume averages the steps it would have.
+  unlogged = (_read_unlogged(workdir, start_step) if restored is not None and is_chief else [])
   last_saved = start_step if restored is not None else None
   eval_metrics = {}
 
@@ -185,6 +190,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       if not m['finite']:
         raise FloatingPointError(_non_finite_message(s, m, backend.to_host(state), last_saved,
                                                      checkpointer.directory))
+    unlogged.extend(fetched)
     return fetched
 
   def save(step):
@@ -192,15 +198,30 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     if last_saved != step:
       checkpointer.save(step, backend.to_host(state))
       last_saved = step
+      if is_chief:
+        _write_unlogged(workdir, step, unlogged)
 
   def run_evaluation():
     return evaluate_lib.evaluate(prog, state, source, local_eval_batch,
                                  int(config.eval_inversion_examples), int(config.seed),
                                  should_stop=watch.stop_now)
 
+  def evaluate_and_record(step):
+    metrics_now = run_evaluation()
+    writer.write(step, metrics_now)
+    if is_chief:
+      logging.info('eval at step %d: %s', step,
+                   ', '.join(f'{k} {v:.6g}' for k, v in metrics_now.items()))
+    return metrics_now
+
   step = start_step
   try:
-    if step >= total_steps:
+    if (restored is not None and 0 < step <= total_steps
+        and _due(step, config.eval_every_steps, total_steps)
+        and not _evaluated(workdir, step, is_chief)):
+      logging.info('Redoing the evaluation at step %d, which was interrupted.', step)
+      eval_metrics = evaluate_and_record(step)
+    elif step >= total_steps:
       logging.info('The run in %s is already at step %d of %d.', workdir, step, total_steps)
       eval_metrics = run_evaluation()
     while step < total_steps:
@@ -213,22 +234,19 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
         progress.steps_per_second(step)
 
       if _due(step, config.log_every_steps, total_steps):
-        fetched = flush()
+        flush()
         rate = progress.steps_per_second(step)
-        summary = {f'train/{k}': sum(float(m[k]) for _, m in fetched) / len(fetched)
+        summary = {f'train/{k}': sum(float(m[k]) for _, m in unlogged) / len(unlogged)
                    for k in ('loss', 'accuracy')}
-        summary['train/learning_rate'] = float(fetched[-1][1]['learning_rate'])
+        summary['train/learning_rate'] = float(unlogged[-1][1]['learning_rate'])
+        unlogged.clear()
         summary['steps_per_second'] = rate
         writer.write(step, summary)
         progress.report(step, summary['train/loss'], rate)
 
       if _due(step, config.eval_every_steps, total_steps):
         flush()
-        eval_metrics = run_evaluation()
-        writer.write(step, eval_metrics)
-        if is_chief:
-          logging.info('eval at step %d: %s', step,
-                       ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()))
+        eval_metrics = evaluate_and_record(step)
         progress.steps_per_second(step)  # do not count evaluation time as training
 
       stop = watch.reached(step)
@@ -252,6 +270,41 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                  ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()),
                  os.path.join(checkpointer.directory, str(last_saved)))
   return Result(backend.to_host(state), eval_metrics, step)
+
+
+UNLOGGED_FILE = 'train_metrics_since_log.json'   # beside the checkpoints, rewritten at each save
+
+
+def _write_unlogged(workdir, step, unlogged):
+  """Keeps the per-step train metrics not yet in a train/* record with checkpoint `step`."""
+  path = os.path.join(workdir, UNLOGGED_FILE)
+  rows = [[int(s), {k: float(m[k]) for k in ('loss', 'accuracy', 'learning_rate')}]
+          for s, m in unlogged]
+  with open(path + '.tmp', 'w') as f:
+    json.dump({'step': int(step), 'steps': rows}, f)
+  os.replace(path + '.tmp', path)
+
+
+def _read_unlogged(workdir, step):
+  """The per-step train metrics `_write_unlogged` kept with checkpoint `step` ([] when the
+  file is missing, unreadable or of another checkpoint)."""
+  try:
+    with open(os.path.join(workdir, UNLOGGED_FILE)) as f:
+      kept = json.load(f)
+    return [(int(s), m) for s, m in kept['steps']] if kept['step'] == step else []
+  except (OSError, ValueError, KeyError, TypeError):
+    return []
+
+
+def _evaluated(workdir, step, is_chief) -> bool:
+  """Whether metrics.jsonl holds the evaluation at `step` (process 0 reads it and tells
+  the others, so that every process runs the evaluation or none)."""
+  done = is_chief and any(r.get('step') == step and 'eval/loss' in r
+                          for r in metrics.read_jsonl(workdir))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+  return done
 
 
 def _non_finite_message(step, step_metrics, host_state, last_saved, directory) -> str:
