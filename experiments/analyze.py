@@ -61,7 +61,8 @@ def main(argv):
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
   config = dataset_flag.apply(config)
   net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
-  source = evaluate_run.source_for(config)
+  with dataset_flag.flag_names():
+    source = evaluate_run.source_for(config)
   options = pipeline.Options(**{f.name: FLAGS[f.name].value
                                 for f in dataclasses.fields(pipeline.Options)})
   pipeline.analyze(

@@ -20,6 +20,7 @@ from absl import logging
 
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of errors in your input too.')
 FLAGS = flags.FLAGS
+ESCAPE_CODES = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')   # terminal colours in a library's error
 
 PACKAGE_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   name) + os.sep for name in ('irevnet_jax', 'experiments'))
@@ -124,13 +125,23 @@ class PlainFormatter(std_logging.Formatter):
     return text if record.levelno < std_logging.WARNING else f'{record.levelname}: {text}'
 
 
+def _quiet_tensorflow(record) -> bool:
+  """False for TensorFlow Datasets' warnings (e.g. 'Variant folder ... has no
+  dataset_info.json' before the 'not prepared' guide): this package says what is wrong."""
+  return not ('/tensorflow_datasets/' in record.pathname and record.levelno < std_logging.ERROR)
+
+
 def _plain_console_lines():
-  """absl's prefix only with --verbose, or in the log file that --log_dir asks for."""
+  """absl's prefix only with --verbose, or in the log file that --log_dir asks for; without
+  --verbose, no TensorFlow C++ INFO / WARNING lines and no TFDS warnings."""
   handler = logging.get_absl_handler()
   if FLAGS.log_dir:
     handler.use_absl_log_file(log_dir=FLAGS.log_dir)
   elif not FLAGS.verbose:
     handler.setFormatter(PlainFormatter('%(message)s'))
+  if not FLAGS.verbose:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # read when TensorFlow loads
+    handler.addFilter(_quiet_tensorflow)
 
 
 def _guarded(main, argv, flag_example):
@@ -154,7 +165,7 @@ def _guarded(main, argv, flag_example):
     if FLAGS.verbose or not _raised_here(error):
       raise
     logging.flush()
-    print(f'Error: {error}', file=sys.stderr)
+    print(f'Error: {ESCAPE_CODES.sub("", str(error))}', file=sys.stderr)
     sys.exit(1)
 
 

@@ -46,9 +46,10 @@ def main(argv):
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   lock, busy = evaluate_run.lock_for_writing(FLAGS.workdir)
   try:
-    result = evaluate_run.evaluate_run(
-        FLAGS.workdir, FLAGS.step, dataset_flag.given(), FLAGS.batch_size,
-        FLAGS.inversion_examples, FLAGS.dtype, FLAGS.precision)
+    with dataset_flag.flag_names():
+      result = evaluate_run.evaluate_run(
+          FLAGS.workdir, FLAGS.step, dataset_flag.given(), FLAGS.batch_size,
+          FLAGS.inversion_examples, FLAGS.dtype, FLAGS.precision)
     print(evaluate_run.table(result))
     if lock is None:
       logging.warning('Not recorded in metrics.jsonl: %s', busy)
