@@ -9,7 +9,6 @@ file or a run that cannot go on with `Error: <message>` on stderr. Errors that
 are not the user's (bugs) keep their traceback. Log lines print plain (no absl
 prefix) unless --verbose or --log_dir (a log file with absl's format).
 """
-import logging as std_logging
 import os
 import re
 import sys
@@ -18,9 +17,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import console
+
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of errors in your input too.')
 FLAGS = flags.FLAGS
-ESCAPE_CODES = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')   # terminal colours in a library's error
 
 PACKAGE_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   name) + os.sep for name in ('irevnet_jax', 'experiments'))
@@ -116,34 +116,6 @@ def _parse_flags(argv):
     _fatal(_flag_error_message(error, argv))
 
 
-class PlainFormatter(std_logging.Formatter):
-  """Console lines as a user reads them: the message alone ('WARNING: ' / 'ERROR: ' before
-  warnings and errors), without absl's 'I1204 14:01:33.545115 1398... file.py:150]'."""
-
-  def format(self, record):
-    text = super().format(record)
-    return text if record.levelno < std_logging.WARNING else f'{record.levelname}: {text}'
-
-
-def _quiet_tensorflow(record) -> bool:
-  """False for TensorFlow Datasets' warnings (e.g. 'Variant folder ... has no
-  dataset_info.json' before the 'not prepared' guide): this package says what is wrong."""
-  return not ('/tensorflow_datasets/' in record.pathname and record.levelno < std_logging.ERROR)
-
-
-def _plain_console_lines():
-  """absl's prefix only with --verbose, or in the log file that --log_dir asks for; without
-  --verbose, no TensorFlow C++ INFO / WARNING lines and no TFDS warnings."""
-  handler = logging.get_absl_handler()
-  if FLAGS.log_dir:
-    handler.use_absl_log_file(log_dir=FLAGS.log_dir)
-  elif not FLAGS.verbose:
-    handler.setFormatter(PlainFormatter('%(message)s'))
-  if not FLAGS.verbose:
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # read when TensorFlow loads
-    handler.addFilter(_quiet_tensorflow)
-
-
 def _guarded(main, argv, flag_example):
   from irevnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
@@ -152,7 +124,7 @@ def _guarded(main, argv, flag_example):
     sys.exit(1)
   if not FLAGS.verbose:
     metrics.quiet_library_logs()
-  _plain_console_lines()
+  console.setup(FLAGS.verbose, FLAGS.log_dir)
   try:
     main(argv)
   except train.Preempted as preempted:
@@ -165,7 +137,7 @@ def _guarded(main, argv, flag_example):
     if FLAGS.verbose or not _raised_here(error):
       raise
     logging.flush()
-    print(f'Error: {ESCAPE_CODES.sub("", str(error))}', file=sys.stderr)
+    print(f'Error: {console.plain(str(error))}', file=sys.stderr)
     sys.exit(1)
 
 
