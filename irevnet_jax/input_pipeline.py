@@ -246,17 +246,16 @@ def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
                      '(experiments/configs/).')
 
 
-def get_source(dataset_config, model_input_shape, model_num_classes=None) -> DataSource:
+def get_source(dataset_config, model_input_shape) -> DataSource:
   """The `DataSource` named by `dataset_config.name`.
 
   `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
-  to it; digits must match it (8, 8, 1). `model_num_classes` (optional): a TFDS
-  dataset with more classes is refused together with a wrong shape.
+  to it; digits must match it (8, 8, 1). (`check_model_fits` first names every
+  model field that does not fit a TFDS dataset.)
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)
   _check_fields(dataset_config)
-  check_model_fits(dataset_config, model_input_shape, model_num_classes)
   if name == 'digits':
     source = digits_source()
   elif name == 'synthetic':

@@ -84,27 +84,24 @@ def _records(workdir):
           for r in metrics.read_jsonl(str(workdir))]
 
 
-def test_a_resumed_run_records_what_an_uninterrupted_run_records(tmp_path):
-  """SIGTERM between log steps, then SIGTERM during an evaluation: the resumed run redoes
-  that evaluation and its first train/* record averages the steps since the last one."""
-  overrides = dict(eval_every_steps=8, eval_batch_size=8, num_train_steps=16)
-  config = lib.make_config(**overrides)
-  reference = tmp_path / 'reference'
-  train.train_and_evaluate(config, str(reference))
-
-  workdir = tmp_path / 'interrupted'
-  args = lib.flag_args(**overrides) + [f'--workdir={workdir}', '--kill_signal=TERM']
+def test_a_resumed_run_records_what_an_uninterrupted_run_records(tmp_path, tiny_run):
+  """Item 5: SIGTERM between two train/* records, then SIGTERM during the final evaluation:
+  the resumed run redoes that evaluation, and its first train/* record averages every step
+  since the last one. Its metrics.jsonl equals the uninterrupted tiny run's, timings aside."""
+  workdir = str(tmp_path)
+  args = lib.flag_args() + [f'--workdir={workdir}', '--kill_signal=TERM']
   code, output = lib.finish(lib.start(args + ['--kill_at_step=5'], script=lib.HELPER))
   assert code == 143 and 'rerun the same command to resume' in output, output[-3000:]
-  assert 0 < max(checkpoints.Checkpointer(str(workdir), keep=3).all_steps()) < 8
-  assert not metrics.read_jsonl(str(workdir))    # the steps before the first record: kept aside
-  code, output = lib.finish(lib.start(args + ['--kill_at_eval_batch=3'], script=lib.HELPER))
+  assert 0 < max(checkpoints.Checkpointer(workdir, keep=3).all_steps()) < 8
+  assert not metrics.read_jsonl(workdir)      # the steps before the first record: kept aside
+  code, output = lib.finish(lib.start(args + ['--kill_at_eval_batch=1'], script=lib.HELPER))
   assert code == 143, output[-3000:]
-  assert not [r for r in metrics.read_jsonl(str(workdir)) if 'eval/loss' in r]
-  train.train_and_evaluate(config, str(workdir))
+  assert checkpoints.Checkpointer(workdir, keep=3).all_steps()[-1] == 24
+  assert not [r for r in metrics.read_jsonl(workdir) if 'eval/loss' in r]
+  train.train_and_evaluate(lib.make_config(), workdir)
 
-  expected = _records(reference)
-  assert [r['step'] for r in expected] == [8, 8, 16, 16]   # train/* and eval/* at 8 and 16
+  expected = _records(tiny_run[0])
+  assert [r['step'] for r in expected] == [8, 16, 24, 24]    # train/* at 8, 16, 24; eval/* at 24
   assert _records(workdir) == expected
 
 

@@ -70,7 +70,8 @@ def source_for(config):
   """The data source of `config.dataset`, checked against the model (`experiments.evaluate`
   and `experiments.analyze`)."""
   input_shape = tuple(irevnet_jax.build(config.model).input_shape)
-  source = input_pipeline.get_source(config.dataset, input_shape, config.model.num_classes)
+  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
+  source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
     hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
             if source.name == 'synthetic' else '')

@@ -138,7 +138,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
 
   # Input.
   input_shape = tuple(irevnet_jax.build(config.model).input_shape)   # validates the model
-  source = input_pipeline.get_source(config.dataset, input_shape, config.model.num_classes)
+  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
+  source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
     raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
                      f'set model.num_classes={source.num_classes}.')
