@@ -3,6 +3,10 @@
     python -m experiments.main --workdir=/tmp/digits        # train (the digits default)
     python -m experiments.analyze --workdir=/tmp/digits     # -> /tmp/digits/analysis/
 
+    python -m experiments.analyze --workdir=runs/released --dataset.name=synthetic
+
+--dataset.<field> replaces that field of the run's config.dataset, as in
+experiments.evaluate (e.g. a run analysed without its own data).
 Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
 float32 with precision 'highest', and writes PNGs plus report.md / report.json.
 Images are shown as the pixels they came from (the model's input de-normalised
@@ -16,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from experiments import cli
+from experiments import dataset_flag
 from irevnet_jax.analysis import pipeline
 
 _DEFAULTS = pipeline.Options()
@@ -24,6 +29,7 @@ flags.DEFINE_string('workdir', None, 'Training run directory (config.json + chec
 flags.DEFINE_integer('step', None, 'Checkpoint step to analyse (default: the latest).')
 flags.DEFINE_string('out_dir', None, 'Output directory (default: <workdir>/analysis).')
 flags.DEFINE_integer('batch_size', 256, 'Examples per forward pass.')
+dataset_flag.define()
 _HELP = {
     'max_train_examples': 'Train examples whose features train the probes.',
     'max_eval_examples': 'Eval examples scored and reconstructed.',
@@ -50,10 +56,13 @@ def main(argv):
   import irevnet_jax  # pylint: disable=g-import-not-at-top
   from irevnet_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
   from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
+  config = dataset_flag.apply(config)
   net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
-  source = input_pipeline.get_source(config.dataset, config.model.input_shape)
+  with dataset_flag.flag_names():
+    source = evaluate_run.source_for(config)
   options = pipeline.Options(**{f.name: FLAGS[f.name].value
                                 for f in dataclasses.fields(pipeline.Options)})
   pipeline.analyze(

@@ -6,7 +6,8 @@ A user error ends the process with exit status 1 and without a traceback
 (`--verbose` shows it): a bad flag, config file or config field with absl's two
 lines `FATAL Flags parsing error: ...`; a value that cannot work, a missing
 file or a run that cannot go on with `Error: <message>` on stderr. Errors that
-are not the user's (bugs) keep their traceback.
+are not the user's (bugs) keep their traceback. Log lines print plain (no absl
+prefix) unless --verbose or --log_dir (a log file with absl's format).
 """
 import os
 import re
@@ -15,6 +16,8 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
+
+from experiments import console
 
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of errors in your input too.')
 FLAGS = flags.FLAGS
@@ -121,6 +124,7 @@ def _guarded(main, argv, flag_example):
     sys.exit(1)
   if not FLAGS.verbose:
     metrics.quiet_library_logs()
+  console.setup(FLAGS.verbose, FLAGS.log_dir)
   try:
     main(argv)
   except train.Preempted as preempted:
@@ -133,7 +137,7 @@ def _guarded(main, argv, flag_example):
     if FLAGS.verbose or not _raised_here(error):
       raise
     logging.flush()
-    print(f'Error: {error}', file=sys.stderr)
+    print(f'Error: {console.plain(str(error))}', file=sys.stderr)
     sys.exit(1)
 
 

@@ -9,8 +9,10 @@ Prints loss, top-1 / top-5 accuracy over the whole eval split and the relative
 inversion error ||invert(forward(x)) - x|| / ||x|| (on the model's input, exact
 float32 model) on a fixed subset of it, as the training loop's evaluation
 computes them, and appends them to <workdir>/metrics.jsonl at the checkpoint's
-step as evaluate/<dataset name>/<metric> (TensorBoard too). A run that is
-training (its workdir is locked) is evaluated but not written to.
+step as evaluate/<dataset name>/<metric> (TensorBoard too), once: the same record
+(step, dataset, settings) is not appended again. A run that is training (its
+workdir is locked) is evaluated but not written to. Batches hold at most the
+examples there are (32 images are one batch of 32, not padded to 256).
 
 --dataset.<field> replaces that field of the run's config.dataset (the names of
 --config.dataset.<field> in experiments.main); the others keep the run's values,
@@ -18,26 +20,14 @@ e.g. its preprocessing. Errors end in one line (--verbose: traceback).
 """
 from absl import flags
 from absl import logging
-import ml_collections
-from ml_collections.config_dict import placeholder
 
 from experiments import cli
-
-
-def _dataset_overrides() -> ml_collections.ConfigDict:
-  """Every dataset field a source reads, unset (None: keep the run's value), typed."""
-  from irevnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  overrides = ml_collections.ConfigDict()
-  for field, kind in input_pipeline.DATASET_FIELDS.items():
-    overrides[field] = placeholder(kind)
-  return overrides
+from experiments import dataset_flag
 
 
 flags.DEFINE_string('workdir', None, 'Run directory (config.json + checkpoints).', required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
-cli.define_config_dict_flag(
-    'dataset', _dataset_overrides(),
-    "--dataset.<field>=VALUE replaces that field of the run's config.dataset.")
+dataset_flag.define()
 flags.DEFINE_integer('batch_size', None,
                      "Global eval batch (default: the run's eval_batch_size).")
 flags.DEFINE_integer('inversion_examples', None,
@@ -56,16 +46,19 @@ def main(argv):
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   lock, busy = evaluate_run.lock_for_writing(FLAGS.workdir)
   try:
-    result = evaluate_run.evaluate_run(
-        FLAGS.workdir, FLAGS.step, dict(FLAGS.dataset.items()), FLAGS.batch_size,
-        FLAGS.inversion_examples, FLAGS.dtype, FLAGS.precision)
+    with dataset_flag.flag_names():
+      result = evaluate_run.evaluate_run(
+          FLAGS.workdir, FLAGS.step, dataset_flag.given(), FLAGS.batch_size,
+          FLAGS.inversion_examples, FLAGS.dtype, FLAGS.precision)
     print(evaluate_run.table(result))
     if lock is None:
       logging.warning('Not recorded in metrics.jsonl: %s', busy)
-    else:
-      evaluate_run.record(result)
+    elif evaluate_run.record(result):
       print(f'Appended to {FLAGS.workdir}/metrics.jsonl at step {result.step} as '
             f'{evaluate_run.PREFIX}/{result.dataset}/*.')
+    else:
+      print(f'Already in {FLAGS.workdir}/metrics.jsonl at step {result.step} as '
+            f'{evaluate_run.PREFIX}/{result.dataset}/* (not appended again).')
   finally:
     if lock is not None:
       lock.release()

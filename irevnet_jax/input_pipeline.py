@@ -213,11 +213,45 @@ def _check_fields(dataset_config):
         f'dataset has no field(s) {unknown}; dataset fields are {sorted(DATASET_FIELDS)}.')
 
 
+def _tfds_mismatches(name, input_shape, num_classes):
+  """['model.<field>=... (why)', ...] for a TFDS dataset and a model that cannot use it, and
+  the values that fit, without TensorFlow."""
+  spec = tfds_options.SPECS[name]
+  wrong, fits = [], []
+  try:
+    tfds_options.check_input_shape(name, spec, input_shape)
+  except ValueError:
+    need = spec.image_shape or (224, 224, 3)
+    why = ('its images are ' + str(spec.image_shape) if spec.image_shape
+           else 'its RGB images are resized to (H, W, 3)')
+    wrong.append(f'model.input_shape={input_shape} ({why})')
+    fits.append(f'model.input_shape={need}')
+  if num_classes is not None and int(num_classes) < spec.num_classes:
+    wrong.append(f'model.num_classes={num_classes} (it has {spec.num_classes} classes)')
+    fits.append(f'model.num_classes={spec.num_classes}')
+  return wrong, fits
+
+
+def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
+  """A ValueError naming every model field that does not fit the TFDS dataset named by
+  `dataset_config.name` (input_shape and num_classes together), before TensorFlow loads."""
+  name = dataset_config.get('name', None)
+  if name not in TFDS_NAMES:
+    return
+  wrong, fits = _tfds_mismatches(name, tuple(int(d) for d in model_input_shape),
+                                 model_num_classes)
+  if wrong:
+    raise ValueError(f'dataset.name={name!r} does not fit the model: {" and ".join(wrong)}; '
+                     f'set {" and ".join(fits)}, or start from a config made for it '
+                     '(experiments/configs/).')
+
+
 def get_source(dataset_config, model_input_shape) -> DataSource:
   """The `DataSource` named by `dataset_config.name`.
 
   `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
-  to it; digits must match it (8, 8, 1).
+  to it; digits must match it (8, 8, 1). (`check_model_fits` first names every
+  model field that does not fit a TFDS dataset.)
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)

@@ -199,18 +199,22 @@ def _tuples(value):
   return value
 
 
-def write_config(workdir: str, config: ml_collections.ConfigDict):
-  """Writes `<workdir>/config.json` (primary process only): atomically on a local disk;
+def write_file(workdir: str, name: str, text: str):
+  """Writes `<workdir>/<name>`: atomically on a local disk (a temporary file renamed);
   an object store replaces the object whole."""
-  text = config.to_json(indent=2, sort_keys=True)
   if is_url(workdir):
-    epath.Path(join(workdir, CONFIG_FILE)).write_text(text)
+    epath.Path(join(workdir, name)).write_text(text)
     return
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, name)
   with open(path + '.tmp', 'w') as f:
     f.write(text)
   os.replace(path + '.tmp', path)
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict):
+  """Writes `<workdir>/config.json` (primary process only)."""
+  write_file(workdir, CONFIG_FILE, config.to_json(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

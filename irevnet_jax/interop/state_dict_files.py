@@ -5,10 +5,13 @@ imported only to read or write a PyTorch file; it is an optional extra.
 """
 import collections
 import os
+import re
 import zipfile
 from typing import Mapping
 
 import numpy as np
+
+from irevnet_jax.interop import pickled_classes
 
 TORCH_EXTRA = "pip install -e '.[torch]'"
 NPZ_SNIPPET = (
@@ -84,9 +87,12 @@ def _load_npz(path):
 
 
 def _state_dict_of(path, obj, torch):
-  """The state dict inside what torch.load returned: a checkpoint dict or a state dict."""
+  """The state dict inside what torch.load returned: a checkpoint dict, a state dict, or
+  the authors' CIFAR checkpoint {'model': the whole model, 'acc', 'epoch'}."""
   if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
     obj = obj['state_dict']            # epoch, arch, best_prec1, optimizer... are ignored
+  elif isinstance(obj, Mapping) and hasattr(obj.get('model'), 'state_dict'):
+    obj = obj['model'].state_dict()    # keys 'module.' + ..., as their DataParallel saves
   if isinstance(obj, Mapping) and obj and all(torch.is_tensor(v) for v in obj.values()):
     return obj
   what = f'a dict with keys {list(obj)[:8]}' if isinstance(obj, Mapping) else type(obj).__name__
@@ -95,12 +101,27 @@ def _state_dict_of(path, obj, torch):
       f"checkpoint dict with a 'state_dict' entry.")
 
 
+ESCAPE_CODES = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')
+
+
+def plain_text(text: str) -> str:
+  """`text` without terminal escape codes (colours, bold), as PyTorch's errors carry."""
+  return ESCAPE_CODES.sub('', text)
+
+
 def _load_torch(path, weights_only):
+  if weights_only:
+    whole_model = pickled_classes.whole_model_message(path)
+    if whole_model:
+      raise CheckpointFormatError(whole_model)
   torch = _import_torch(path, reading=True)
   try:
     obj = torch.load(path, map_location='cpu', weights_only=weights_only)
+  except ModuleNotFoundError as error:
+    raise CheckpointFormatError(pickled_classes.missing_module_message(path, error)) from error
   except Exception as error:  # torch.load raises many kinds: UnpicklingError, RuntimeError...
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    text = plain_text(str(error)).strip()
+    message = text.splitlines()[0].rstrip('.') if text else ''
     hint = (' It needs more than tensors to unpickle: if you trust the file, pass '
             'weights_only=False.' if weights_only and 'weights_only' in str(error) else '')
     raise CheckpointFormatError(

@@ -162,3 +162,14 @@ def training_steps(config, num_train_examples):
   if config.num_train_steps > 0:
     return int(config.num_train_steps), steps_per_epoch
   return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
+
+
+MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
+
+
+def suggested_batch_size(value: int, num_devices: int, min_per_device: int = 1) -> int:
+  """The multiple of `num_devices` nearest to `value` with at least `min_per_device`
+  examples per device (ties: the larger), for an error's suggestion: batch_size=7 on 4
+  devices suggests 32 (8 per device, below which the run warns), not 4."""
+  per_device = max(min_per_device, 1, math.floor(value / num_devices + 0.5))
+  return per_device * num_devices

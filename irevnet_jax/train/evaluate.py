@@ -43,12 +43,14 @@ def _agreed_batches(count: int, local_batch: int) -> int:
 
 def evaluate(prog, state, source, local_batch: int,
              inversion_examples: int = -1, seed: int = 0,
-             should_stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
+             should_stop: Optional[Callable[[], bool]] = None,
+             progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, float]:
   """eval/loss, eval/accuracy, eval/accuracy_top5, eval/num_examples and, for invertible
   models, eval/inversion_rel_error over `inversion_examples` of the split (-1: all).
 
   `prog` is the run's `program.Program`; `state` is on its devices; `local_batch` is this process's share of
-  the global eval batch. Raises `Interrupted` when `should_stop()` turns true.
+  the global eval batch. Raises `Interrupted` when `should_stop()` turns true;
+  `progress(pass name, batches started, batches)` is called before each batch.
   """
   backend = prog.backend
   invert = prog.inversion_step is not None and inversion_examples != 0
@@ -57,9 +59,14 @@ def evaluate(prog, state, source, local_batch: int,
     chosen[inversion_subset(source.num_eval_examples, inversion_examples, seed)] = True
   kept = []
 
+  total = -(-source.num_eval_examples // (local_batch * jax.process_count()))
+
   def batches():
-    for batch in source.eval_batches(local_batch, jax.process_index(), jax.process_count()):
+    for done, batch in enumerate(
+        source.eval_batches(local_batch, jax.process_index(), jax.process_count()), 1):
       _check(should_stop)
+      if progress is not None:
+        progress('loss and accuracy', done, total)
       if invert:
         rows = chosen[batch['index']] & (batch['mask'] > 0)
         if rows.any():
@@ -74,11 +81,11 @@ def evaluate(prog, state, source, local_batch: int,
             'eval/accuracy_top5': totals.get('correct_top5', 0.0) / count,
             'eval/num_examples': totals.get('count', 0.0)}
   if invert:
-    result.update(_inversion(prog, state, kept, local_batch, should_stop))
+    result.update(_inversion(prog, state, kept, local_batch, should_stop, progress))
   return result
 
 
-def _inversion(prog, state, kept, local_batch, should_stop):
+def _inversion(prog, state, kept, local_batch, should_stop, progress=None):
   images = np.concatenate(kept) if kept else np.zeros((0, *prog.input_shape), np.uint8)
   num_batches = _agreed_batches(len(images), local_batch)
   padded = np.zeros((num_batches * local_batch, *images.shape[1:]), images.dtype)
@@ -88,6 +95,8 @@ def _inversion(prog, state, kept, local_batch, should_stop):
   def batches():
     for start in range(0, len(padded), local_batch):
       _check(should_stop)
+      if progress is not None:
+        progress('inversion', start // local_batch + 1, num_batches)
       yield {'image': padded[start:start + local_batch], 'mask': mask[start:start + local_batch]}
 
   outputs = [prog.inversion_step(state, batch) for batch in prog.backend.prefetch(batches())]

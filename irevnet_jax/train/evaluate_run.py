@@ -24,6 +24,7 @@ step is at most the run's latest checkpoint, so a resumed run keeps them.
 """
 from typing import Dict, NamedTuple, Optional
 
+from absl import logging
 import ml_collections
 
 import irevnet_jax
@@ -47,11 +48,16 @@ class Result(NamedTuple):
 def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] = None,
                    precision: Optional[str] = None) -> ml_collections.ConfigDict:
   """A copy of the run's `config` with dataset fields (None values skipped), train_dtype
-  and train_precision replaced, checked like a training config."""
+  and train_precision replaced, checked like a training config. Synthetic images get the
+  model's num_classes unless dataset.num_classes says otherwise."""
   config = ml_collections.ConfigDict(config.to_dict())
   for field, value in (dataset or {}).items():
     if value is not None:
       config.dataset[field] = value
+  if (config.dataset.get('name') == 'synthetic'
+      and not config.dataset.get('num_classes', None)):   # the model's classes, not 10
+    with config.dataset.ignore_type():
+      config.dataset.num_classes = int(config.model.num_classes)
   if dtype is not None:
     config.train_dtype = dtype
   if precision is not None:
@@ -60,9 +66,11 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
   return config
 
 
-def _source(config):
-  """The data source of `config.dataset`, checked against the model."""
+def source_for(config):
+  """The data source of `config.dataset`, checked against the model (`experiments.evaluate`
+  and `experiments.analyze`)."""
   input_shape = tuple(irevnet_jax.build(config.model).input_shape)
+  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
     hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
@@ -84,21 +92,33 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)
-  source = _source(config)
+  source = source_for(config)
   devices = parallel.select_devices(int(config.num_devices))
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
   if batch_size < 1 or batch_size % len(devices):
     example = len(devices) * max(1, batch_size // len(devices))
     raise ValueError(f'--batch_size={batch_size} must be a positive multiple of the '
                      f'{len(devices)} devices, e.g. {example}.')
+  batch_size = capped_batch(batch_size, source.num_eval_examples, len(devices))
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
   prog = program.build_program(config, source.num_train_examples, normalization, devices)
   state = prog.backend.put_state(variables)        # the steps read params and batch_stats only
   result = evaluate_lib.evaluate(prog, state, source, batch_size, int(inversion_examples),
-                                 int(config.seed))
+                                 int(config.seed), progress=_log_progress)
   return Result(workdir, step, source.name, result, config, len(devices))
+
+
+def capped_batch(batch_size: int, num_examples: int, num_devices: int) -> int:
+  """`batch_size`, or the smallest multiple of `num_devices` that holds `num_examples` when
+  that is fewer: 32 images are not padded up to a batch of 256 (twice, with the inversion)."""
+  needed = max(1, -(-num_examples // num_devices)) * num_devices
+  return min(batch_size, needed)
+
+
+def _log_progress(what: str, done: int, total: int):
+  logging.info('%s: batch %d of %d', what, done, total)
 
 
 def metric_name(dataset: str, key: str) -> str:
@@ -106,15 +126,22 @@ def metric_name(dataset: str, key: str) -> str:
   return f'{PREFIX}/{dataset}/{key.split("/", 1)[-1]}'
 
 
-def record(result: Result):
+def record(result: Result) -> bool:
   """Appends the result to `<workdir>/metrics.jsonl` (and TensorBoard) at its checkpoint's
-  step, keeping every line there. Call it while holding the workdir's lock."""
+  step, keeping every line there; False (and nothing written) when the same record, from the
+  same step, dataset and settings, is there already. Call it while holding the workdir's
+  lock."""
+  line = {'step': int(result.step), **{metric_name(result.dataset, k): float(v)
+                                       for k, v in result.metrics.items()}}
+  if line in metrics.read_jsonl(result.workdir):
+    return False
   writer = metrics.MetricWriter(result.workdir, append=True)
   try:
     writer.write(result.step, {metric_name(result.dataset, k): v
                                for k, v in result.metrics.items()})
   finally:
     writer.close()
+  return True
 
 
 def lock_for_writing(workdir: str):

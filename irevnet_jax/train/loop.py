@@ -8,6 +8,7 @@ training fields unless allowed; SIGTERM (or Ctrl-C) saves and raises
 `Preempted`; a non-finite loss or state stops the run without saving that
 state; a failed save stops it at once (`checkpoints.CheckpointSaveError`).
 """
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ import threading
 from typing import Any, Dict, NamedTuple
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -81,18 +83,19 @@ class _StopWatch:
     self._previous = {}
 
 
-def _divisible(field, value, by, what):
+def _divisible(field, value, by, what, min_per_device=1):
   if value % by:
+    suggestion = config_lib.suggested_batch_size(value, by, min_per_device)
     raise ValueError(
         f'{field}={value} is not divisible by the {by} {what}; use a multiple of {by}, '
-        f'e.g. {field}={max(by, value - value % by)}.')
+        f'e.g. {field}={suggestion}.')
 
 
 def _due(step, every, total):
   return step == total or (every > 0 and step % every == 0)
 
 
-MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
+MIN_BN_EXAMPLES = config_lib.MIN_BN_EXAMPLES
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -133,7 +136,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   devices = parallel.select_devices(int(config.num_devices))
   num_global = len(devices) * process_count
   what = f'devices ({process_count} process(es) x {len(devices)} local devices)'
-  _divisible('batch_size', config.batch_size, num_global, what)
+  _divisible('batch_size', config.batch_size, num_global, what, MIN_BN_EXAMPLES)
   _divisible('eval_batch_size', config.eval_batch_size, num_global, what)
   local_batch = config.batch_size // process_count
   local_eval_batch = config.eval_batch_size // process_count
@@ -145,6 +148,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
 
   # Input.
   input_shape = tuple(irevnet_jax.build(config.model).input_shape)   # validates the model
+  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
     raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
@@ -188,6 +192,9 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   batches = backend.prefetch(source.train_batches(local_batch, process_index, process_count,
                                                   int(config.seed), start_step))
   pending = []          # (step, per-step metrics on the devices), fetched at log time
+  # (step, per-step metrics) fetched since the last train/* record, those of the steps before a
+  # resume included, so that the first record after a resume averages the steps it would have.
+  unlogged = (_read_unlogged(workdir, start_step) if restored is not None and is_chief else [])
   last_saved = start_step if restored is not None else None
   eval_metrics = {}
 
@@ -201,6 +208,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       if not m['finite']:
         raise FloatingPointError(_non_finite_message(s, m, backend.to_host(state), last_saved,
                                                      checkpointer.directory))
+    unlogged.extend(fetched)
     return fetched
 
   def save(step):
@@ -212,15 +220,29 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       last_saved = step
       if is_chief:
         config_record.commit()   # the config (and its history) goes with the first save
+        _write_unlogged(workdir, step, unlogged)
 
   def run_evaluation():
     return evaluate_lib.evaluate(prog, state, source, local_eval_batch,
                                  int(config.eval_inversion_examples), int(config.seed),
                                  should_stop=watch.stop_now)
 
+  def evaluate_and_record(step):
+    metrics_now = run_evaluation()
+    writer.write(step, metrics_now)
+    if is_chief:
+      logging.info('eval at step %d: %s', step,
+                   ', '.join(f'{k} {v:.6g}' for k, v in metrics_now.items()))
+    return metrics_now
+
   step = start_step
   try:
-    if step >= total_steps:
+    if (restored is not None and 0 < step <= total_steps
+        and _due(step, config.eval_every_steps, total_steps)
+        and not _evaluated(workdir, step, is_chief)):
+      logging.info('Redoing the evaluation at step %d, which was interrupted.', step)
+      eval_metrics = evaluate_and_record(step)
+    elif step >= total_steps:
       logging.info('The run in %s is already at step %d of %d.', workdir, step, total_steps)
       eval_metrics = run_evaluation()
     while step < total_steps:
@@ -233,22 +255,19 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
         progress.steps_per_second(step)
 
       if _due(step, config.log_every_steps, total_steps):
-        fetched = flush()
+        flush()
         rate = progress.steps_per_second(step)
-        summary = {f'train/{k}': sum(float(m[k]) for _, m in fetched) / len(fetched)
+        summary = {f'train/{k}': sum(float(m[k]) for _, m in unlogged) / len(unlogged)
                    for k in ('loss', 'accuracy')}
-        summary['train/learning_rate'] = float(fetched[-1][1]['learning_rate'])
+        summary['train/learning_rate'] = float(unlogged[-1][1]['learning_rate'])
+        unlogged.clear()
         summary['steps_per_second'] = rate
         writer.write(step, summary)
         progress.report(step, summary['train/loss'], rate)
 
       if _due(step, config.eval_every_steps, total_steps):
         flush()
-        eval_metrics = run_evaluation()
-        writer.write(step, eval_metrics)
-        if is_chief:
-          logging.info('eval at step %d: %s', step,
-                       ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()))
+        eval_metrics = evaluate_and_record(step)
         progress.steps_per_second(step)  # do not count evaluation time as training
 
       stop = watch.reached(step)
@@ -286,6 +305,37 @@ def _check_same_step(restored_step):
           f'The processes found different latest checkpoints in the workdir (steps '
           f'{np.asarray(steps_found).ravel().tolist()}, -1: none): give every process the same '
           f'shared --workdir (e.g. gs://bucket/runs/name), not a path on each host\'s own disk.')
+
+
+UNLOGGED_FILE = 'train_metrics_since_log.json'   # beside the checkpoints, rewritten at each save
+
+
+def _write_unlogged(workdir, step, unlogged):
+  """Keeps the per-step train metrics not yet in a train/* record with checkpoint `step`."""
+  rows = [[int(s), {k: float(m[k]) for k in ('loss', 'accuracy', 'learning_rate')}]
+          for s, m in unlogged]
+  workdir_lib.write_file(workdir, UNLOGGED_FILE, json.dumps({'step': int(step), 'steps': rows}))
+
+
+def _read_unlogged(workdir, step):
+  """The per-step train metrics `_write_unlogged` kept with checkpoint `step` ([] when the
+  file is missing, unreadable or of another checkpoint)."""
+  try:
+    kept = json.loads(epath.Path(workdir_lib.join(workdir, UNLOGGED_FILE)).read_text())
+    return [(int(s), m) for s, m in kept['steps']] if kept['step'] == step else []
+  except (OSError, ValueError, KeyError, TypeError):
+    return []
+
+
+def _evaluated(workdir, step, is_chief) -> bool:
+  """Whether metrics.jsonl holds the evaluation at `step` (process 0 reads it and tells
+  the others, so that every process runs the evaluation or none)."""
+  done = is_chief and any(r.get('step') == step and 'eval/loss' in r
+                          for r in metrics.read_jsonl(workdir))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+  return done
 
 
 def _non_finite_message(step, step_metrics, host_state, last_saved, directory) -> str:

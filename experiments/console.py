@@ -1,0 +1,47 @@
+"""What the commands print: plain log lines, errors without terminal escape codes.
+
+    console.setup(verbose, log_dir)    # once flags are parsed (experiments.cli does it)
+
+Progress, eval lines and summaries print as the message alone (`WARNING: ` /
+`ERROR: ` before warnings and errors), as Flax's and big_vision's runners show
+them, without absl's `I1204 14:01:33.545115 139897801108352 metrics.py:150]`
+prefix; --verbose keeps absl's format, --log_dir=DIR writes absl's log file.
+Without --verbose TensorFlow Datasets' warnings stay off the console.
+"""
+import logging
+import os
+import re
+
+from absl import logging as absl_logging
+
+ESCAPE_CODES = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')   # terminal colours in a library's error
+
+
+def plain(text: str) -> str:
+  """`text` without terminal escape codes."""
+  return ESCAPE_CODES.sub('', text)
+
+
+class PlainFormatter(logging.Formatter):
+  """The message alone, its level before it from WARNING up."""
+
+  def format(self, record):
+    text = super().format(record)
+    return text if record.levelno < logging.WARNING else f'{record.levelname}: {text}'
+
+
+def _not_tfds_chatter(record) -> bool:
+  """False for TensorFlow Datasets' warnings, e.g. 'Variant folder ... has no
+  dataset_info.json' before this package's 'not prepared' guide."""
+  return not ('/tensorflow_datasets/' in record.pathname and record.levelno < logging.ERROR)
+
+
+def setup(verbose: bool, log_dir: str = ''):
+  handler = absl_logging.get_absl_handler()
+  if log_dir:
+    handler.use_absl_log_file(log_dir=log_dir)
+  elif not verbose:
+    handler.setFormatter(PlainFormatter('%(message)s'))
+  if not verbose:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # TensorFlow's C++ warnings, at import
+    handler.addFilter(_not_tfds_chatter)

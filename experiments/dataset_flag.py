@@ -1,0 +1,59 @@
+"""The --dataset.<field> flags that `experiments.evaluate` and `experiments.analyze` share.
+
+    from experiments import dataset_flag
+    dataset_flag.define()                   # at import, beside the command's other flags
+    config = dataset_flag.apply(config)     # the run's config with the fields given replaced
+
+--dataset.<field>=VALUE replaces that field of the run's config.dataset (the names of
+--config.dataset.<field> in experiments.main); the others keep the run's values, e.g.
+its preprocessing: `--dataset.name=synthetic` evaluates or analyses a run without its data.
+"""
+import contextlib
+
+from absl import flags
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from experiments import cli
+
+FLAGS = flags.FLAGS
+HELP = "--dataset.<field>=VALUE replaces that field of the run's config.dataset."
+
+
+def _overrides() -> ml_collections.ConfigDict:
+  """Every dataset field a source reads, unset (None: keep the run's value), typed."""
+  from irevnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  overrides = ml_collections.ConfigDict()
+  for field, kind in input_pipeline.DATASET_FIELDS.items():
+    overrides[field] = placeholder(kind)
+  return overrides
+
+
+def define():
+  cli.define_config_dict_flag('dataset', _overrides(), HELP)
+
+
+def given() -> dict:
+  """{field: value} of the --dataset.<field> flags given (None: not given)."""
+  return dict(FLAGS.dataset.items())
+
+
+@contextlib.contextmanager
+def flag_names():
+  """Errors raised inside say --dataset.<field> where the library says
+  --config.dataset.<field> (e.g. the 'ImageNet not prepared' guide's synthetic route)."""
+  try:
+    yield
+  except (ValueError, OSError) as error:
+    text = str(error)
+    if '--config.dataset.' not in text:
+      raise
+    renamed = text.replace('train on random images', 'use random images')
+    renamed = renamed.replace('--config.dataset.', '--dataset.')
+    raise type(error)(renamed) from error
+
+
+def apply(config, dtype=None, precision=None) -> ml_collections.ConfigDict:
+  """A checked copy of the run's `config` with the --dataset.<field> values given."""
+  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
+  return evaluate_run.with_overrides(config, given(), dtype, precision)
