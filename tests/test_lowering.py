@@ -5,10 +5,10 @@ The programs are built as on an accelerator (`jax.default_backend` reads 'gpu' w
 are built and traced: bfloat16 training, rolled block scans, donated state; the code asks
 only "CPU or not", so a TPU builds the same program),
 at a 32x32 input with blocks (1, 3, 1, 1) (stage 1: a rolled scan of 2 blocks), on 2 CPU
-devices with the `shard_map` back end: a `jax.jit`, which this JAX can trace once and lower
-for any platform (`Traced.lower(lowering_platforms=...)`; a pmap has no `trace`, and in this
-JAX it is itself a jit of a shard_map). Every program lowers for both platforms with this
-JAX (0.10.2): none is named as needing the device.
+devices with the `shard_map` back end: a `jax.jit`, which `jax.export` lowers for any
+platform (`platforms=`, with its checks of what may be serialised; a pmap cannot be
+exported, and in this JAX it is itself a jit of a shard_map). Every program lowers for both
+platforms with this JAX (0.10.2): `CANNOT_LOWER` names none.
 """
 import importlib
 import re
@@ -38,9 +38,9 @@ def _config(name):
   return config
 
 
-def _traced_steps(name, monkeypatch):
-  """{'train', 'eval', 'inversion'}: the program's steps traced from shapes, built and traced
-  as on an accelerator."""
+def _steps_and_arguments(name, monkeypatch):
+  """{'train', 'eval', 'inversion'}: (the program's jitted step, its argument shapes), the
+  program built as on an accelerator."""
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   config = _config(name)
   source = input_pipeline.get_source(config.dataset, (SIZE, SIZE, 3))
@@ -56,24 +56,23 @@ def _traced_steps(name, monkeypatch):
                  'label': spec((BATCH,), jnp.int32)}
   eval_batch = dict(train_batch, mask=spec((BATCH,), jnp.float32),
                     index=spec((BATCH,), jnp.int32))
-  traced = {'train': prog.train_step.trace(state, train_batch),
-            'eval': prog.eval_step.trace(state, eval_batch),
-            'inversion': prog.inversion_step.trace(state, eval_batch)}
-  monkeypatch.undo()
-  return traced
+  return {'train': (prog.train_step, (state, train_batch)),
+          'eval': (prog.eval_step, (state, eval_batch)),
+          'inversion': (prog.inversion_step, (state, eval_batch))}
 
 
 @pytest.mark.parametrize('name', CONFIGS)
 def test_imagenet_steps_lower_for_cuda_and_tpu(name, monkeypatch):
-  traced_steps = _traced_steps(name, monkeypatch)
-  for platform in PLATFORMS:
-    for step, traced in traced_steps.items():
+  # Traced while 'gpu' is the backend (the jit caches the trace); each export only lowers.
+  for step, (jitted, arguments) in _steps_and_arguments(name, monkeypatch).items():
+    for platform in PLATFORMS:
+      export = lambda: jax.export.export(jitted, platforms=(platform,))(*arguments)
       if (platform, step) in CANNOT_LOWER:
         with pytest.raises(Exception):
-          traced.lower(lowering_platforms=(platform,))
+          export()
         continue
-      text = traced.lower(lowering_platforms=(platform,)).as_text()
-      convolutions = re.findall(r'stablehlo\.convolution\(.*', text)
+      text = export().mlir_module()
+      convolutions = re.findall(r'stablehlo\.convolution.*', text)
       assert convolutions, (platform, step)
       if step == 'train':      # as on the accelerator: bfloat16, a rolled scan, donation
         assert all('bf16' in c for c in convolutions), platform
