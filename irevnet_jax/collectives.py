@@ -112,7 +112,10 @@ def ordered_sum(tree, axis_name):
     offsets = np.cumsum([0] + [leaves[i].size for i in indices])
     for i, start, stop in zip(indices, offsets[:-1], offsets[1:]):
       summed[i] = flat[start:stop].reshape(leaves[i].shape)
-  return jax.tree_util.tree_unflatten(treedef, summed)
+  # Materialised leaves: what follows compiles alike whatever it would have fused with (XLA
+  # fuses the slices into their users differently in a pmap and a shard_map program, and
+  # the users' last bits then differ).
+  return jax.tree_util.tree_unflatten(treedef, lax.optimization_barrier(summed))
 
 
 def ordered_mean(tree, axis_name):

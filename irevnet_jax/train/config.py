@@ -64,9 +64,10 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.parallel = 'pmap'              # 'pmap' | 'shard_map' (jax.jit + shard_map): same results
   c.ordered_reductions = True      # cross-device means (gradients, metrics, BN statistics) in
                                    # a fixed device order: results do not depend on the process
-                                   # layout, at a native all-reduce's bytes (BN: <= 1.06x at 64
-                                   # devices for bijective_released); False: the native
-                                   # all-reduce, for pods beyond ~64 devices (docs/training.md)
+                                   # layout, at about a native all-reduce's bytes (step of
+                                   # bijective_released: 1.006x at 8 devices, 1.06x at 64);
+                                   # False: the native all-reduce, for pods beyond ~64 devices
+                                   # (docs/training.md)
   return c
 
 
