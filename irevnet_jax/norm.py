@@ -4,9 +4,11 @@
 and initial values, statistics in at least float32, Var = E[x^2] - E[x]^2
 clipped at 0), with two differences:
 
-- synchronised statistics (`axis_name`) are averaged with
-  `collectives.ordered_mean`, so they have the same bits whatever the process
-  layout (Flax's `lax.pmean` does not; see `irevnet_jax.collectives`);
+- synchronised statistics (`axis_name`): the mean and the mean of squares are
+  averaged in one buffer with `collectives.mean` (one collective per layer and
+  pass): in a fixed device order by default, so they have the same bits whatever
+  the process layout (Flax's `lax.pmean` does not), or natively inside a
+  `collectives.reductions(False)` block (see `irevnet_jax.collectives`);
 - the running statistics have the parameters' dtype (float64 in a float64 model;
   Flax creates them in float32).
 
@@ -67,6 +69,6 @@ class BatchNorm(nn.Module):
     axes = tuple(range(x.ndim - 1))
     moments = jnp.stack([x.mean(axes), lax.square(x).mean(axes)])
     if self.axis_name is not None:
-      moments = collectives.ordered_mean(moments, self.axis_name)
+      moments = collectives.mean(moments, self.axis_name)
     mean, mean_sq = moments[0], moments[1]
     return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))

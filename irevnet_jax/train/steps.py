@@ -4,7 +4,11 @@ The steps see this device's shard of a global batch and use collectives by
 axis name only (`AXIS`), so `jax.pmap` and `jax.jit` + `shard_map` (with
 `check_vma=False`, whose semantics are pmap's) wrap them unchanged
 (`irevnet_jax.train.parallel`). Cross-device means are `collectives.mean`:
-with `ordered=True` their bits do not depend on the process layout.
+with `ordered=True` their bits do not depend on the process layout, at a native
+all-reduce's cost. Each step runs inside `collectives.reductions(ordered)`, so
+synchronised BN statistics follow the same choice. The train step reduces the
+gradients and metrics together, in one buffer per dtype (scope 'gradient_mean'
+in the HLO's op names).
 
 Images arrive as uint8 (B, H, W, C) and are normalised here, on the device:
 x = (image - pixel_mean) / pixel_std in float32 (`Normalization`).
@@ -47,6 +51,11 @@ def train_step(state, batch, *, net, tx, schedule, normalize, ordered=True, axis
   True when the loss and every value of the new state (parameters, optimizer state,
   BN statistics) are finite: the loop never saves a state without it.
   """
+  with collectives.reductions(ordered):
+    return _train_step(state, batch, net, tx, schedule, normalize, ordered, axis_name)
+
+
+def _train_step(state, batch, net, tx, schedule, normalize, ordered, axis_name):
   dropout_key = jax.random.fold_in(jax.random.fold_in(state['rng'], state['step']),
                                    lax.axis_index(axis_name))
   x = normalize(batch['image'])
@@ -58,14 +67,14 @@ def train_step(state, batch, *, net, tx, schedule, normalize, ordered=True, axis
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state['params'])
-  grads = collectives.mean(grads, axis_name, ordered)
+  step_metrics = {'loss': loss,
+                  'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
+  with jax.named_scope('gradient_mean'):
+    grads, step_metrics = collectives.mean((grads, step_metrics), axis_name, ordered)
   updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
   params = optax.apply_updates(state['params'], updates)
   new_state = dict(state, step=state['step'] + 1, params=params, batch_stats=batch_stats,
                    opt_state=opt_state)
-  step_metrics = {'loss': loss,
-                  'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
-  step_metrics = collectives.mean(step_metrics, axis_name, ordered)
   step_metrics['learning_rate'] = schedule(state['step'])
   step_metrics['finite'] = jnp.isfinite(step_metrics['loss']) & all_finite(
       (params, opt_state, batch_stats))

@@ -1,0 +1,250 @@
+"""Collective bytes per device per step of the runner's train step, read from its lowered HLO.
+
+    python -m benchmarks.collectives                 # N = 4, 6, 8 CPU devices
+    python -m benchmarks.collectives --devices=4,16 --blocks=1,2,4,1 --separate
+    python -m benchmarks.collectives --estimate      # full-size models, N = 8 ... 1024
+
+For each device count N (a pmap over N CPU devices of a subprocess; --separate: one
+subprocess with exactly N devices per count, the same program) the real train step of
+`bijective_released` (experiments/configs, pmap, synchronised BN; at a 32x32 input,
+which changes no parameter shape) is lowered, not run, with `ordered_reductions` True
+and False, and its collectives are read from the HLO.
+
+Bytes per device are what each device sends under bandwidth-optimal algorithms, for S
+the bytes of the op's (largest) buffer: all-reduce 2 (N - 1) / N * S (ring or reduce-
+scatter + all-gather), all-gather and all-to-all (N - 1) / N * S, reduce-scatter
+(N - 1) / N * S of its input, collective-permute S per sending device. Ops inside
+loops would count once: CPU lowers the block scans unrolled.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+KINDS = ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter')
+_OP = re.compile(r'^\s*\S+ = (?P<shape>\(.*?\)|\S+) (?P<kind>' + '|'.join(KINDS) +
+                 r')\((?P<rest>.*)$')
+_ARRAY = re.compile(r'\b(pred|[a-z]+\d+)\[([\d,]*)\]')
+_ITEMSIZE = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2,
+             'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8}
+
+
+def _nbytes(shape_text):
+  total = 0
+  for dtype, dims in _ARRAY.findall(shape_text):
+    count = 1
+    for d in filter(None, dims.split(',')):
+      count *= int(d)
+    total += count * _ITEMSIZE[dtype]
+  return total
+
+
+def _group_size(rest, num_devices):
+  groups = re.search(r'replica_groups=\{\{([\d,]*)\}', rest)
+  if groups:
+    return len(groups.group(1).split(','))
+  iota = re.search(r'replica_groups=\[\d+,(\d+)\]', rest)
+  return int(iota.group(1)) if iota else num_devices
+
+
+def collective_ops(hlo_text, num_devices):
+  """[(kind, bytes sent per device, op_name)] of the collectives in HLO text (debug_info
+  for op names)."""
+  ops = []
+  for line in hlo_text.splitlines():
+    match = _OP.match(line)
+    if not match:
+      continue
+    kind, rest, size = match['kind'], match['rest'], _nbytes(match['shape'])
+    n = _group_size(rest, num_devices)
+    if kind == 'all-reduce':
+      sent = 2 * (n - 1) / n * size
+    elif kind == 'reduce-scatter':
+      sent = (n - 1) * size
+    elif kind == 'collective-permute':
+      pairs = re.search(r'source_target_pairs=\{(.*?)\}\}', rest)
+      senders = pairs.group(1).count('{') if pairs else num_devices
+      sent = size * senders / num_devices
+    else:
+      sent = (n - 1) / n * size
+    name = re.search(r'op_name="([^"]*)"', rest)
+    ops.append((kind, sent, name.group(1) if name else ''))
+  return ops
+
+
+def summary(hlo_text, num_devices, scope='gradient_mean'):
+  """{'count', 'bytes', 'scope_count', 'scope_bytes', 'kinds'} of the collectives; scope_*:
+  those whose op name holds `scope` (the train step's gradient and metric means)."""
+  ops = collective_ops(hlo_text, num_devices)
+  inside = [op for op in ops if scope in op[2]]
+  kinds = {}
+  for kind, _, _ in ops:
+    kinds[kind] = kinds.get(kind, 0) + 1
+  return {'count': len(ops), 'bytes': sum(op[1] for op in ops), 'scope_count': len(inside),
+          'scope_bytes': sum(op[1] for op in inside), 'kinds': kinds}
+
+
+def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
+                   per_device_batch=2):
+  """HLO text (with op names) of the runner's bijective_released train step on the first
+  `num_devices` local devices, lowered from shapes; the number of parameter leaves too."""
+  import jax
+  import jax.numpy as jnp
+  from experiments.configs import bijective_released
+  from irevnet_jax import input_pipeline
+  from irevnet_jax.train import program, state as state_lib, steps
+
+  n = num_devices
+  config = bijective_released.get_config()
+  config.model.input_shape = (input_size, input_size, 3)
+  config.model.blocks = tuple(blocks)
+  config.dataset.name = 'synthetic'
+  config.batch_size = per_device_batch * n
+  config.ordered_reductions = ordered
+  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
+  normalization = steps.Normalization(source.pixel_mean, source.pixel_std)
+  prog = program.build_program(config, source.num_train_examples, normalization,
+                               jax.local_devices()[:n])
+  host_state = state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True)
+  per_device = lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype)
+  state = jax.tree_util.tree_map(per_device, host_state)
+  batch = {'image': jax.ShapeDtypeStruct((n, per_device_batch, input_size, input_size, 3),
+                                         jnp.uint8),
+           'label': jax.ShapeDtypeStruct((n, per_device_batch), jnp.int32)}
+  text = prog.train_step.lower(state, batch).as_text(dialect='hlo', debug_info=True)
+  return text, len(jax.tree_util.tree_leaves(host_state['params']))
+
+
+def measure(num_devices, blocks=(1, 1, 1, 1)):
+  """{'ordered': summary, 'native': summary, 'leaves', 'devices', 'blocks'} of the train
+  step on the first `num_devices` local devices (a pmap over N of this process's devices
+  lowers to the program of a process with N devices)."""
+  row = {'devices': num_devices, 'blocks': list(blocks)}
+  for name, ordered in (('ordered', True), ('native', False)):
+    text, row['leaves'] = train_step_hlo(ordered, num_devices, blocks)
+    row[name] = summary(text, num_devices)
+  return row
+
+
+class _Subprocess:
+  """`measure` of several device counts in a subprocess with max(counts) CPU devices."""
+
+  def __init__(self, counts, blocks):
+    env = dict(os.environ)
+    flags = [f for f in env.get('XLA_FLAGS', '').split()
+             if not f.startswith('--xla_force_host_platform_device_count')]
+    env['XLA_FLAGS'] = ' '.join(
+        flags + [f'--xla_force_host_platform_device_count={max(counts)}'])
+    env['JAX_PLATFORMS'] = 'cpu'
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), repo) if p)
+    self.args = [sys.executable, os.path.abspath(__file__), '--json',
+                 '--devices=' + ','.join(map(str, counts)),
+                 '--blocks=' + ','.join(map(str, blocks))]
+    self.process = subprocess.Popen(self.args, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+
+  def result(self, timeout=600):
+    out, err = self.process.communicate(timeout=timeout)
+    if self.process.returncode:
+      raise RuntimeError(f'{self.args} failed:\n{err[-3000:]}')
+    return json.loads(out.strip().splitlines()[-1])
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *_):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.communicate()
+
+
+def start(counts, blocks=(1, 1, 1, 1)):
+  """Starts `measure` of each device count in `counts` in a subprocess with max(counts)
+  CPU devices (XLA reads the count at start); a context manager whose `result()` is the
+  list of rows."""
+  return _Subprocess(tuple(counts), blocks)
+
+
+def full_model_estimate(name, counts=(8, 64, 256, 1024)):
+  """Rows for the full-size preset `name` (autodiff backprop), by the cost model above:
+  gradients (float32, one buffer) and one BN collective per layer and pass (forward,
+  backward), ordered (BN: one all_gather while 8 C bytes <= GATHER_BYTES) vs native."""
+  import jax
+  import numpy as np
+  import irevnet_jax
+  from irevnet_jax import collectives, presets
+  net = irevnet_jax.build(getattr(presets, name)())
+  x = jax.ShapeDtypeStruct((1, *net.input_shape), np.float32)
+  variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+  params = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
+  bn = [v.shape for v in jax.tree_util.tree_leaves(variables['batch_stats'])][::2]
+  layers = [(int(np.prod(s[:-1])), s[-1]) for s in bn]      # (layers stacked, channels)
+  rows = []
+  for n in counts:
+    reduce_bytes = lambda b: 2 * (n - 1) / n * b
+    grads = reduce_bytes(4 * params)
+    native_bn = sum(2 * k * reduce_bytes(8 * c) for k, c in layers)
+    ordered_bn = sum(2 * k * ((n - 1) * 8 * c if 8 * c <= collectives.GATHER_BYTES
+                              else reduce_bytes(8 * c)) for k, c in layers)
+    rows.append((name, n, grads, native_bn, ordered_bn))
+  return rows
+
+
+def estimate_table(names=('bijective', 'bijective_released', 'injective')):
+  lines = ['| model | N | gradients MB | BN native MB | BN ordered MB | ordered / native |',
+           '|---|---|---|---|---|---|']
+  for name in names:
+    for model, n, grads, native_bn, ordered_bn in full_model_estimate(name):
+      ratio = (grads + ordered_bn) / (grads + native_bn)
+      lines.append(f'| {model} | {n} | {grads / 2**20:.0f} | {native_bn / 2**20:.1f} | '
+                   f'{ordered_bn / 2**20:.1f} | {ratio:.3f}x |')
+  return '\n'.join(lines)
+
+
+def table(rows):
+  lines = ['| N | leaves | mode | collectives | in gradient_mean | MB / device / step | '
+           'vs native |', '|---|---|---|---|---|---|---|']
+  for row in rows:
+    native = row['native']['bytes']
+    for mode in ('ordered', 'native'):
+      s = row[mode]
+      lines.append(f"| {row['devices']} | {row['leaves']} | {mode} | {s['count']} | "
+                   f"{s['scope_count']} | {s['bytes'] / 2**20:.2f} | "
+                   f"{s['bytes'] / native:.3f}x |")
+  return '\n'.join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--devices', default='4,6,8', help='device counts N')
+  parser.add_argument('--blocks', default='1,1,1,1')
+  parser.add_argument('--separate', action='store_true',
+                      help='one process with exactly N devices per count')
+  parser.add_argument('--json', action='store_true', help='measure here, print JSON rows')
+  parser.add_argument('--estimate', action='store_true',
+                      help='full-size ImageNet presets by the cost model, no lowering')
+  args = parser.parse_args()
+  if args.estimate:
+    print('Full-size models, collective bytes per device per step (cost model; autodiff)')
+    print(estimate_table())
+    return
+  blocks = tuple(int(b) for b in args.blocks.split(','))
+  counts = [int(n) for n in args.devices.split(',')]
+  if args.json:
+    print(json.dumps([measure(n, blocks) for n in counts]))
+    return
+  groups = [[n] for n in counts] if args.separate else [counts]
+  rows = []
+  for group in groups:
+    with start(group, blocks) as run:
+      rows += run.result()
+  print(f'bijective_released train step, blocks {blocks}, 32x32 input, lowered HLO '
+        f'({"one process per N" if args.separate else f"one process, {max(counts)} devices"})')
+  print(table(rows))
+
+
+if __name__ == '__main__':
+  main()

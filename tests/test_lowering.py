@@ -1,0 +1,82 @@
+"""The scale path checked without accelerators: the runner's train step and the evaluation's
+forward and inversion of the ImageNet configs, lowered (not run) for CUDA and TPU.
+
+The programs are built as on an accelerator (`jax.default_backend` reads 'gpu' while they
+are built and traced: bfloat16 training, rolled block scans, donated state; the code asks
+only "CPU or not", so a TPU builds the same program),
+at a 32x32 input with blocks (1, 3, 1, 1) (stage 1: a rolled scan of 2 blocks), on 2 CPU
+devices with the `shard_map` back end: a `jax.jit`, which `jax.export` lowers for any
+platform (`platforms=`, with its checks of what may be serialised; a pmap cannot be
+exported, and in this JAX it is itself a jit of a shard_map). Every program lowers for both
+platforms with this JAX (0.10.2): `CANNOT_LOWER` names none.
+"""
+import importlib
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from irevnet_jax import input_pipeline
+from irevnet_jax.train import program, state as state_lib, steps
+
+PLATFORMS = ('cuda', 'tpu')
+CONFIGS = ('bijective_released', 'injective')   # bijective.py: bijective_released's code path
+BATCH, SIZE = 4, 32
+# What this JAX cannot lower for a platform on a machine without it: (platform, step) -> why.
+# Empty: everything lowers; an entry here makes the test check that it still fails.
+CANNOT_LOWER = {}
+
+
+def _config(name):
+  config = importlib.import_module(f'experiments.configs.{name}').get_config()
+  config.model.input_shape = (SIZE, SIZE, 3)
+  config.model.blocks = (1, 3, 1, 1)
+  config.dataset.name = 'synthetic'
+  config.batch_size = config.eval_batch_size = BATCH
+  config.parallel = 'shard_map'
+  return config
+
+
+def _steps_and_arguments(name, monkeypatch):
+  """{'train', 'eval', 'inversion'}: (the program's jitted step, its argument shapes), the
+  program built as on an accelerator."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  config = _config(name)
+  source = input_pipeline.get_source(config.dataset, (SIZE, SIZE, 3))
+  normalization = steps.Normalization(source.pixel_mean, source.pixel_std)
+  prog = program.build_program(config, source.num_train_examples, normalization,
+                               jax.local_devices()[:2])
+  replicated, rows = prog.backend._replicated, prog.backend._batch_sharding
+  state = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+      state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True))
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+  train_batch = {'image': spec((BATCH, SIZE, SIZE, 3), jnp.uint8),
+                 'label': spec((BATCH,), jnp.int32)}
+  eval_batch = dict(train_batch, mask=spec((BATCH,), jnp.float32),
+                    index=spec((BATCH,), jnp.int32))
+  return {'train': (prog.train_step, (state, train_batch)),
+          'eval': (prog.eval_step, (state, eval_batch)),
+          'inversion': (prog.inversion_step, (state, eval_batch))}
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_imagenet_steps_lower_for_cuda_and_tpu(name, monkeypatch):
+  # Traced while 'gpu' is the backend (the jit caches the trace); each export only lowers.
+  for step, (jitted, arguments) in _steps_and_arguments(name, monkeypatch).items():
+    for platform in PLATFORMS:
+      export = lambda: jax.export.export(jitted, platforms=(platform,))(*arguments)
+      if (platform, step) in CANNOT_LOWER:
+        with pytest.raises(Exception):
+          export()
+        continue
+      text = export().mlir_module()
+      convolutions = re.findall(r'stablehlo\.convolution.*', text)
+      assert convolutions, (platform, step)
+      if step == 'train':      # as on the accelerator: bfloat16, a rolled scan, donation
+        assert all('bf16' in c for c in convolutions), platform
+        assert 'stablehlo.while' in text and 'jax.buffer_donor' in text, platform
+        assert 'all_to_all' in text and 'all_reduce' not in text, 'ordered reductions'
+      if step == 'inversion':  # exact: float32 at precision 'highest'
+        assert all('HIGHEST' in c and 'bf16' not in c for c in convolutions), platform
