@@ -1,11 +1,23 @@
-"""Shared test setup: four CPU devices for pmap tests, and a float64 fixture."""
+"""Shared test setup: four CPU devices for pmap tests, one compilation cache per suite run,
+and a float64 fixture."""
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must happen before JAX initialises its backends: pmap tests need several devices.
 if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_force_host_platform_device_count=4').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One persistent compilation cache for this run of the suite, in this process and in the
+# commands the tests start (they inherit the variable): a program that several tests or
+# subprocesses compile is compiled once. A fresh directory, so nothing from older code
+# is reused; removed at exit.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _CACHE = tempfile.mkdtemp(prefix='irevnet_jax_test_xla_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _CACHE
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -23,7 +23,8 @@ TINY = {
     'num_devices': 0,
 }
 # Compiled programs are shared by the subprocesses of one test session.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix='irevnet_jax_test_xla_cache_')
+COMPILATION_CACHE = (os.environ.get('JAX_COMPILATION_CACHE_DIR')   # conftest's, one a suite
+                     or tempfile.mkdtemp(prefix='irevnet_jax_test_xla_cache_'))
 
 
 def make_config(**overrides):
