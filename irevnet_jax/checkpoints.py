@@ -172,6 +172,9 @@ class Checkpointer:
     good = [s for s in committed if s != step]
     last = (f'the last good checkpoint is step {max(good)}' if good
             else 'there is no earlier checkpoint')
+    # Orbax's write tasks of this save may still log 'exception was never retrieved' (one
+    # traceback per array, at garbage collection or exit): reported here in one line.
+    _reported_failures.paths.add(os.path.join(self.directory, str(step)))
     raise CheckpointSaveError(
         f'Saving checkpoint {step} in {self.directory} failed: {_errno_reason(error)}; '
         f'{last}. Free space or fix permissions, then rerun the same command to resume'

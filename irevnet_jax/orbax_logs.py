@@ -5,9 +5,10 @@ import logging as std_logging
 
 
 class ReportedFailures(std_logging.Filter):
-  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read
-  tasks in a checkpoint that `restore` has already reported as unusable in one line (they
-  surface later, often at interpreter exit, one traceback per array)."""
+  """Drops asyncio's 'exception was never retrieved' records of Orbax's per-array read or
+  write tasks in a checkpoint that `restore` has already reported as unusable, or whose save
+  has been reported as failed, in one line (they surface later, often at interpreter exit,
+  one traceback per array)."""
 
   def __init__(self):
     super().__init__()
