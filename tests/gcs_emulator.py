@@ -9,6 +9,7 @@
 import json
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -52,6 +53,18 @@ class Emulator:
     urllib.request.urlopen(request).close()
     self.env = {'STORAGE_EMULATOR_HOST': self.url, 'EPATH_USE_TF': 'false',
                 'TENSORSTORE_GCS_HTTP_URL': self.url, 'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test'}
+
+  bucket = BUCKET
+
+  def upload(self, name: str, path: str):
+    """Copies the local file `path` to gs://<bucket>/<name> (the JSON API's media upload)."""
+    with open(path, 'rb') as f:
+      data = f.read()
+    query = urllib.parse.urlencode({'uploadType': 'media', 'name': name})
+    request = urllib.request.Request(f'{self.url}/upload/storage/v1/b/{BUCKET}/o?{query}',
+                                     data=data,
+                                     headers={'Content-Type': 'application/octet-stream'})
+    urllib.request.urlopen(request).close()
 
   def stop(self):
     if self.process.poll() is None:

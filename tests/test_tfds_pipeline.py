@@ -6,7 +6,6 @@ import contextlib
 import glob
 import io
 import os
-import socket
 import subprocess
 import tarfile
 from unittest import mock
@@ -233,35 +232,26 @@ def test_resume_reads_no_record_before_its_step():
 
 
 @pytest.fixture
-def gcs_emulator(monkeypatch):
-  """A GCS emulator on localhost with the bucket 'data'; array_record's GCS client (and
-  google-cloud-storage's) pointed at it. Yields a google-cloud-storage bucket."""
-  server_lib = pytest.importorskip('gcp_storage_emulator.server')
-  storage = pytest.importorskip('google.cloud.storage')
-  credentials = pytest.importorskip('google.auth.credentials')
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
-  server = server_lib.create_server('localhost', port, in_memory=True, default_bucket='data')
-  server.start()
-  endpoint = f'http://localhost:{port}'
-  monkeypatch.setenv('CLOUD_STORAGE_EMULATOR_ENDPOINT', endpoint)   # google-cloud-cpp
-  monkeypatch.setenv('STORAGE_EMULATOR_HOST', endpoint)             # google-cloud-storage
+def gcs_bucket(monkeypatch):
+  """A local fake-gcs-server (tests/gcs_emulator.py) with array_record's GCS client
+  (google-cloud-cpp) pointed at it."""
+  import gcs_emulator  # pylint: disable=g-import-not-at-top
+  emulator = gcs_emulator.Emulator()
+  monkeypatch.setenv('CLOUD_STORAGE_EMULATOR_ENDPOINT', emulator.url)
   try:
-    client = storage.Client(credentials=credentials.AnonymousCredentials(), project='test')
-    yield client.bucket('data')
+    yield emulator
   finally:
-    server.stop()
+    emulator.stop()
 
 
-def test_array_record_reads_the_training_shards_from_gs(tiny_imagenet, gcs_emulator):
+def test_array_record_reads_the_training_shards_from_gs(tiny_imagenet, gcs_bucket):
   from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
   _, _, root = tiny_imagenet
   local = sorted(glob.glob(str(root / 'data' / 'imagenet2012' / '*' / '*-train.array_record-*')))
   assert local
   for path in local:
-    gcs_emulator.blob(f'tfds/{os.path.basename(path)}').upload_from_filename(path)
-  remote = [f'gs://data/tfds/{os.path.basename(path)}' for path in local]
+    gcs_bucket.upload(f'tfds/{os.path.basename(path)}', path)
+  remote = [f'gs://{gcs_bucket.bucket}/tfds/{os.path.basename(path)}' for path in local]
   keys = data_order.epoch_permutation(0, 0, NUM_TRAIN).tolist()
   expected = array_record_data_source.ArrayRecordDataSource(local).__getitems__(keys)
   read = array_record_data_source.ArrayRecordDataSource(remote).__getitems__(keys)
