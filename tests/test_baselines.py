@@ -195,8 +195,6 @@ def test_revnet_reversible_and_remat_gradients_equal_autodiff(block_scan, x64):
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(REPO, 'experiments', 'main.py')),
-                    reason='the training runner experiments/main.py is not there yet')
 @pytest.mark.parametrize('config_name', ['resnet50', 'revnet56'])
 def test_experiment_config_trains_through_the_runner(config_name, tmp_path):
   """The ImageNet config with the documented small-image overrides, on digits, 4 CPU devices
