@@ -10,16 +10,10 @@ Without --verbose TensorFlow Datasets' warnings stay off the console.
 """
 import logging
 import os
-import re
 
 from absl import logging as absl_logging
 
-ESCAPE_CODES = re.compile(r'\x1b\[[0-9;?]*[A-Za-z]')   # terminal colours in a library's error
-
-
-def plain(text: str) -> str:
-  """`text` without terminal escape codes."""
-  return ESCAPE_CODES.sub('', text)
+from irevnet_jax.interop.state_dict_files import plain_text as plain  # no escape codes
 
 
 class PlainFormatter(logging.Formatter):

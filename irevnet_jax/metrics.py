@@ -133,7 +133,8 @@ class MetricWriter:
       return
     workdir = workdir_lib.resolve(workdir)
     self._path = workdir_lib.join(workdir, METRICS_FILE)
-    kept = read_jsonl(workdir)
+    rewrite = workdir_lib.is_url(workdir) or not append   # else: append to the file as it is
+    kept = read_jsonl(workdir) if rewrite else []
     if not append:
       kept = [r for r in kept if r.get('step', 0) <= resume_step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)

@@ -302,7 +302,3 @@ def check_config_record(workdir: str, config, resume_step: Optional[int],
                'config': json.loads(old.to_json())}
   return ConfigRecord(workdir, config, resume_step, history)
 
-
-def record_config(workdir: str, config, resume_step: Optional[int], allow_change: bool):
-  """`check_config_record` and its `commit()` at once."""
-  check_config_record(workdir, config, resume_step, allow_change).commit()

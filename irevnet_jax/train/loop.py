@@ -118,14 +118,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   before = workdir_lib.state(workdir)
   workdir = workdir_lib.check_workdir(workdir)
   lock = workdir_lib.WorkdirLock(workdir)
+  finished = False
   try:
-    return _train(config, workdir, allow_config_change, process_index, process_count)
-  except BaseException:
-    lock.release()
-    workdir_lib.clean_up_refused(workdir, before)   # a refused run leaves nothing behind
-    raise
+    result = _train(config, workdir, allow_config_change, process_index, process_count)
+    finished = True
+    return result
   finally:
     lock.release()
+    if not finished:
+      workdir_lib.clean_up_refused(workdir, before)   # a refused run leaves nothing behind
 
 
 def _train(config, workdir, allow_config_change, process_index, process_count) -> Result:
