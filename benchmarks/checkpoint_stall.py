@@ -22,7 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from benchmarks import common
-from irevnet_jax import checkpoints, input_pipeline
+from irevnet_jax.run import checkpoints
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import program as program_lib, state as state_lib, steps as steps_lib
 
 

@@ -93,7 +93,7 @@ def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
   import jax
   import jax.numpy as jnp
   from experiments.configs import bijective_released
-  from irevnet_jax import input_pipeline
+  from irevnet_jax.data import input_pipeline
   from irevnet_jax.train import program, state as state_lib, steps
 
   n = num_devices
@@ -175,7 +175,7 @@ def full_model_estimate(name, counts=(8, 64, 256, 1024)):
   import jax
   import numpy as np
   import irevnet_jax
-  from irevnet_jax import collectives, presets
+  from irevnet_jax.model import collectives, presets
   net = irevnet_jax.build(getattr(presets, name)())
   x = jax.ShapeDtypeStruct((1, *net.input_shape), np.float32)
   variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)

@@ -23,7 +23,8 @@ import ml_collections
 import optax
 
 import irevnet_jax
-from irevnet_jax import input_pipeline, presets
+from irevnet_jax.data import input_pipeline
+from irevnet_jax.model import presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import program as program_lib
 from irevnet_jax.train import state as state_lib

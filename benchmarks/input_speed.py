@@ -7,7 +7,7 @@ Makes an ImageNet-like data set locally: JPEGs of ~400 x 350 pixels and ~110 KB 
 of scikit-learn's two sample photos with sensor-like noise, quality 97), packed into fake
 ILSVRC2012 tars and prepared by TFDS in ArrayRecord (`launch/prepare_data.py`), and
 optionally a copy with the shorter side shrunk to --short_side (`--small_copy_dir`). Then
-it times `irevnet_jax.tfds_pipeline` with the dataset fields of --config (colour jitter
+it times `irevnet_jax.data.tfds_pipeline` with the dataset fields of --config (colour jitter
 included; uint8 images; one batched ArrayRecord read per step) on both.
 "per core" is images per CPU-second of this process (all its threads: TensorFlow's and
 Python's, from time.process_time), so that other jobs on a shared machine distort it
@@ -28,7 +28,7 @@ import numpy as np
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from irevnet_jax import tfds_options, tfds_pipeline  # noqa: E402  (hides accelerators from TF)
+from irevnet_jax.data import tfds_options, tfds_pipeline  # noqa: E402  (hides accelerators from TF)
 
 SYNSETS = ('n01440764', 'n01443537', 'n01484850', 'n01491361')   # labels 0-3 of imagenet2012
 
@@ -74,7 +74,7 @@ def write_tars(manual_dir: str, train, val) -> None:
 
 def make_dataset(root: str, num_train: int, num_val: int, short_side: int):
   """(data dir prepared in ArrayRecord, data dir of the small copy or None)."""
-  from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
   manual = os.path.join(root, 'manual')
   os.makedirs(manual)
   jpegs = imagenet_like_jpegs(num_train + num_val, seed=0)
@@ -109,7 +109,7 @@ def time_batches(make_batches, batch_size: int, timed_images: int, repeats: int,
 
 
 def pipeline_rows(label: str, data_dir: str, args):
-  """`irevnet_jax.tfds_pipeline` with the dataset fields of --config, on data_dir."""
+  """`irevnet_jax.data.tfds_pipeline` with the dataset fields of --config, on data_dir."""
   config = importlib.import_module(f'experiments.configs.{args.config}').get_config()
   dataset = {k: v for k, v in config.dataset.items() if k in tfds_options.FIELDS}
   dataset.update(data_dir=data_dir, cpu_threads=args.threads)

@@ -18,7 +18,7 @@ import argparse
 import jax
 
 from benchmarks import common
-from irevnet_jax import reversible
+from irevnet_jax.model import reversible
 
 MODES = ('autodiff', 'remat', 'reversible')
 

@@ -17,7 +17,9 @@ from absl import flags
 import jax
 import ml_collections
 
-from irevnet_jax import count_params, input_pipeline
+from irevnet_jax import count_params
+
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import program as program_lib
 from irevnet_jax.train import state as state_lib

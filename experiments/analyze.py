@@ -54,7 +54,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv  # checked by cli.run
   import irevnet_jax  # pylint: disable=g-import-not-at-top
-  from irevnet_jax import checkpoints, input_pipeline  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import input_pipeline
   from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)

@@ -162,7 +162,8 @@ class CompileTimer:
 
 
 def _guarded(main, argv, flag_example):
-  from irevnet_jax import metrics, train  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.run import metrics  # pylint: disable=g-import-not-at-top
+  from irevnet_jax import train
   if len(argv) > 1:
     print(f'Error: Unexpected arguments: {argv[1:]}; flags look like {flag_example}.',
           file=sys.stderr)

@@ -22,7 +22,7 @@ HELP = "--dataset.<field>=VALUE replaces that field of the run's config.dataset.
 
 def _overrides() -> ml_collections.ConfigDict:
   """Every dataset field a source reads, unset (None: keep the run's value), typed."""
-  from irevnet_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   overrides = ml_collections.ConfigDict()
   for field, kind in input_pipeline.DATASET_FIELDS.items():
     overrides[field] = placeholder(kind)

@@ -7,7 +7,8 @@
 
 Importing this package does not import TensorFlow.
 """
-from irevnet_jax import presets
-from irevnet_jax.network import IRevNet, Net, build, count_params
+from irevnet_jax.model import presets
+from irevnet_jax.model.network import IRevNet
+from irevnet_jax.nets import Net, build, count_params
 
 __all__ = ['build', 'count_params', 'presets', 'Net', 'IRevNet']

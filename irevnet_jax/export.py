@@ -112,7 +112,7 @@ def export_run(workdir: str, directory: str, step: Optional[int] = None,
                platforms: Sequence[str] = PLATFORMS, overwrite: bool = False) -> dict:
   """A run's checkpoint (latest, or `step`) -> `directory` as `save_artifacts` writes it.
   Returns the manifest."""
-  from irevnet_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(directory, MANIFEST_FILE)) and not overwrite:
     raise FileExistsError(f'{directory} already holds an export: choose another --output '
                           f'or pass --overwrite.')

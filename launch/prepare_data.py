@@ -27,7 +27,7 @@ buys and what it changes.
 import argparse
 import os
 
-from irevnet_jax import tfds_options, tfds_pipeline
+from irevnet_jax.data import tfds_options, tfds_pipeline
 
 
 def main():
@@ -52,7 +52,7 @@ def main():
   builder = tfds_pipeline.prepare(args.dataset, args.data_dir, args.manual_dir)
   _describe(args.dataset, builder)
   if args.small_copy_dir:
-    from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+    from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
     if tfds_options.SPECS[args.dataset].kind != 'imagenet':
       parser.error('--small_copy_dir is for imagenet2012 (CIFAR images are 32 x 32).')
     tfds_prepare.write_small_copy(builder, args.small_copy_dir, args.short_side, args.quality)
@@ -60,7 +60,7 @@ def main():
 
 
 def _describe(name, builder):
-  from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
   formats = ', '.join(sorted(tfds_prepare.file_formats(builder)))
   print(f'{name} is ready in {builder.data_dir} ({formats})')
   for split_name, split in builder.info.splits.items():

@@ -18,7 +18,8 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import blocks, input_pipeline, presets
+from irevnet_jax.model import blocks, presets
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.analysis import (features, interpolation, pca, pipeline, plots, probes,
                                   reconstruction)
 
@@ -87,7 +88,8 @@ def all_train(source):
 def run(tmp_path_factory):
   """A tiny trained run in a workdir, analysed once by experiments.analyze."""
   from experiments.configs import digits as digits_config
-  from irevnet_jax import checkpoints, input_pipeline, workdir as workdir_lib
+  from irevnet_jax.run import checkpoints, workdir as workdir_lib
+  from irevnet_jax.data import input_pipeline
   config = digits_config.get_config()
   config.model = tiny_model()
   source = input_pipeline.get_source(config.dataset, config.model.input_shape)
@@ -183,9 +185,9 @@ def test_depth_features_are_the_networks_pairs(run):
             'batch_stats': variables['batch_stats']['stages_0']['first']}
   bottleneck = blocks.make_bottleneck(net.arch, spec)
   f_fn = lambda u: blocks.apply_bottleneck(bottleneck, f_vars, u, False, None)
-  pair = irevnet_jax.ops.split(irevnet_jax.ops.psi(jnp.asarray(x), net.arch.init_ds))
+  pair = irevnet_jax.model.ops.split(irevnet_jax.model.ops.psi(jnp.asarray(x), net.arch.init_ds))
   (a, b), _ = blocks.block_forward(spec, f_fn, pair)
-  np.testing.assert_allclose(f[1], np.asarray(irevnet_jax.ops.merge(a, b)).reshape(16, -1),
+  np.testing.assert_allclose(f[1], np.asarray(irevnet_jax.model.ops.merge(a, b)).reshape(16, -1),
                              rtol=1e-5, atol=1e-5)
 
 

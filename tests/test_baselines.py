@@ -15,7 +15,8 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import baselines, reversible
+from irevnet_jax import baselines
+from irevnet_jax.model import reversible
 from irevnet_jax.baselines import revnet
 from experiments.configs import resnet50 as resnet50_config
 from experiments.configs import revnet56 as revnet56_config
@@ -122,7 +123,7 @@ def test_invert_raises_and_configs_are_validated():
   with pytest.raises(ValueError, match='unknown_field'):
     irevnet_jax.build(typo)
   with pytest.raises(ValueError, match='model.arch'):
-    baselines.build(tiny('resnet', arch='vgg'))
+    irevnet_jax.build(tiny('resnet', arch='vgg'))
   with pytest.raises(ValueError, match='model.units'):
     irevnet_jax.build(tiny('resnet', units=(2,)))
   with pytest.raises(ValueError, match=r'x must have shape \(N, 8, 8, 1\)'):

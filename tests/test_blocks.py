@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irevnet_jax import blocks, ops
-from irevnet_jax.presets import layout
+from irevnet_jax.model import blocks, ops
+from irevnet_jax.model.presets import layout
 
 from model_utils import random_like, rel_error, tiny_config
 

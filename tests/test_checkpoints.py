@@ -1,11 +1,11 @@
-"""Tests of irevnet_jax.checkpoints: round trip, pruning, fall-back, partial saves, load_run."""
+"""Tests of irevnet_jax.run.checkpoints: round trip, pruning, fall-back, partial saves, load_run."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from irevnet_jax import checkpoints, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, workdir as workdir_lib
 import train_testlib as lib
 
 

@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from irevnet_jax import checkpoints, metrics, train, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+
+from irevnet_jax import train
 from irevnet_jax.train import state as state_lib
 import train_testlib as lib
 

@@ -1,4 +1,4 @@
-"""Ordered cross-device sums (irevnet_jax.collectives): their bits, their gradient, and their
+"""Ordered cross-device sums (irevnet_jax.model.collectives): their bits, their gradient, and their
 cost read from the lowered HLO of the runner's real train step at 4, 6 and 8 devices."""
 import functools
 import re
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import collectives as bench
-from irevnet_jax import collectives, norm
+from irevnet_jax.model import collectives, norm
 
 COLLECTIVE = re.compile(r' (all-reduce|all-gather|all-to-all|collective-permute|'
                         r'reduce-scatter)\(')

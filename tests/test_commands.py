@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
-from irevnet_jax import checkpoints, metrics, train
+from irevnet_jax.run import checkpoints, metrics
+
+from irevnet_jax import train
 from irevnet_jax.interop import authors, pickled_classes, runs
 from irevnet_jax.train import config as config_lib, evaluate_run
 from authors_fixture import NPZ

@@ -1,7 +1,7 @@
 """The training order: a fresh global permutation per epoch, any step computable, per-process rows."""
 import numpy as np
 
-from irevnet_jax import data_order
+from irevnet_jax.data import data_order
 
 
 def test_epochs_are_permutations_that_change_with_epoch_and_seed():

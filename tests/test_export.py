@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import baselines, checkpoints, export
+from irevnet_jax import baselines, export
 
 # The consumer: jax and numpy only; irevnet_jax, flax and ml_collections cannot be imported.
+from irevnet_jax.run import checkpoints
 CONSUMER = """
 import sys
 for blocked in ('irevnet_jax', 'experiments', 'flax', 'ml_collections'):

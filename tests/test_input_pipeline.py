@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from irevnet_jax import input_pipeline
+from irevnet_jax.data import input_pipeline
 
 
 @pytest.fixture(scope='module')

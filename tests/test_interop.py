@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import blocks, ops, presets
+from irevnet_jax.model import blocks, ops, presets
 from irevnet_jax.interop import authors, state_dict_files
 from authors_fixture import NPZ, OUTPUTS, PTH_TAR, needs_torch, torch
 from model_utils import assert_same_state_dict

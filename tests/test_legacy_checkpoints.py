@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import checkpoints
+from irevnet_jax.run import checkpoints
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from irevnet_jax import input_pipeline
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import program, state as state_lib, steps
 
 PLATFORMS = ('cuda', 'tpu')

@@ -4,7 +4,9 @@ import os
 
 import pytest
 
-from irevnet_jax import checkpoints, metrics, train
+from irevnet_jax.run import checkpoints, metrics
+
+from irevnet_jax import train
 import train_testlib as lib
 
 
@@ -44,7 +46,7 @@ def test_two_processes_match_one_process(tmp_path, single_process):
   _assert_ok(_two_processes(workdir))
   _, variables, step = checkpoints.load_run(workdir)
   assert step == 24
-  # Cross-device means add in an order fixed by device index (irevnet_jax.collectives), so
+  # Cross-device means add in an order fixed by device index (irevnet_jax.model.collectives), so
   # the runs agree to the last bit; with the backend's native all-reduce they drift apart.
   lib.assert_trees_close(variables['params'], single_process['params'], rtol=0, atol=0)
   lib.assert_trees_close(variables['batch_stats'], single_process['batch_stats'], rtol=0, atol=0)

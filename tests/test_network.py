@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 from model_utils import random_variables, rel_error, tiny_config
 

@@ -1,11 +1,11 @@
-"""BatchNorm (irevnet_jax.norm) against Flax's, and the ordered cross-device means it uses."""
+"""BatchNorm (irevnet_jax.model.norm) against Flax's, and the ordered cross-device means it uses."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irevnet_jax import collectives, norm
+from irevnet_jax.model import collectives, norm
 
 
 @pytest.mark.parametrize('num_devices', [4, 3])

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from irevnet_jax import ops
+from irevnet_jax.model import ops
 
 
 @pytest.mark.parametrize('b', [2, 4])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import input_pipeline, presets
+from irevnet_jax.data import input_pipeline
+from irevnet_jax.model import presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate, program, state as state_lib, steps
 import train_testlib as lib

@@ -4,7 +4,7 @@ import importlib
 import pytest
 
 import irevnet_jax
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 from model_utils import tiny_config
 

@@ -21,7 +21,8 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.interop import authors, runs
 from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
 from authors_fixture import NPZ, PTH_TAR, needs_torch, torch
@@ -283,7 +284,7 @@ def test_bad_imports_end_in_one_line_and_write_nothing(imported, tmp_path):
 def test_evaluate_can_set_every_dataset_field():
   """`experiments.evaluate --dataset.<field>` parses a field by its type in DATASET_FIELDS:
   it must name every field a source reads, with the type the configs give it."""
-  from irevnet_jax import tfds_options
+  from irevnet_jax.data import tfds_options
   assert set(input_pipeline.DATASET_FIELDS) == {
       'name', *input_pipeline.SYNTHETIC_FIELDS, *tfds_options.FIELDS}
   for name in ('injective', 'bijective', 'bijective_released', 'cifar10', 'resnet50'):

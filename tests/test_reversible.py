@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax import baselines, presets
+from irevnet_jax import baselines
+from irevnet_jax.model import presets
 
 MODES = ('autodiff', 'reversible', 'remat')
 BATCH = 4

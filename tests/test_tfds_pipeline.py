@@ -13,12 +13,12 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from irevnet_jax import data_order, tfds_options, tfds_pipeline
+from irevnet_jax.data import data_order, tfds_options, tfds_pipeline
 
 tfds = pytest.importorskip('tensorflow_datasets')
 tf = pytest.importorskip('tensorflow')
 
-from irevnet_jax import tfds_augment, tfds_prepare  # noqa: E402  (needs TensorFlow)
+from irevnet_jax.data import tfds_augment, tfds_prepare  # noqa: E402  (needs TensorFlow)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (32, 32, 3)

@@ -8,7 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from irevnet_jax import checkpoints, metrics, train
+from irevnet_jax.run import checkpoints, metrics
+
+from irevnet_jax import train
 from irevnet_jax.train import optimizer, parallel
 import train_testlib as lib
 

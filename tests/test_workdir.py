@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from irevnet_jax import checkpoints, metrics, train, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+
+from irevnet_jax import train
 import train_testlib as lib
 
 

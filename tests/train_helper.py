@@ -29,7 +29,8 @@ import orbax.checkpoint as ocp
 
 from experiments import cli
 from experiments import main as experiment_main
-from irevnet_jax import checkpoints, input_pipeline
+from irevnet_jax.run import checkpoints
+from irevnet_jax.data import input_pipeline
 
 flags.DEFINE_integer('kill_at_step', -1, 'Interrupt when the batch of this step is requested.')
 flags.DEFINE_integer('wait_for_checkpoint', -1, 'Checkpoint step to wait for before that.')

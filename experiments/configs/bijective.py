@@ -12,7 +12,7 @@ Command:  python -m experiments.main --config=experiments/configs/bijective.py -
 Expected: ~26.7% top-1 error on the ImageNet validation set after ~120 epochs.
 """
 from experiments.configs import common
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 
 def get_config():

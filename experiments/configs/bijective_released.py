@@ -15,7 +15,7 @@ The authors' weights:  python -m experiments.import_weights --weights=ILSVRC_tra
 (then experiments.evaluate / analyze / export_weights; docs/pretrained.md).
 """
 from experiments.configs import bijective
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 
 def get_config():

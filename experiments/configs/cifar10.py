@@ -11,7 +11,7 @@ Expected: ~94.5% test accuracy after 200 epochs; relative inversion error ~1e-7
 from ml_collections.config_dict import placeholder
 
 from experiments.configs import common
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 
 def get_config():

@@ -12,7 +12,7 @@ Expected: ~98% test accuracy (97.8-98.3% over seeds 0-2), eval/inversion_rel_err
           ~6e-8, in about a minute on 2 CPU cores.
 """
 from experiments.configs import common
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 
 def get_config():

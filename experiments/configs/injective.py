@@ -11,7 +11,7 @@ Command:  python -m experiments.main --config=experiments/configs/injective.py -
 Expected: ~24.7% top-1 error (the paper's figure for its own, unpublished layout).
 """
 from experiments.configs import bijective
-from irevnet_jax import presets
+from irevnet_jax.model import presets
 
 
 def get_config():

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irevnet_jax import ops, reversible
+from irevnet_jax.model import ops, reversible
 from irevnet_jax.analysis.progress import Progress
 
 

@@ -1,18 +1,18 @@
 """The paper's baselines in the i-RevNet framework: ResNet-50 v1.5 and RevNet-56 / 104.
 
-    net = irevnet_jax.build(irevnet_jax.baselines.revnet56())   # or baselines.build(...)
+    net = irevnet_jax.build(irevnet_jax.baselines.revnet56())
     variables = net.init(jax.random.PRNGKey(0), x)
     logits, features = net.forward(variables, x)
 
-They are `irevnet_jax.Net`s like i-RevNet: `net.invertible` is False and `net.invert` raises.
+They are `irevnet_jax.Net`s like i-RevNet (`irevnet_jax.build` wraps `module`):
+`net.invertible` is False and `net.invert` raises.
 """
 from typing import Optional
 
 from irevnet_jax.baselines import resnet, revnet
-from irevnet_jax.network import Net
 from irevnet_jax.baselines.presets import PRESETS, layout, resnet50, revnet56, revnet104
 
-__all__ = ['build', 'module', 'layout', 'resnet50', 'revnet56', 'revnet104', 'PRESETS']
+__all__ = ['module', 'layout', 'resnet50', 'revnet56', 'revnet104', 'PRESETS']
 
 
 def module(model_config, bn_axis_name: Optional[str] = None):
@@ -21,7 +21,3 @@ def module(model_config, bn_axis_name: Optional[str] = None):
   module_cls = resnet.ResNet if arch.kind == 'resnet' else revnet.RevNet
   return module_cls(arch, bn_axis_name)
 
-
-def build(model_config, bn_axis_name: Optional[str] = None):
-  """`irevnet_jax.build` for a baseline config (arch 'resnet' or 'revnet'): its `Net`."""
-  return Net(module(model_config, bn_axis_name))

@@ -26,8 +26,8 @@ from typing import Tuple
 
 import ml_collections
 
-from irevnet_jax import validation
-from irevnet_jax.validation import BLOCK_SCANS, DTYPES, PRECISIONS
+from irevnet_jax.model import validation
+from irevnet_jax.model.validation import BLOCK_SCANS, DTYPES, PRECISIONS
 
 ARCHS = ('resnet', 'revnet')
 STEMS = ('imagenet', 'small')

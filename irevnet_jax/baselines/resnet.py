@@ -11,9 +11,9 @@ from typing import Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from irevnet_jax import blocks, validation
+from irevnet_jax.model import blocks, validation
 from irevnet_jax.baselines.presets import BaselineArch
-from irevnet_jax.blocks import centred_padding
+from irevnet_jax.model.blocks import centred_padding
 
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 

@@ -10,7 +10,7 @@ A unit maps a pair (x1, x2) to
 with F and G pre-activation bottlenecks (1x1, 3x3, 1x1 convs; `blocks.Bottleneck`
 with kernels (1, 3, 1)). That is two stride-1 couplings of the i-RevNet form,
 (a, b) -> (b, a + H(b)) with H = F and then H = G, so a stage's alike units run
-on i-RevNet's engine (`irevnet_jax.reversible.run_steps`, two couplings a step),
+on i-RevNet's engine (`irevnet_jax.model.reversible.run_steps`, two couplings a step),
 in every backprop mode, with its scan unrolling policy and its reversible
 backward pass. Their variables are stacked per stage under 'rest_f' and
 'rest_g'.
@@ -26,11 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irevnet_jax import blocks, ops, reversible
+from irevnet_jax.model import blocks, ops, reversible
 from irevnet_jax.baselines import resnet
 from irevnet_jax.baselines.presets import BaselineArch
-from irevnet_jax.blocks import Bottleneck
-from irevnet_jax.presets import BlockSpec
+from irevnet_jax.model.blocks import Bottleneck
+from irevnet_jax.model.layout import BlockSpec
 
 KERNEL_SIZES = (1, 3, 1)
 

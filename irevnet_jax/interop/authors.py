@@ -1,7 +1,7 @@
 """The authors' PyTorch i-RevNet (jhjacobsen/pytorch-i-revnet) <-> irevnet_jax variables.
 
     import irevnet_jax
-    from irevnet_jax import presets
+    from irevnet_jax.model import presets
     from irevnet_jax.interop import authors
 
     config = presets.bijective_released()
@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irevnet_jax import network, presets
+from irevnet_jax import nets
+from irevnet_jax.model import presets
 from irevnet_jax.interop import authors_layout
 from irevnet_jax.interop.state_dict_files import (  # noqa: F401  (part of this API)
     CheckpointFormatError, PyTorchMissingError, load_state_dict, save_state_dict)
@@ -119,7 +120,7 @@ def _check_shapes(shapes, plan, config):
 
 def variable_shapes(model_config) -> dict:
   """{(collection, *path): ShapeDtypeStruct} of a built net's variables (nothing allocated)."""
-  net = network.build(model_config)
+  net = nets.build(model_config)
   x = jax.ShapeDtypeStruct((1, *net.input_shape), jnp.float32)
   shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
   return traverse_util.flatten_dict(

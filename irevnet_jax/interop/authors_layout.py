@@ -18,7 +18,7 @@ import dataclasses
 import re
 from typing import Optional, Tuple
 
-from irevnet_jax.presets import Architecture, BlockSpec
+from irevnet_jax.model.layout import Architecture, BlockSpec
 
 BN_FIELDS = (  # authors' name -> (collection, irevnet_jax name); None: no counterpart
     ('weight', 'params', 'scale'),

@@ -30,7 +30,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import irevnet_jax
-from irevnet_jax import checkpoints, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, workdir as workdir_lib
 from irevnet_jax.interop import authors, state_dict_files
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, state as state_lib

@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 
 import irevnet_jax
-from irevnet_jax import checkpoints, input_pipeline, metrics, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, state as state_lib, steps

@@ -20,7 +20,7 @@ from jax import lax
 import jax.numpy as jnp
 import optax
 
-from irevnet_jax import collectives
+from irevnet_jax.model import collectives
 
 AXIS = 'batch'   # the device axis: gradients, metrics and BN statistics are averaged over it
 

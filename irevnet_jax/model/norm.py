@@ -8,7 +8,7 @@ clipped at 0), with two differences:
   averaged in one buffer with `collectives.mean` (one collective per layer and
   pass): in a fixed device order by default, so they have the same bits whatever
   the process layout (Flax's `lax.pmean` does not), or natively inside a
-  `collectives.reductions(False)` block (see `irevnet_jax.collectives`);
+  `collectives.reductions(False)` block (see `irevnet_jax.model.collectives`);
 - the running statistics have the parameters' dtype (float64 in a float64 model;
   Flax creates them in float32).
 
@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from irevnet_jax import collectives
+from irevnet_jax.model import collectives
 
 EPSILON = 1e-5              # PyTorch's default
 BLOCK_MOMENTUM = 0.9        # every BN inside F and the baselines: PyTorch momentum 0.1

@@ -1,7 +1,7 @@
 """TFDS input pipelines for ImageNet (imagenet2012) and CIFAR-10/100: random access, global shuffle.
 
 `get_tfds_source(dataset_config, model_input_shape)` returns a data source for the
-training loop (the protocol of `irevnet_jax.input_pipeline`): `train_batches` is an
+training loop (the protocol of `irevnet_jax.data.input_pipeline`): `train_batches` is an
 endless, seeded iterator that can start at any step, and `eval_batches` one padded pass
 in which every eval example appears exactly once over all processes. Batches are numpy:
   train: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}
@@ -13,7 +13,7 @@ Images are not normalised here: the model's input is
 Reading: records are read by key from TFDS's ArrayRecord files (`builder.as_data_source`),
 one batched read (`__getitems__` of the batch's keys) per step, ahead of the augmentation;
 ArrayRecord reads the shards a batch touches in parallel, local or on `gs://`.
-The order of training records is `irevnet_jax.data_order`: each epoch a new permutation
+The order of training records is `irevnet_jax.data.data_order`: each epoch a new permutation
 of the whole split from (seed, epoch); global batch s is positions [s * G, (s + 1) * G)
 of the stream of epochs and process p reads rows [p * B, (p + 1) * B) of it. Each
 example is augmented with stateless random ops seeded by (seed, epoch, its key), on
@@ -23,7 +23,7 @@ keys of step s: no record before it is read.
 TensorFlow is imported only here and in the modules this one imports lazily
 (`tfds_augment`, `tfds_prepare`), and never sees a GPU or TPU.
 
-Fields of the `dataset` config: `irevnet_jax.tfds_options` and docs/data_and_launch.md
+Fields of the `dataset` config: `irevnet_jax.data.tfds_options` and docs/data_and_launch.md
 (only `name` is required; None means the default).
 """
 import itertools
@@ -32,9 +32,8 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from irevnet_jax import data_order
-from irevnet_jax.tfds_options import (
-    IMAGENET_TARS, SPECS, Options, check_input_shape, parse_options, pixel_stats)
+from irevnet_jax.data import data_order
+from irevnet_jax.data.tfds_options import IMAGENET_TARS, SPECS, Options, check_input_shape, parse_options, pixel_stats
 
 # ---------------------------------------------------------------------------------------------
 # TensorFlow, lazily and without accelerators.
@@ -50,7 +49,7 @@ def _tf():
       # TF's runtime already started: it must not have claimed an accelerator.
       if tf.config.get_visible_devices(kind):
         raise RuntimeError(f'TensorFlow was initialised with a visible {kind} before '
-                           'irevnet_jax.tfds_pipeline could hide it; it would compete with JAX '
+                           'irevnet_jax.data.tfds_pipeline could hide it; it would compete with JAX '
                            'for the accelerator. Import this module before using TensorFlow.')
   return tf, tfds
 
@@ -88,7 +87,7 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
   """
   opts = parse_options({'name': name, 'data_dir': data_dir, 'manual_dir': manual_dir})
   _tf()
-  from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
   try:
     return tfds_prepare.prepare(opts.name, opts.data_dir, opts.manual_dir)
   except AssertionError as e:  # TFDS's way of saying the manual files are missing
@@ -132,7 +131,7 @@ class TfdsSource:
     """The TFDS builder; CIFAR is downloaded and prepared if missing and allowed."""
     opts = self.opts
     _, tfds = _tf()
-    from irevnet_jax import tfds_prepare  # pylint: disable=g-import-not-at-top
+    from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top
     if self.spec.kind != 'cifar' or not opts.download:
       return tfds_prepare.open_builder(opts.name, opts.data_dir)
     try:
@@ -219,7 +218,7 @@ class TfdsSource:
 
   def _augment(self, encoded, seed):
     """Encoded image, stateless seed -> training image, uint8 input_shape."""
-    from irevnet_jax import tfds_augment  # pylint: disable=g-import-not-at-top
+    from irevnet_jax.data import tfds_augment  # pylint: disable=g-import-not-at-top
     opts = self.opts
     if self.spec.kind == 'cifar':
       return tfds_augment.cifar_train(encoded, seed, opts.jitter)
@@ -270,7 +269,7 @@ class TfdsSource:
     return -(-per_process // local_batch_size)
 
   def _preprocess_eval(self, encoded):
-    from irevnet_jax import tfds_augment  # pylint: disable=g-import-not-at-top
+    from irevnet_jax.data import tfds_augment  # pylint: disable=g-import-not-at-top
     if self.spec.kind == 'cifar':
       return tfds_augment.cifar_eval(encoded)
     return tfds_augment.imagenet_eval(encoded, self.input_shape[:2], self.opts.eval_crop_fraction)

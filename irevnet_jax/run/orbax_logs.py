@@ -1,4 +1,4 @@
-"""Orbax log records that `irevnet_jax.checkpoints` has already reported in its own words, or
+"""Orbax log records that `irevnet_jax.run.checkpoints` has already reported in its own words, or
 that are not the user's business."""
 import contextlib
 import logging as std_logging

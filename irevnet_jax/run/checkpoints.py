@@ -14,7 +14,7 @@ so a run killed mid-save leaves the previous checkpoints intact.
 
 An asynchronous `save` blocks the caller only while Orbax starts the write: the
 arrays are neither copied (the caller hands over a tree it will not modify) nor
-checksummed on the calling thread; the CRC-32s (`irevnet_jax.checksums`) are
+checksummed on the calling thread; the CRC-32s (`irevnet_jax.run.checksums`) are
 computed and written by Orbax's commit thread, before the checkpoint is committed.
 """
 import contextlib
@@ -30,9 +30,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from irevnet_jax import checksums as checksums_lib, orbax_logs
-from irevnet_jax import workdir as workdir_lib
-from irevnet_jax.workdir import read_config
+from irevnet_jax.run import checksums as checksums_lib, orbax_logs
+from irevnet_jax.run import workdir as workdir_lib
+from irevnet_jax.run.workdir import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from irevnet_jax import blocks
-from irevnet_jax.presets import BlockSpec
+from irevnet_jax.model import blocks
+from irevnet_jax.model.layout import BlockSpec
 
 
 def scan_unroll(block_scan: str = 'auto'):

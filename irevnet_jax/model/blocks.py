@@ -13,9 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irevnet_jax import norm as normalization
-from irevnet_jax import ops
-from irevnet_jax.presets import Architecture, BlockSpec
+from irevnet_jax.model import norm as normalization
+from irevnet_jax.model import ops
+from irevnet_jax.model.layout import Architecture, BlockSpec
 
 Pair = Tuple[jax.Array, jax.Array]
 # f(u) -> (F(u) in the stream dtype, updated batch_stats of F)

@@ -14,15 +14,15 @@ process and a run on several see the same global batches.
 Images stay uint8 up to the device (a quarter of float32's bytes to move); the
 training step normalises them there with the source's `pixel_mean` / `pixel_std`.
 
-TensorFlow is imported only for TFDS names (`irevnet_jax.tfds_pipeline`).
+TensorFlow is imported only for TFDS names (`irevnet_jax.data.tfds_pipeline`).
 """
 from typing import Iterator, Protocol, Tuple
 
 import numpy as np
 
-from irevnet_jax import tfds_options   # names and checks only: no TensorFlow
+from irevnet_jax.data import tfds_options   # names and checks only: no TensorFlow
 
-# Names served by `irevnet_jax.tfds_pipeline` (imported lazily: it needs TensorFlow).
+# Names served by `irevnet_jax.data.tfds_pipeline` (imported lazily: it needs TensorFlow).
 TFDS_NAMES = (*tfds_options.SPECS, *tfds_options.ALIASES)
 LOCAL_NAMES = ('digits', 'synthetic')
 
@@ -263,7 +263,7 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
     source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
                              fields['num_train_examples'], fields['num_eval_examples'])
   elif name in TFDS_NAMES:
-    from irevnet_jax import tfds_pipeline  # needs TensorFlow; only for these names
+    from irevnet_jax.data import tfds_pipeline  # needs TensorFlow; only for these names
     tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_options.FIELDS}
     return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
   else:

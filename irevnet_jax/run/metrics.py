@@ -15,7 +15,7 @@ from typing import Dict, Optional
 from absl import logging
 from etils import epath
 
-from irevnet_jax import workdir as workdir_lib
+from irevnet_jax.run import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 
@@ -23,7 +23,7 @@ METRICS_FILE = 'metrics.jsonl'
 class _QuietLibraries:
   """A logging filter for library chatter that is not the user's business: Orbax's INFO
   lines, its warnings about read-only managers (a reader of a run) and its errors (with
-  tracebacks; `irevnet_jax.checkpoints` reports every failed save or restore in one line),
+  tracebacks; `irevnet_jax.run.checkpoints` reports every failed save or restore in one line),
   and JAX's note that no TPU backend exists on a machine without one."""
 
   def filter(self, record):

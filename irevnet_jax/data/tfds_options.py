@@ -3,7 +3,7 @@
 `parse_options(dataset_config)` turns the `dataset` sub-config into checked `Options`
 (a ValueError names the field and a value that works); `SPECS` holds what the pipeline
 knows of each dataset (classes, image size, normalisation constants, default recipe).
-No TensorFlow here: `irevnet_jax.input_pipeline` reads the names without importing it.
+No TensorFlow here: `irevnet_jax.data.input_pipeline` reads the names without importing it.
 """
 import dataclasses
 import os
