@@ -1,14 +1,13 @@
 """Collective bytes per device per step of the runner's train step, read from its lowered HLO.
 
     python -m benchmarks.collectives                 # N = 4, 6, 8 CPU devices
-    python -m benchmarks.collectives --devices=4,16 --blocks=1,2,4,1 --separate
+    python -m benchmarks.collectives --devices=4,16 --blocks=1,2,4,1
     python -m benchmarks.collectives --estimate      # full-size models, N = 8 ... 1024
 
-For each device count N (a pmap over N CPU devices of a subprocess; --separate: one
-subprocess with exactly N devices per count, the same program) the real train step of
-`bijective_released` (experiments/configs, pmap, synchronised BN; at a 32x32 input,
-which changes no parameter shape) is lowered, not run, with `ordered_reductions` True
-and False, and its collectives are read from the HLO.
+For each device count N (a pmap over N of the CPU devices of a subprocess: the program of
+a process with N devices) the real train step of `bijective_released` (pmap, synchronised
+BN; at a 32x32 input, which changes no parameter shape) is lowered, not run, with
+`ordered_reductions` True and False, and its collectives are read from the HLO.
 
 Bytes per device are what each device sends under bandwidth-optimal algorithms, for S
 the bytes of the op's (largest) buffer: all-reduce 2 (N - 1) / N * S (ring or reduce-
@@ -17,6 +16,7 @@ scatter + all-gather), all-gather and all-to-all (N - 1) / N * S, reduce-scatter
 loops would count once: CPU lowers the block scans unrolled.
 """
 import argparse
+import collections
 import json
 import os
 import re
@@ -50,8 +50,7 @@ def _group_size(rest, num_devices):
 
 
 def collective_ops(hlo_text, num_devices):
-  """[(kind, bytes sent per device, op_name)] of the collectives in HLO text (debug_info
-  for op names)."""
+  """[(kind, bytes sent per device, op_name)] of the collectives in HLO text."""
   ops = []
   for line in hlo_text.splitlines():
     match = _OP.match(line)
@@ -79,11 +78,9 @@ def summary(hlo_text, num_devices, scope='gradient_mean'):
   those whose op name holds `scope` (the train step's gradient and metric means)."""
   ops = collective_ops(hlo_text, num_devices)
   inside = [op for op in ops if scope in op[2]]
-  kinds = {}
-  for kind, _, _ in ops:
-    kinds[kind] = kinds.get(kind, 0) + 1
+  kinds = collections.Counter(kind for kind, _, _ in ops)
   return {'count': len(ops), 'bytes': sum(op[1] for op in ops), 'scope_count': len(inside),
-          'scope_bytes': sum(op[1] for op in inside), 'kinds': kinds}
+          'scope_bytes': sum(op[1] for op in inside), 'kinds': dict(kinds)}
 
 
 def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
@@ -92,21 +89,15 @@ def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
   `num_devices` local devices, lowered from shapes; the number of parameter leaves too."""
   import jax
   import jax.numpy as jnp
-  from experiments.configs import bijective_released
-  from irevnet_jax.data import input_pipeline
-  from irevnet_jax.train import program, state as state_lib, steps
+  from benchmarks import common
+  from irevnet_jax.train import state as state_lib
 
   n = num_devices
-  config = bijective_released.get_config()
+  config = common.experiment_config('bijective_released', batch_size=per_device_batch * n,
+                                    blocks=blocks)
   config.model.input_shape = (input_size, input_size, 3)
-  config.model.blocks = tuple(blocks)
-  config.dataset.name = 'synthetic'
-  config.batch_size = per_device_batch * n
   config.ordered_reductions = ordered
-  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
-  normalization = steps.Normalization(source.pixel_mean, source.pixel_std)
-  prog = program.build_program(config, source.num_train_examples, normalization,
-                               jax.local_devices()[:n])
+  _, prog = common.runner_program(config, n)
   host_state = state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True)
   per_device = lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype)
   state = jax.tree_util.tree_map(per_device, host_state)
@@ -128,16 +119,16 @@ def measure(num_devices, blocks=(1, 1, 1, 1)):
   return row
 
 
-class _Subprocess:
-  """`measure` of several device counts in a subprocess with max(counts) CPU devices."""
+class start:
+  """`measure` of each device count in `counts`, in a subprocess with max(counts) CPU
+  devices (XLA reads the count at start): `with start(counts) as run: rows = run.result()`."""
 
-  def __init__(self, counts, blocks):
-    env = dict(os.environ)
-    flags = [f for f in env.get('XLA_FLAGS', '').split()
-             if not f.startswith('--xla_force_host_platform_device_count')]
+  def __init__(self, counts, blocks=(1, 1, 1, 1)):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
     env['XLA_FLAGS'] = ' '.join(
-        flags + [f'--xla_force_host_platform_device_count={max(counts)}'])
-    env['JAX_PLATFORMS'] = 'cpu'
+        [f for f in env.get('XLA_FLAGS', '').split()
+         if not f.startswith('--xla_force_host_platform_device_count')]
+        + [f'--xla_force_host_platform_device_count={max(counts)}'])
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env['PYTHONPATH'] = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), repo) if p)
     self.args = [sys.executable, os.path.abspath(__file__), '--json',
@@ -159,13 +150,6 @@ class _Subprocess:
     if self.process.poll() is None:
       self.process.kill()
       self.process.communicate()
-
-
-def start(counts, blocks=(1, 1, 1, 1)):
-  """Starts `measure` of each device count in `counts` in a subprocess with max(counts)
-  CPU devices (XLA reads the count at start); a context manager whose `result()` is the
-  list of rows."""
-  return _Subprocess(tuple(counts), blocks)
 
 
 def full_model_estimate(name, counts=(8, 64, 256, 1024)):
@@ -221,8 +205,6 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--devices', default='4,6,8', help='device counts N')
   parser.add_argument('--blocks', default='1,1,1,1')
-  parser.add_argument('--separate', action='store_true',
-                      help='one process with exactly N devices per count')
   parser.add_argument('--json', action='store_true', help='measure here, print JSON rows')
   parser.add_argument('--estimate', action='store_true',
                       help='full-size ImageNet presets by the cost model, no lowering')
@@ -236,13 +218,9 @@ def main():
   if args.json:
     print(json.dumps([measure(n, blocks) for n in counts]))
     return
-  groups = [[n] for n in counts] if args.separate else [counts]
-  rows = []
-  for group in groups:
-    with start(group, blocks) as run:
-      rows += run.result()
-  print(f'bijective_released train step, blocks {blocks}, 32x32 input, lowered HLO '
-        f'({"one process per N" if args.separate else f"one process, {max(counts)} devices"})')
+  with start(counts, blocks) as run:
+    rows = run.result()
+  print(f'bijective_released train step, blocks {blocks}, 32x32 input, lowered HLO')
   print(table(rows))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU table of issue 10 on one card in under 8 minutes: one table, printed at the end.
 #
-# Rows, most important first (benchmarks/speed.py: gpu_plan; columns: speed.py's docstring):
+# Rows, most important first (benchmarks/gpu_suite.py: gpu_plan; columns: speed.py's docstring):
 #   training images/s and compile time of the runner's train step (what
 #   `python -m experiments.main` compiles: experiments/configs/<model>.py, bfloat16 compute,
 #   'default' precision, pmap on one device, uint8 batches normalised on the device) for
@@ -72,7 +72,7 @@ print('devices:', jax.devices())
 EOF
 
 if [ "$SMOKE" = 1 ]; then
-  "$PY" -m benchmarks.speed --suite=gpu --smoke --memory_gib=0.25 --max_batch=32 \
+  "$PY" -m benchmarks.gpu_suite --smoke --memory_gib=0.25 --max_batch=32 \
     --min_seconds=0.2 --budget_s="${BUDGET_S:-540}"
   exit $?
 fi
@@ -85,7 +85,7 @@ BUDGET="${BUDGET_S:-$(( HARD_S - 80 ))}"
 # Where the allocator reports no limit, plan with 90% of the card's memory instead.
 MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 MEM_GIB=$(awk -v m="${MEM_MIB:-0}" 'BEGIN { printf "%.1f", (m > 0 ? m : 16384) * 0.9 / 1024 }')
-timeout -k 10 "$HARD_S" "$PY" -m benchmarks.speed --suite=gpu --budget_s="$BUDGET" \
+timeout -k 10 "$HARD_S" "$PY" -m benchmarks.gpu_suite --budget_s="$BUDGET" \
   --max_batch="${MAX_BATCH:-4096}" --memory_gib="$MEM_GIB"
 RC=$?
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then

@@ -18,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+import irevnet_jax
 from benchmarks import common
 
 SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) of invert)
@@ -28,21 +29,17 @@ SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) 
 }
 
 
-def _variables(net, x):
-  return jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])
-
-
 def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, report=print):
   """Rows {model, setting, rel_error, max_abs_error, z dtype, seconds}, one per setting."""
   rows, variables = [], None
   for setting in settings:
     (dtype, precision), (inv_dtype, inv_precision) = SETTINGS[setting]
-    net = common.build(common.model_config(model, smoke=smoke, dtype=dtype, precision=precision))
-    inv_net = common.build(common.model_config(model, smoke=smoke, dtype=inv_dtype,
-                                               precision=inv_precision))
+    net = irevnet_jax.build(common.model_config(model, smoke, dtype=dtype, precision=precision))
+    inv_net = irevnet_jax.build(common.model_config(model, smoke, dtype=inv_dtype,
+                                                    precision=inv_precision))
     x, _ = common.synthetic_batch(net, batch)
     if variables is None:   # the parameter tree (float32) is the same for every setting
-      variables = _variables(net, x)
+      variables = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])
 
     def roundtrip(variables, x, net=net, inv_net=inv_net):
       _, z = net.forward(variables, x)
@@ -50,9 +47,8 @@ def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, repor
 
     start = time.perf_counter()
     x_again, z = jax.jit(roundtrip)(variables, x)
-    x_again = np.asarray(x_again, np.float64)
+    x_again, x64 = np.asarray(x_again, np.float64), np.asarray(x, np.float64)
     seconds = time.perf_counter() - start
-    x64 = np.asarray(x, np.float64)
     row = {'model': model, 'setting': setting, 'batch': batch,
            'rel_error': float(np.linalg.norm(x_again - x64) / np.linalg.norm(x64)),
            'max_abs_error': float(np.max(np.abs(x_again - x64))),

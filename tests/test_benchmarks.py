@@ -1,6 +1,9 @@
-"""The speed benchmark's logic (what benchmarks/gpu.sh runs) on a tiny model; no timing
-is asserted."""
-from benchmarks import common, speed
+"""The benchmarks' logic (what benchmarks/gpu.sh and the RESULTS.md commands run) on tiny
+models; no timing is asserted."""
+import argparse
+import os
+
+from benchmarks import common, gpu_suite, memory, speed
 
 FAST = {'xla_backend_optimization_level': 0}   # compiles several times faster on CPU
 
@@ -15,11 +18,30 @@ def test_train_row_times_the_runner_step_and_steps_down_to_a_batch_that_fits():
 
   # Batch 16 does not fit this limit: the row runs the largest batch that XLA plans to fit.
   limit = int(0.7 * row['peak_gib'] * common.GIB)
-  row = speed.train_row('cifar10', 'reversible', 16, limit_bytes=limit, **kwargs)
+  row = speed.train_row('cifar10', 'reversible', 16, limit_bytes=limit, feed=True, **kwargs)
   assert 1 <= row['batch'] < 16 and row['peak_gib'] * common.GIB <= limit, row
   assert 'plans' in row['note'] and row['img_s'] > 0, row
 
   assert speed.train_row('resnet50', 'reversible', 8, smoke=True) is None   # no such mode
-  lines = speed.summary_lines([row], smoke=True)
+  lines = gpu_suite.summary_lines([row], smoke=True)
   assert 'cifar10' in lines[0] and 'PyTorch' in lines[0], lines
   assert '100-block models: no train row' in lines[-1], lines
+
+
+def test_memory_compiles_the_runner_step_at_each_depth():
+  rows = memory.measure('cifar10', 4, (1, 1, 1), (1, 2), modes=('autodiff',), smoke=True,
+                        report=lambda _: None, compiler_options=FAST)
+  assert [r['blocks'] for r in rows] == ['1/1/1', '2/2/2'], rows
+  # Autodiff stores every block's activations: twice the blocks, more temporaries.
+  assert rows[0]['ratio'] == 1.0 and rows[1]['temp_gib'] > rows[0]['temp_gib'], rows
+
+
+def test_trees_side_runs_in_its_own_process(monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  args = argparse.Namespace(
+      batch='4', smoke=True, blocks='1,1,1', block_scan='', cache_dir='', steps=1, input=0)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  row = speed.tree_row(repo, 'cifar10', 'reversible', 'float32', args)
+  assert 'error' not in row, row
+  assert row['step_s'] > 0 and row['temp'] > 0 and row['rss'] > 0 and row['loss'] > 0, row
