@@ -3,22 +3,17 @@
     python -m benchmarks.bf16_gradients                 # bijective, 64x64, batch 8, 100 blocks
     python -m benchmarks.bf16_gradients --model=bijective_released --size=32 --batch=4
 
-The model of experiments/configs/<model>.py with every block kept, at a small
-input; the runner's precision policy (`train_model_config`: `train_dtype`
-compute, `train_precision` 'default' convolutions, float32 parameters and
-coupling streams). One train-mode gradient of the runner's loss (mean cross
-entropy, batch statistics) per (dtype, backprop mode), all from the same float32
-variables and batch. Per stage (and the head, and the whole tree): cosine
-similarity and relative L2 ||g_rev - g_ad|| / ||g_ad||; the last two columns put
-it next to bfloat16's own effect: the relative L2 distance of the bfloat16
-autodiff and reversible gradients from the float32 autodiff one. The block scans
-run rolled (as on GPU/TPU; on CPU that compiles a 100-block step in seconds).
+experiments/configs/<model>.py with every block, at a small input, under the runner's
+precision policy (`train_model_config`). One train-mode gradient of the mean cross
+entropy per (dtype, backprop mode), all from the same float32 variables and batch. Per
+stage (and the head, and all): cosine similarity and relative L2 ||g_rev - g_ad|| /
+||g_ad||, next to bfloat16's own effect (the relative L2 distance of the bfloat16
+gradients from the float32 autodiff one). Block scans run rolled, as on GPU/TPU.
 """
 import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -69,8 +64,7 @@ def groups(grads):
   return out
 
 
-def measure(model, size, batch, dtypes=DTYPES, block_scan='rolled',
-            report=print):
+def measure(model, size, batch, dtypes=DTYPES, block_scan='rolled', report=print):
   """Rows {dtype, part, blocks, cosine, rel_l2, ad_vs_f32, rev_vs_f32}, one per (dtype, part)."""
   config = common.experiment_config(model, batch_size=batch)
   blocks = dict(zip((f'stage {i}' for i in range(len(config.model.blocks))),
@@ -83,18 +77,16 @@ def measure(model, size, batch, dtypes=DTYPES, block_scan='rolled',
           model, dtype, mode, size, batch, variables, block_scan)
       report(f'{dtype} {mode}: {time.perf_counter() - start:.1f} s')
   rows = []
+  f32 = groups(results['float32', 'autodiff']) if 'float32' in dtypes else None
   for dtype in dtypes:
-    parts_ad = groups(results[dtype, 'autodiff'])
-    parts_rev = groups(results[dtype, 'reversible'])
-    parts_f32 = groups(results['float32', 'autodiff']) if 'float32' in dtypes else None
-    for part in parts_ad:
-      cosine, rel = compare(parts_ad[part], parts_rev[part])
-      row = {'dtype': dtype, 'part': part, 'blocks': blocks.get(part), 'cosine': cosine,
-             'rel_l2': rel}
-      if dtype != 'float32' and parts_f32 is not None:
-        row['ad_vs_f32'] = compare(parts_f32[part], parts_ad[part])[1]
-        row['rev_vs_f32'] = compare(parts_f32[part], parts_rev[part])[1]
-      rows.append(row)
+    ad, rev = groups(results[dtype, 'autodiff']), groups(results[dtype, 'reversible'])
+    for part in ad:
+      cosine, rel = compare(ad[part], rev[part])
+      rows.append({'dtype': dtype, 'part': part, 'blocks': blocks.get(part), 'cosine': cosine,
+                   'rel_l2': rel})
+      if dtype != 'float32' and f32:
+        rows[-1].update(ad_vs_f32=compare(f32[part], ad[part])[1],
+                        rev_vs_f32=compare(f32[part], rev[part])[1])
   return rows
 
 

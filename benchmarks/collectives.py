@@ -18,6 +18,7 @@ loops would count once: CPU lowers the block scans unrolled.
 import argparse
 import collections
 import json
+import math
 import os
 import re
 import subprocess
@@ -32,13 +33,8 @@ _ITEMSIZE = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 
 
 
 def _nbytes(shape_text):
-  total = 0
-  for dtype, dims in _ARRAY.findall(shape_text):
-    count = 1
-    for d in filter(None, dims.split(',')):
-      count *= int(d)
-    total += count * _ITEMSIZE[dtype]
-  return total
+  return sum(math.prod(int(d) for d in dims.split(',') if d) * _ITEMSIZE[dtype]
+             for dtype, dims in _ARRAY.findall(shape_text))
 
 
 def _group_size(rest, num_devices):
@@ -53,8 +49,7 @@ def collective_ops(hlo_text, num_devices):
   """[(kind, bytes sent per device, op_name)] of the collectives in HLO text."""
   ops = []
   for line in hlo_text.splitlines():
-    match = _OP.match(line)
-    if not match:
+    if not (match := _OP.match(line)):
       continue
     kind, rest, size = match['kind'], match['rest'], _nbytes(match['shape'])
     n = _group_size(rest, num_devices)
@@ -191,13 +186,10 @@ def estimate_table(names=('bijective', 'bijective_released', 'injective')):
 def table(rows):
   lines = ['| N | leaves | mode | collectives | in gradient_mean | MB / device / step | '
            'vs native |', '|---|---|---|---|---|---|---|']
-  for row in rows:
-    native = row['native']['bytes']
-    for mode in ('ordered', 'native'):
-      s = row[mode]
-      lines.append(f"| {row['devices']} | {row['leaves']} | {mode} | {s['count']} | "
-                   f"{s['scope_count']} | {s['bytes'] / 2**20:.2f} | "
-                   f"{s['bytes'] / native:.3f}x |")
+  lines += [f"| {row['devices']} | {row['leaves']} | {mode} | {row[mode]['count']} | "
+            f"{row[mode]['scope_count']} | {row[mode]['bytes'] / 2**20:.2f} | "
+            f"{row[mode]['bytes'] / row['native']['bytes']:.3f}x |"
+            for row in rows for mode in ('ordered', 'native')]
   return '\n'.join(lines)
 
 

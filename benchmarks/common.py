@@ -1,10 +1,8 @@
-"""What the benchmarks share: configs by name, the runner's compiled train step, tables.
+"""What the benchmarks share: experiment configs by name, the runner's train step, tables.
 
-`TrainStep` is the one way the benchmarks build and time a train step: the step
-that `python -m experiments.main` compiles for experiments/configs/<name>.py
-(`irevnet_jax.train.program.build_program`: the config's optimizer, schedule,
-precision policy, synchronised BN, pmap by default), compiled ahead of time so
-that compile seconds and XLA's memory analysis are known before a batch runs.
+`TrainStep` is the one way they build and time a train step: the one `experiments.main`
+compiles (`irevnet_jax.train.program.build_program`), compiled ahead of time so that
+compile seconds and XLA's memory analysis are known before a batch runs.
 """
 import dataclasses
 import importlib
@@ -15,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from irevnet_jax import baselines
 from irevnet_jax.baselines import presets as baseline_presets
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import presets
@@ -29,7 +26,7 @@ GIB = 2.0 ** 30
 
 
 def _smoke_overrides(name, c):
-  """A shrunken layout of the same kind: a CPU runs a benchmark's logic in seconds."""
+  """A layout of the same kind that a CPU runs a benchmark's logic with in seconds."""
   if c.get('arch', 'irevnet') != 'irevnet':   # a baseline: small stem, one unit per stage
     return {'input_shape': (16, 16, 3), 'stem': 'small', 'stem_width': 16,
             'units': (1,) * len(c.units), 'widths': tuple(w // 8 for w in c.widths),
@@ -41,18 +38,6 @@ def _smoke_overrides(name, c):
   return {'input_shape': (16, 16, 3), 'blocks': (3,) * len(c.blocks)}
 
 
-def model_config(name: str, smoke: bool = False, **overrides):
-  """The model config of preset `name` (i-RevNet or baseline), shrunken if `smoke`."""
-  all_presets = {**presets.PRESETS, **baselines.PRESETS}
-  if name not in all_presets:
-    raise ValueError(f'Unknown model {name!r}; use one of {sorted(all_presets)}.')
-  c = all_presets[name]()
-  if smoke:
-    c.update(_smoke_overrides(name, c))
-  c.update(overrides)
-  return c
-
-
 def experiment_config(name: str, *, batch_size: int, smoke: bool = False,
                       backprop: Optional[str] = None, train_dtype: str = 'auto',
                       blocks=None, parallel: str = 'pmap',
@@ -60,7 +45,7 @@ def experiment_config(name: str, *, batch_size: int, smoke: bool = False,
   """experiments/configs/<name>.py as a user runs it, on synthetic images unless `real_data`.
 
   `train_dtype` ('auto' = bfloat16 on GPU/TPU), `backprop`, `blocks` (per stage; a
-  baseline's units) and `smoke` (see `model_config`) override the config's fields.
+  baseline's units) and `smoke` (a shrunken layout of the same kind) override its fields.
   """
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
   if smoke:
@@ -138,17 +123,12 @@ def _memory_analysis(compiled):
   return int(m.temp_size_in_bytes), int(peak)
 
 
-_HOST_STATE = {}   # one host train state, for the last layout asked for
+_HOST_STATE = {}   # one host train state (of the last layout): a 193M-parameter one is 1.5 GB
 
 
 class TrainStep:
-  """The runner's train step for one experiment config on `num_devices` local devices.
-
-  `compile(batch)` lowers and compiles the pmapped (or jit + shard_map) step of
-  `build_program` at any global batch: the executable a first call would compile.
-  The train state lives on the device(s) between calls, donated by each step on
-  GPU/TPU as in training; batches are the source's uint8 images.
-  """
+  """The runner's train step of an experiment config on `num_devices` local devices; its
+  state lives on the device(s), donated by each step on GPU/TPU as in training."""
 
   def __init__(self, config, num_devices: int = 1, compiler_options=None):
     self.config = config
@@ -165,7 +145,7 @@ class TrainStep:
     model.backprop = 'autodiff'   # the state does not depend on the mode or the dtype
     key = model.to_json(sort_keys=True)
     if key not in _HOST_STATE:
-      _HOST_STATE.clear()   # the state of a 193M-parameter model is 1.5 GB
+      _HOST_STATE.clear()
       _HOST_STATE[key] = state_lib.create_state(self.program.train_net, self.program.tx, 0)
     return _HOST_STATE[key]
 
@@ -177,7 +157,7 @@ class TrainStep:
     return self.backend.put_batch(next(self._host_batches(batch_size)))
 
   def compile(self, batch_size: int) -> Compiled:
-    """The train step compiled for global batch `batch_size` (trace + lower + compile)."""
+    """The executable a first call at global batch `batch_size` compiles, and its numbers."""
     batch = self.batch(batch_size)
     start = time.perf_counter()
     lowered = self.program.train_step.lower(self.state, batch)

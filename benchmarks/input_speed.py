@@ -3,18 +3,14 @@
     python -m benchmarks.input_speed                    # ~2 min on 2 cores
     python -m benchmarks.input_speed --threads=1 --timed_images=1024
 
-Makes an ImageNet-like data set locally: JPEGs of ~400 x 350 pixels and ~110 KB (crops
-of scikit-learn's two sample photos with sensor-like noise, quality 97), packed into fake
-ILSVRC2012 tars and prepared by TFDS in ArrayRecord (`launch/prepare_data.py`), and
-optionally a copy with the shorter side shrunk to --short_side (`--small_copy_dir`). Then
-it times `irevnet_jax.data.tfds_pipeline` with the dataset fields of --config (colour jitter
-included; uint8 images; one batched ArrayRecord read per step) on both.
-"per core" is images per CPU-second of this process (all its threads: TensorFlow's and
-Python's, from time.process_time), so that other jobs on a shared machine distort it
-less than a wall-clock rate; "cores busy" is CPU seconds per wall second. Each row shows
-the best (fewest CPU seconds) of --repeats runs. The images are 224 x 224 (--size).
-Earlier pipelines (per-record reads, TFRecord before issue 13) are compared in
-benchmarks/RESULTS.md; git keeps their code.
+Makes an ImageNet-like data set locally (noisy crops of scikit-learn's two sample photos,
+~400 x 350 px, ~110 KB JPEGs, in fake ILSVRC2012 tars prepared by TFDS in ArrayRecord as
+`launch/prepare_data.py` does, plus a copy with the shorter side shrunk to --short_side)
+and times `irevnet_jax.data.tfds_pipeline` on both with the dataset fields of --config.
+"per core" is images per CPU-second of this process (all threads), which other jobs on a
+shared machine distort less than a wall-clock rate; "cores busy" is CPU s per wall s.
+Each row is the best (fewest CPU seconds) of --repeats runs. Earlier pipelines are
+compared in benchmarks/RESULTS.md; git keeps their code.
 """
 import argparse
 import importlib

@@ -29,14 +29,18 @@ SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) 
 }
 
 
+def _net(model_config, dtype, precision):
+  c = model_config.copy_and_resolve_references()
+  c.update(dtype=dtype, precision=precision)
+  return irevnet_jax.build(c)
+
+
 def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, report=print):
   """Rows {model, setting, rel_error, max_abs_error, z dtype, seconds}, one per setting."""
   rows, variables = [], None
+  base = common.experiment_config(model, batch_size=batch, smoke=smoke).model
   for setting in settings:
-    (dtype, precision), (inv_dtype, inv_precision) = SETTINGS[setting]
-    net = irevnet_jax.build(common.model_config(model, smoke, dtype=dtype, precision=precision))
-    inv_net = irevnet_jax.build(common.model_config(model, smoke, dtype=inv_dtype,
-                                                    precision=inv_precision))
+    net, inv_net = (_net(base, dtype, precision) for dtype, precision in SETTINGS[setting])
     x, _ = common.synthetic_batch(net, batch)
     if variables is None:   # the parameter tree (float32) is the same for every setting
       variables = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])

@@ -4,37 +4,31 @@
     python -m benchmarks.speed --models=bijective_released --dtypes=bfloat16 --blocks=preset \\
         --batch=max --memory_gib=120
     python -m benchmarks.speed --models=digits --blocks=preset --batch=64 --real_data --feed
-    python -m benchmarks.speed --trees=/work/wt/base,. --batch=64 --modes=autodiff,reversible \\
-        --steps=4 --repeats=2 [--cache_dir=/tmp/cache]   # before/after, sides alternating
+    python -m benchmarks.speed --trees=/work/wt/base,. --blocks=preset --batch=64 \\
+        --modes=autodiff,reversible --min_seconds=0 --repeats=2   # before/after
 
-What is timed: `benchmarks.common.TrainStep`, the step `python -m experiments.main`
-compiles for experiments/configs/<model>.py, on uint8 synthetic images (--real_data:
-the config's own data set) put on the device beforehand (--feed: each step gets the
-next batch, prefetched as the training loop does). Steps run back to back.
+Timed: `common.TrainStep`, the step `experiments.main` compiles for experiments/configs/
+<model>.py, on uint8 synthetic images (--real_data: the config's data set) kept on the
+device (--feed: a new batch per step, prefetched as the training loop does), steps back
+to back. Columns: blocks (units) over all stages; dtype/prec. of training (parameters,
+optimizer state and coupling streams are float32); compile s = trace + lower + compile;
+peak GiB = XLA's planned memory (arguments + temporaries + outputs not aliased to the
+donated state); max batch (est) = the largest batch that fits the device's limit x SAFETY,
+from XLA's memory analysis: a compile splits the planned bytes into a part that grows
+with the batch and one that does not, a compile at the predicted batch confirms it or
+refits the line (no run, so no out-of-memory).
 
-The largest batch comes from XLA's memory analysis of compiles, which cannot run out of
-memory: one compile splits the planned bytes into a part that grows with the batch and
-one that does not; a compile at the predicted batch confirms it (or refits the line
-through both).
-
-Columns: blocks (i-RevNet) or residual units over all stages; mode = backprop; dtype/
-prec. = compute dtype / convolution precision of training (parameters, optimizer state
-and coupling streams are float32); max batch (est) = the largest batch estimated to fit
-in the memory planned with (device limit x SAFETY); compile s = trace + lower + compile
-(what a run's first step waits); peak GiB = XLA's planned memory (arguments +
-temporaries + outputs not aliased to the donated state).
-
---trees runs each (repeat, tree, mode) in a fresh process with that checkout first on
-PYTHONPATH (its own `benchmarks.common`), so a loaded machine slows every side alike;
-it prints compile s, s/step, images/s, XLA temp GiB, the process's peak RSS and the loss
-after exactly --steps timed steps. With --cache_dir every process reads and fills that
-persistent compilation cache, so a second repeat shows the cached compile.
+--trees: each (repeat, tree, model, dtype, mode) runs `python -m benchmarks.speed --json`
+of that checkout in a fresh process, so a loaded machine slows every side alike; the table
+adds its peak RSS. --min_seconds=0 times exactly 3 steps (after 3), so the losses compare.
+--cache_dir: the persistent compilation cache (a second process shows the cached compile).
 """
 import argparse
 import dataclasses
 import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -102,7 +96,8 @@ _LAST_COMPILE = {}   # row key -> numbers of its last compile: the probe of a la
 
 def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
               limit_bytes=None, cap=4096, min_seconds=2.0, blocks=None, parallel='pmap',
-              compiler_options=None, real_data=False, feed=False):
+              compiler_options=None, real_data=False, feed=False, input_size=0,
+              block_scan=''):
   """One row (a dict, see COLUMNS), or None if `model` has no `mode`.
 
   batch: an integer, or 'max' for the largest that fits in `limit_bytes` (up to `cap`);
@@ -113,8 +108,12 @@ def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
                                     blocks=blocks, parallel=parallel, real_data=real_data)
   if mode not in common.backprop_modes(config.model):
     return None
+  if input_size:
+    config.model.input_shape = (input_size, input_size, config.model.input_shape[-1])
+  if block_scan:
+    config.model.block_scan = block_scan
   step = common.TrainStep(config, compiler_options=compiler_options)
-  key = (model, mode, step.train_dtype, smoke, blocks, parallel)
+  key = (model, mode, step.train_dtype, smoke, blocks, parallel, input_size, block_scan)
   notes, estimate = [], None
   if batch == 'max':
     if limit_bytes is None:
@@ -144,7 +143,9 @@ def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
           'batch': compiled.batch_size, 'max_batch': estimate, 'compile_s': compiled.compile_s,
           'step_ms': 1e3 * seconds, 'img_s': compiled.batch_size / seconds,
           'peak_gib': None if compiled.peak_bytes is None else compiled.peak_bytes / common.GIB,
-          'note': '; '.join(notes)}
+          'temp_gib': None if compiled.temp_bytes is None else compiled.temp_bytes / common.GIB,
+          'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / common.GIB,
+          'loss': loss, 'note': '; '.join(notes)}
 
 
 COLUMNS = [('what', 'what', ''), ('model', 'model', ''), ('blocks', 'blocks', 'd'),
@@ -153,44 +154,26 @@ COLUMNS = [('what', 'what', ''), ('model', 'model', ''), ('blocks', 'blocks', 'd
            ('step_ms', 'ms/step', '.1f'), ('img_s', 'images/s', '.1f'),
            ('peak_gib', 'peak GiB', '.2f'), ('note', 'note', '')]
 
-# One side of --trees: only `experiment_config`, `TrainStep`, `compile` and `time` of the
-# tree's benchmarks.common, so that older checkouts run it too.
-CHILD = r'''
-import json, resource, sys
-import jax
-a = json.loads(sys.argv[1])
-if a['cache_dir']:
-  jax.config.update('jax_compilation_cache_dir', a['cache_dir'])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-from benchmarks import common
-config = common.experiment_config(a['model'], batch_size=a['batch'], smoke=a['smoke'],
-                                  backprop=a['mode'], blocks=a['blocks'])
-config.train_dtype = a['dtype']
-if a['input']:
-  config.model.input_shape = (a['input'], a['input'], 3)
-if a['block_scan']:
-  config.model.block_scan = a['block_scan']
-step = common.TrainStep(config)
-compiled = step.compile(a['batch'])
-seconds, loss = step.time(compiled, min_seconds=1e9, max_steps=a['steps'])   # exactly that many
-print('RESULT ' + json.dumps({'compile_s': compiled.compile_s, 'step_s': seconds, 'loss': loss,
-      'temp': compiled.temp_bytes, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
-'''
+TREE_COLUMNS = [('repeat', 'repeat', 'd'), ('tree', 'tree', ''), *COLUMNS[1:6],
+                ('compile_s', 'compile s', '.1f'), ('step_ms', 'ms/step', '.1f'),
+                ('img_s', 'images/s', '.1f'), ('temp_gib', 'XLA temp GiB', '.3f'),
+                ('rss_gib', 'peak RSS GiB', '.2f'), ('loss', 'loss', '.5f'), ('note', 'note', '')]
 
 
-def tree_row(tree, model, mode, dtype, args):
-  """One side of --trees, measured in a fresh process: a dict, or {'error': last line}."""
+def tree_rows(tree, model, dtype, mode, args):
+  """The rows of one side of --trees, measured by `tree`'s own speed.py in a fresh process."""
+  argv = [f'--models={model}', f'--dtypes={dtype}', f'--modes={mode}', f'--batch={args.batch}',
+          f'--blocks={args.blocks}', f'--min_seconds={args.min_seconds}', f'--input={args.input}',
+          f'--block_scan={args.block_scan}', f'--cache_dir={args.cache_dir}', '--json']
   env = dict(os.environ, PYTHONPATH=os.path.abspath(tree), TF_CPP_MIN_LOG_LEVEL='2')
-  child = {'model': model, 'batch': int(args.batch), 'smoke': args.smoke, 'mode': mode,
-           'dtype': dtype, 'blocks': None if args.blocks == 'preset' else args.blocks.split(','),
-           'block_scan': args.block_scan, 'cache_dir': args.cache_dir, 'steps': args.steps,
-           'input': args.input}
-  out = subprocess.run([sys.executable, '-c', CHILD, json.dumps(child)], env=env,
-                       capture_output=True, text=True, check=False)
-  lines = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
-  if not lines:
-    return {'error': (out.stderr.strip().splitlines() or ['?'])[-1]}
-  return json.loads(lines[-1][len('RESULT '):])
+  out = subprocess.run([sys.executable, '-m', 'benchmarks.speed', *argv,
+                        *['--smoke'] * args.smoke], cwd=tree, env=env, capture_output=True,
+                       text=True, check=False)
+  lines = [l for l in out.stdout.splitlines() if l.startswith('ROWS ')]
+  if lines:
+    return json.loads(lines[-1][len('ROWS '):])
+  error = (out.stderr.strip().splitlines() or ['?'])[-1]
+  return [{'model': model, 'mode': mode, 'note': f'error: {error}'}]
 
 
 def main(argv=None):
@@ -212,17 +195,23 @@ def main(argv=None):
   parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
   parser.add_argument('--real_data', action='store_true', help="the config's own data set")
   parser.add_argument('--feed', action='store_true', help='a new prefetched batch per step')
+  parser.add_argument('--input', type=int, default=0, help='input x input images (0: config)')
+  parser.add_argument('--block_scan', default='', help="model.block_scan: auto|unrolled|rolled")
+  parser.add_argument('--cache_dir', default='', help='persistent compilation cache directory')
   parser.add_argument('--trees', default='', help='checkouts to compare, one process a side')
-  parser.add_argument('--steps', type=int, default=4, help='--trees: timed steps per side')
-  parser.add_argument('--input', type=int, default=0, help='--trees: input x input x 3 images')
-  parser.add_argument('--block_scan', default='', help="--trees: auto, unrolled or rolled")
-  parser.add_argument('--cache_dir', default='', help='--trees: persistent compilation cache')
+  parser.add_argument('--json', action='store_true', help='print the rows as one JSON line')
   args = parser.parse_args(argv)
   sides = [(model, dtype, mode) for model in args.models.split(',')
            for dtype in args.dtypes.split(',') for mode in args.modes.split(',')]
   if args.trees:
-    compare_trees(args, sides)
+    rows = [dict(row, repeat=r, tree=tree) for r in range(args.repeats)
+            for tree in args.trees.split(',') for model, dtype, mode in sides
+            for row in tree_rows(tree, model, dtype, mode, args)]
+    print(common.format_table(rows, TREE_COLUMNS, markdown=True))
     return
+  if args.cache_dir:
+    jax.config.update('jax_compilation_cache_dir', args.cache_dir)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   limit = common.device_memory_bytes(args.memory_gib)
   if args.batch == 'max' and limit is None:
     parser.error('--batch=max needs --memory_gib on a device that reports no memory limit')
@@ -234,7 +223,8 @@ def main(argv=None):
       row = train_row(model, mode, args.batch, train_dtype=dtype, smoke=args.smoke,
                       limit_bytes=limit and int(limit * SAFETY), cap=args.max_batch,
                       min_seconds=args.min_seconds, blocks=blocks, parallel=args.parallel,
-                      real_data=args.real_data, feed=args.feed)
+                      real_data=args.real_data, feed=args.feed, input_size=args.input,
+                      block_scan=args.block_scan)
       gc.collect()
       if row is None:
         continue
@@ -244,27 +234,15 @@ def main(argv=None):
       print(f'  {model} {row["setting"]} {mode}: {row["step_ms"]:.1f} ms/step at batch '
             f'{row["batch"]}', flush=True)
   rows = list(best.values())
+  if args.json:
+    print('ROWS ' + json.dumps(rows))
+    return
   print(common.format_table(rows, COLUMNS[1:]))
   for row in rows:
     base = best.get((row['model'], row['setting'], 'autodiff'))
     if base and row is not base and base['batch'] == row['batch']:
       print(f'{row["model"]} {row["setting"]}: {row["mode"]} step time = '
             f'{row["step_ms"] / base["step_ms"]:.2f}x autodiff')
-
-
-def compare_trees(args, sides):
-  """The --trees table, one line per (repeat, tree, model, dtype, mode) as it comes."""
-  print('| repeat | tree | model | dtype | mode | compile s | s/step | images/s | XLA temp GiB '
-        '| peak RSS GiB | loss |\n|---|---|---|---|---|---|---|---|---|---|---|')
-  for r in range(args.repeats):
-    for tree in args.trees.split(','):
-      for model, dtype, mode in sides:
-        row = tree_row(tree, model, mode, dtype, args)
-        cells = ([f'error: {row["error"]}'] if 'error' in row else
-                 [f'{row["compile_s"]:.1f}', f'{row["step_s"]:.3f}',
-                  f'{int(args.batch) / row["step_s"]:.1f}', f'{(row["temp"] or 0) / 2**30:.3f}',
-                  f'{row["rss"] / 2**30:.2f}', f'{row["loss"]:.5f}'])
-        print('| ' + ' | '.join([str(r), tree, model, dtype, mode, *cells]) + ' |', flush=True)
 
 
 if __name__ == '__main__':

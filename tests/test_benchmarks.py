@@ -36,12 +36,12 @@ def test_memory_compiles_the_runner_step_at_each_depth():
   assert rows[0]['ratio'] == 1.0 and rows[1]['temp_gib'] > rows[0]['temp_gib'], rows
 
 
-def test_trees_side_runs_in_its_own_process(monkeypatch):
+def test_a_side_of_trees_is_that_checkouts_speed_py_in_a_fresh_process(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  args = argparse.Namespace(
-      batch='4', smoke=True, blocks='1,1,1', block_scan='', cache_dir='', steps=1, input=0)
+  args = argparse.Namespace(batch='4', blocks='1,1,1', min_seconds=0.0, input=0, block_scan='',
+                            cache_dir='', smoke=True)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  row = speed.tree_row(repo, 'cifar10', 'reversible', 'float32', args)
-  assert 'error' not in row, row
-  assert row['step_s'] > 0 and row['temp'] > 0 and row['rss'] > 0 and row['loss'] > 0, row
+  [row] = speed.tree_rows(repo, 'cifar10', 'float32', 'reversible', args)
+  assert row['note'] == '' and row['batch'] == 4 and row['setting'] == 'float32/default', row
+  assert row['temp_gib'] > 0 and row['rss_gib'] > 0 and row['loss'] > 0, row
