@@ -24,6 +24,15 @@ import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import irevnet_jax
+from benchmarks import common
+from irevnet_jax.model import collectives as model_collectives, presets
+from irevnet_jax.train import state as state_lib
+
 KINDS = ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter')
 _OP = re.compile(r'^\s*\S+ = (?P<shape>\(.*?\)|\S+) (?P<kind>' + '|'.join(KINDS) +
                  r')\((?P<rest>.*)$')
@@ -80,13 +89,8 @@ def summary(hlo_text, num_devices, scope='gradient_mean'):
 
 def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
                    per_device_batch=2):
-  """HLO text (with op names) of the runner's bijective_released train step on the first
-  `num_devices` local devices, lowered from shapes; the number of parameter leaves too."""
-  import jax
-  import jax.numpy as jnp
-  from benchmarks import common
-  from irevnet_jax.train import state as state_lib
-
+  """(HLO text with op names, parameter leaves) of the runner's bijective_released train
+  step on the first `num_devices` local devices, lowered from shapes."""
   n = num_devices
   config = common.experiment_config('bijective_released', batch_size=per_device_batch * n,
                                     blocks=blocks)
@@ -105,8 +109,7 @@ def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
 
 def measure(num_devices, blocks=(1, 1, 1, 1)):
   """{'ordered': summary, 'native': summary, 'leaves', 'devices', 'blocks'} of the train
-  step on the first `num_devices` local devices (a pmap over N of this process's devices
-  lowers to the program of a process with N devices)."""
+  step on the first `num_devices` local devices (the program of a process with N)."""
   row = {'devices': num_devices, 'blocks': list(blocks)}
   for name, ordered in (('ordered', True), ('native', False)):
     text, row['leaves'] = train_step_hlo(ordered, num_devices, blocks)
@@ -151,10 +154,6 @@ def full_model_estimate(name, counts=(8, 64, 256, 1024)):
   """Rows for the full-size preset `name` (autodiff backprop), by the cost model above:
   gradients (float32, one buffer) and one BN collective per layer and pass (forward,
   backward), ordered (BN: one all_gather while 8 C bytes <= GATHER_BYTES) vs native."""
-  import jax
-  import numpy as np
-  import irevnet_jax
-  from irevnet_jax.model import collectives, presets
   net = irevnet_jax.build(getattr(presets, name)())
   x = jax.ShapeDtypeStruct((1, *net.input_shape), np.float32)
   variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
@@ -166,7 +165,7 @@ def full_model_estimate(name, counts=(8, 64, 256, 1024)):
     reduce_bytes = lambda b: 2 * (n - 1) / n * b
     grads = reduce_bytes(4 * params)
     native_bn = sum(2 * k * reduce_bytes(8 * c) for k, c in layers)
-    ordered_bn = sum(2 * k * ((n - 1) * 8 * c if 8 * c <= collectives.GATHER_BYTES
+    ordered_bn = sum(2 * k * ((n - 1) * 8 * c if 8 * c <= model_collectives.GATHER_BYTES
                               else reduce_bytes(8 * c)) for k, c in layers)
     rows.append((name, n, grads, native_bn, ordered_bn))
   return rows

@@ -10,10 +10,6 @@ compile s is the compile and run of forward + invert; the note gives
 ||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
 """
 import argparse
-import gc
-import sys
-import time
-import traceback
 
 import jax
 
@@ -68,9 +64,8 @@ def inversion_rows(model: str, batch: int, smoke: bool):
 
 def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, cap=4096,
               train_dtype='bfloat16', inversion_batch=8):
-  """Runs `gpu_plan` until `budget_s` is spent, printing each row as it comes; then the
-  table and `summary_lines`. Returns the rows."""
-  deadline = time.perf_counter() + budget_s
+  """Runs `gpu_plan` until `budget_s` is spent (`speed.run_items`), then prints the table
+  and `summary_lines`. Returns the rows."""
   limit = common.device_memory_bytes(memory_gib)
   if limit is None:
     raise ValueError('this device reports no memory limit; pass --memory_gib (e.g. 2 on CPU)')
@@ -79,40 +74,16 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
         f'(pmap, one device), planning with {limit / common.GIB:.2f} GiB, budget '
         f'{budget_s:.0f} s' + (' (SMOKE: shrunken models, numbers mean nothing)' if smoke
                                else ''), flush=True)
-  rows, costs = [], {}
-  for item in gpu_plan(smoke):
-    kind, model = item[0], item[1]
-    left, guess = deadline - time.perf_counter(), _guess_seconds(item, costs, smoke)
-    asked = f'batch {item[3]}: ' if kind == 'train' else ''
-    mode = item[2] if kind == 'train' else None
-    if left < guess:
-      rows.append({'what': kind, 'model': model, 'mode': mode,
-                   'note': f'{asked}skipped, {left:.0f} s left, ~{guess:.0f} s needed'})
-      print(f'[skip] {" ".join(map(str, item))}: {rows[-1]["note"]}', flush=True)
-      continue
-    started = time.perf_counter()
-    try:
-      if kind == 'train':
-        new_rows = [r for r in [speed.train_row(
-            model, mode, item[3], train_dtype=train_dtype, smoke=smoke, limit_bytes=limit,
-            cap=cap, min_seconds=min_seconds)] if r]
-      else:
-        new_rows = inversion_rows(model, inversion_batch, smoke)
-    except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
-      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
-      message = (str(e).strip().splitlines() or [''])[0][:100]
-      new_rows = [{'what': kind, 'model': model, 'mode': mode,
-                   'note': f'{asked}error: {type(e).__name__}: {message}'}]
-    gc.collect()   # free the last row's device buffers before the next row plans its memory
-    costs[model] = time.perf_counter() - started
-    rows += new_rows
-    print(f'[{time.perf_counter() - deadline + budget_s:4.0f} s] {" ".join(map(str, item))} '
-          f'({costs[model]:.0f} s)', flush=True)
-    for row in new_rows:   # each row as soon as it is known, in case the run is cut short
-      print('    ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                               for k, v in row.items()
-                               if k not in ('what', 'config_blocks') and v not in (None, '')),
-            flush=True)
+
+  def make_rows(item):
+    if item[0] == 'invert':
+      return inversion_rows(item[1], inversion_batch, smoke)
+    row = speed.train_row(item[1], item[2], item[3], train_dtype=train_dtype, smoke=smoke,
+                          limit_bytes=limit, cap=cap, min_seconds=min_seconds)
+    return [row] if row else []
+
+  rows = speed.run_items(gpu_plan(smoke), make_rows, budget_s,
+                         lambda item, costs: _guess_seconds(item, costs, smoke))
   print('\n' + common.format_table(rows, speed.COLUMNS, markdown=True) + '\n')
   for line in summary_lines(rows, smoke, jax.devices()[0].device_kind):
     print(line)

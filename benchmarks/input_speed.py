@@ -90,18 +90,16 @@ def make_dataset(root: str, num_train: int, num_val: int, short_side: int):
 def time_batches(make_batches, batch_size: int, timed_images: int, repeats: int, warmup: int = 2):
   """(images, wall s, CPU s) of the best of `repeats` runs (fewest CPU s), each over whole
   batches of a fresh iterator after `warmup` untimed ones."""
-  best = None
+  runs, steps = [], max(1, timed_images // batch_size)
   for _ in range(repeats):
     batches = make_batches()
     for _ in range(warmup):
       next(batches)
-    steps = max(1, timed_images // batch_size)
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
       next(batches)
-    run = (steps * batch_size, time.perf_counter() - wall, time.process_time() - cpu)
-    best = run if best is None or run[2] < best[2] else best
-  return best
+    runs.append((steps * batch_size, time.perf_counter() - wall, time.process_time() - cpu))
+  return min(runs, key=lambda run: run[2])
 
 
 def pipeline_rows(label: str, data_dir: str, args):

@@ -1,8 +1,9 @@
-"""Training speed of the runner's step: compile time, images/s, memory, largest batch.
+"""Training speed and memory of the runner's step: compile time, images/s, largest batch.
 
     python -m benchmarks.speed                      # CPU: cifar10, 3 blocks/stage, batch 32
     python -m benchmarks.speed --models=bijective_released --dtypes=bfloat16 --blocks=preset \\
         --batch=max --memory_gib=120
+    python -m benchmarks.speed --compile_only --depths=1,2,4,8 --batch=64   # memory vs depth
     python -m benchmarks.speed --models=digits --blocks=preset --batch=64 --real_data --feed
     python -m benchmarks.speed --trees=/work/wt/base,. --blocks=preset --batch=64 \\
         --modes=autodiff,reversible --min_seconds=0 --repeats=2   # before/after
@@ -18,6 +19,12 @@ from XLA's memory analysis: a compile splits the planned bytes into a part that 
 with the batch and one that does not, a compile at the predicted batch confirms it or
 refits the line (no run, so no out-of-memory).
 
+--compile_only --depths: XLA's temp bytes (beyond arguments and outputs) at multiples of
+--blocks, and their ratio to the first depth. Autodiff stores every block's activations
+and grows with depth; reversible stores each stage's outputs only and should stay flat,
+but for the gradient buffers (as large as the parameters), which temp-grads leaves out.
+CPUs unroll the block scans (block_scan 'auto'); --block_scan=rolled is what GPUs run.
+
 --trees: each (repeat, tree, model, dtype, mode) runs `python -m benchmarks.speed --json`
 of that checkout in a fresh process, so a loaded machine slows every side alike; the table
 adds its peak RSS. --min_seconds=0 times exactly 3 steps (after 3), so the losses compare.
@@ -27,11 +34,13 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import resource
 import subprocess
 import sys
 import time
+import traceback
 
 import jax
 
@@ -97,7 +106,7 @@ _LAST_COMPILE = {}   # row key -> numbers of its last compile: the probe of a la
 def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
               limit_bytes=None, cap=4096, min_seconds=2.0, blocks=None, parallel='pmap',
               compiler_options=None, real_data=False, feed=False, input_size=0,
-              block_scan=''):
+              block_scan='', compile_only=False):
   """One row (a dict, see COLUMNS), or None if `model` has no `mode`.
 
   batch: an integer, or 'max' for the largest that fits in `limit_bytes` (up to `cap`);
@@ -132,19 +141,20 @@ def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
         compiled, estimate = fit_batch(step, limit_bytes, compiled, int(batch))
       else:
         estimate = _fits(limit_bytes, *_line_from_one(compiled))
-  seconds, loss = step.time(compiled, min_seconds=min_seconds, feed=feed)
-  if loss != loss or abs(loss) == float('inf'):
+  seconds, loss = (None, None) if compile_only else step.time(compiled, min_seconds, feed=feed)
+  if loss is not None and not math.isfinite(loss):
     notes.append(f'loss {loss}')
   _LAST_COMPILE[key] = dataclasses.replace(compiled, fn=None)
+  gib = lambda b: None if b is None else b / common.GIB
   return {'what': 'train', 'model': model + (' (smoke)' if smoke else ''),
           'blocks': common.total_blocks(config.model),
           'config_blocks': common.config_blocks(model), 'mode': mode,
           'setting': f'{step.train_dtype}/{config.train_precision}',
           'batch': compiled.batch_size, 'max_batch': estimate, 'compile_s': compiled.compile_s,
-          'step_ms': 1e3 * seconds, 'img_s': compiled.batch_size / seconds,
-          'peak_gib': None if compiled.peak_bytes is None else compiled.peak_bytes / common.GIB,
-          'temp_gib': None if compiled.temp_bytes is None else compiled.temp_bytes / common.GIB,
-          'rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / common.GIB,
+          'step_ms': seconds and 1e3 * seconds, 'img_s': seconds and compiled.batch_size / seconds,
+          'peak_gib': gib(compiled.peak_bytes), 'temp_gib': gib(compiled.temp_bytes),
+          'act_gib': gib(compiled.temp_bytes and compiled.temp_bytes - compiled.param_bytes),
+          'rss_gib': gib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
           'loss': loss, 'note': '; '.join(notes)}
 
 
@@ -154,6 +164,43 @@ COLUMNS = [('what', 'what', ''), ('model', 'model', ''), ('blocks', 'blocks', 'd
            ('step_ms', 'ms/step', '.1f'), ('img_s', 'images/s', '.1f'),
            ('peak_gib', 'peak GiB', '.2f'), ('note', 'note', '')]
 
+def run_items(items, make_rows, budget_s=float('inf'), guess_s=lambda item, costs: 0.0):
+  """The rows of `items` (tuples: kind, model, mode, ...) by `make_rows(item)`, each printed
+  as it comes (in case the run is cut short). An item that fails gets an error row and the
+  others go on; one whose `guess_s(item, {model: seconds of its last item})` exceeds what is
+  left of `budget_s` gets a skip row."""
+  deadline, rows, costs = time.perf_counter() + budget_s, [], {}
+  for item in items:
+    label, left, needed = ' '.join(map(str, item)), deadline - time.perf_counter(), guess_s(
+        item, costs)
+    failed = {'what': item[0], 'model': item[1], 'mode': item[2] if item[0] == 'train' else None}
+    if left < needed:
+      rows.append(dict(failed, note=f'{label}: skipped, {left:.0f} s left, ~{needed:.0f} needed'))
+      print(f'[skip] {rows[-1]["note"]}', flush=True)
+      continue
+    started = time.perf_counter()
+    try:
+      new_rows = make_rows(item)
+    except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
+      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
+      message = (str(e).strip().splitlines() or [''])[0][:100]
+      new_rows = [dict(failed, note=f'{label}: error: {type(e).__name__}: {message}')]
+    gc.collect()   # free the last row's device buffers before the next row plans its memory
+    costs[item[1]] = time.perf_counter() - started
+    print(f'[{time.perf_counter() - deadline + budget_s:4.0f} s] {label} '
+          f'({costs[item[1]]:.0f} s)', flush=True)
+    for row in new_rows:
+      print('    ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                               for k, v in row.items()
+                               if k not in ('what', 'config_blocks') and v not in (None, '')),
+            flush=True)
+    rows += new_rows
+  return rows
+
+
+MEMORY_COLUMNS = [*COLUMNS[1:6], ('temp_gib', 'temp GiB', '.3f'), ('temp_x', 'x of first', '.2f'),
+                  ('act_gib', 'temp-grads GiB', '.3f'), ('act_x', 'x of first', '.2f'),
+                  ('peak_gib', 'peak GiB', '.3f'), ('compile_s', 'compile s', '.1f')]
 TREE_COLUMNS = [('repeat', 'repeat', 'd'), ('tree', 'tree', ''), *COLUMNS[1:6],
                 ('compile_s', 'compile s', '.1f'), ('step_ms', 'ms/step', '.1f'),
                 ('img_s', 'images/s', '.1f'), ('temp_gib', 'XLA temp GiB', '.3f'),
@@ -176,6 +223,18 @@ def tree_rows(tree, model, dtype, mode, args):
   return [{'model': model, 'mode': mode, 'note': f'error: {error}'}]
 
 
+def add_depth_ratios(rows):
+  """Adds each row's temp (and temp-grads) bytes as a multiple of the first row of the same
+  model, setting and mode: memory against depth. Returns the rows."""
+  for row in rows:
+    first = next(r for r in rows if r['model'] == row['model'] and r['mode'] == row['mode']
+                 and r.get('setting') == row.get('setting'))
+    if row.get('temp_gib') and first.get('temp_gib'):
+      row.update(temp_x=row['temp_gib'] / first['temp_gib'],
+                 act_x=row['act_gib'] / first['act_gib'])
+  return rows
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='cifar10', help='names in experiments/configs/')
@@ -186,6 +245,8 @@ def main(argv=None):
   parser.add_argument('--max_batch', type=int, default=4096, help="cap for --batch=max")
   parser.add_argument('--blocks', default='3,3,3',
                       help="blocks (units) per stage, comma-separated, or 'preset'")
+  parser.add_argument('--depths', default='1', help='multiples of --blocks, one row each')
+  parser.add_argument('--compile_only', action='store_true', help='no run: compile and memory')
   parser.add_argument('--memory_gib', type=float, default=None,
                       help='device memory to plan with where the device reports none (CPU)')
   parser.add_argument('--min_seconds', type=float, default=2.0, help='timing per row')
@@ -215,34 +276,31 @@ def main(argv=None):
   limit = common.device_memory_bytes(args.memory_gib)
   if args.batch == 'max' and limit is None:
     parser.error('--batch=max needs --memory_gib on a device that reports no memory limit')
-  blocks = None if args.blocks == 'preset' else tuple(int(b) for b in args.blocks.split(','))
+  depths = [int(d) for d in args.depths.split(',')]
+  if args.blocks == 'preset' and depths != [1]:
+    parser.error('--depths multiplies --blocks: give them per stage')
+  blocks = lambda depth: None if args.blocks == 'preset' else tuple(
+      int(b) * depth for b in args.blocks.split(','))
   print(f'training speed on {common.device_name()}, jax {jax.__version__}', flush=True)
-  best = {}
-  for _ in range(args.repeats):
-    for model, dtype, mode in sides:
-      row = train_row(model, mode, args.batch, train_dtype=dtype, smoke=args.smoke,
-                      limit_bytes=limit and int(limit * SAFETY), cap=args.max_batch,
-                      min_seconds=args.min_seconds, blocks=blocks, parallel=args.parallel,
-                      real_data=args.real_data, feed=args.feed, input_size=args.input,
-                      block_scan=args.block_scan)
-      gc.collect()
-      if row is None:
-        continue
-      key = (model, row['setting'], mode)
-      if key not in best or row['step_ms'] < best[key]['step_ms']:
-        best[key] = row
-      print(f'  {model} {row["setting"]} {mode}: {row["step_ms"]:.1f} ms/step at batch '
-            f'{row["batch"]}', flush=True)
-  rows = list(best.values())
+  rows = run_items(
+      [('train', model, mode, dtype, depth) for _ in range(args.repeats)
+       for model, dtype, mode in sides for depth in depths],
+      lambda item: [r for r in [train_row(
+          item[1], item[2], args.batch, train_dtype=item[3], smoke=args.smoke,
+          limit_bytes=limit and int(limit * SAFETY), cap=args.max_batch,
+          min_seconds=args.min_seconds, blocks=blocks(item[4]), parallel=args.parallel,
+          real_data=args.real_data, feed=args.feed, input_size=args.input,
+          block_scan=args.block_scan, compile_only=args.compile_only)] if r])
+  best = {}   # the fastest of the repeats
+  for row in rows:
+    key = (row['model'], row.get('setting'), row['mode'], row.get('blocks'))
+    if key not in best or (row.get('step_ms') or 0) < (best[key].get('step_ms') or 0):
+      best[key] = row
+  rows = add_depth_ratios(list(best.values()))
   if args.json:
     print('ROWS ' + json.dumps(rows))
     return
-  print(common.format_table(rows, COLUMNS[1:]))
-  for row in rows:
-    base = best.get((row['model'], row['setting'], 'autodiff'))
-    if base and row is not base and base['batch'] == row['batch']:
-      print(f'{row["model"]} {row["setting"]}: {row["mode"]} step time = '
-            f'{row["step_ms"] / base["step_ms"]:.2f}x autodiff')
+  print(common.format_table(rows, MEMORY_COLUMNS if args.compile_only else COLUMNS[1:]))
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@ models; no timing is asserted."""
 import argparse
 import os
 
-from benchmarks import common, gpu_suite, memory, speed
+from benchmarks import common, gpu_suite, speed
 
 FAST = {'xla_backend_optimization_level': 0}   # compiles several times faster on CPU
 
@@ -28,12 +28,13 @@ def test_train_row_times_the_runner_step_and_steps_down_to_a_batch_that_fits():
   assert '100-block models: no train row' in lines[-1], lines
 
 
-def test_memory_compiles_the_runner_step_at_each_depth():
-  rows = memory.measure('cifar10', 4, (1, 1, 1), (1, 2), modes=('autodiff',), smoke=True,
-                        report=lambda _: None, compiler_options=FAST)
-  assert [r['blocks'] for r in rows] == ['1/1/1', '2/2/2'], rows
+def test_compile_only_rows_give_memory_against_depth():
+  rows = speed.add_depth_ratios([speed.train_row(
+      'cifar10', 'autodiff', 4, train_dtype='float32', smoke=True, blocks=(depth,) * 3,
+      compile_only=True, compiler_options=FAST) for depth in (1, 2)])
+  assert [r['blocks'] for r in rows] == [3, 6] and rows[0]['step_ms'] is None, rows
   # Autodiff stores every block's activations: twice the blocks, more temporaries.
-  assert rows[0]['ratio'] == 1.0 and rows[1]['temp_gib'] > rows[0]['temp_gib'], rows
+  assert rows[0]['temp_x'] == rows[0]['act_x'] == 1.0 and rows[1]['temp_x'] > 1.0, rows
 
 
 def test_a_side_of_trees_is_that_checkouts_speed_py_in_a_fresh_process(monkeypatch):
