@@ -17,12 +17,14 @@ loops would count once: CPU lowers the block scans unrolled.
 """
 import argparse
 import collections
+import contextlib
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -117,37 +119,33 @@ def measure(num_devices, blocks=(1, 1, 1, 1)):
   return row
 
 
-class start:
+@contextlib.contextmanager
+def start(counts, blocks=(1, 1, 1, 1)):
   """`measure` of each device count in `counts`, in a subprocess with max(counts) CPU
   devices (XLA reads the count at start): `with start(counts) as run: rows = run.result()`."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env['XLA_FLAGS'] = ' '.join([f for f in env.get('XLA_FLAGS', '').split()
+                               if not f.startswith('--xla_force_host_platform_device_count')]
+                              + [f'--xla_force_host_platform_device_count={max(counts)}'])
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), repo) if p)
+  args = [sys.executable, os.path.abspath(__file__), '--json',
+          '--devices=' + ','.join(map(str, counts)), '--blocks=' + ','.join(map(str, blocks))]
+  process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
 
-  def __init__(self, counts, blocks=(1, 1, 1, 1)):
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    env['XLA_FLAGS'] = ' '.join(
-        [f for f in env.get('XLA_FLAGS', '').split()
-         if not f.startswith('--xla_force_host_platform_device_count')]
-        + [f'--xla_force_host_platform_device_count={max(counts)}'])
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env['PYTHONPATH'] = os.pathsep.join(p for p in (os.environ.get('PYTHONPATH'), repo) if p)
-    self.args = [sys.executable, os.path.abspath(__file__), '--json',
-                 '--devices=' + ','.join(map(str, counts)),
-                 '--blocks=' + ','.join(map(str, blocks))]
-    self.process = subprocess.Popen(self.args, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
-
-  def result(self, timeout=600):
-    out, err = self.process.communicate(timeout=timeout)
-    if self.process.returncode:
-      raise RuntimeError(f'{self.args} failed:\n{err[-3000:]}')
+  def result(timeout=600):
+    out, err = process.communicate(timeout=timeout)
+    if process.returncode:
+      raise RuntimeError(f'{args} failed:\n{err[-3000:]}')
     return json.loads(out.strip().splitlines()[-1])
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *_):
-    if self.process.poll() is None:
-      self.process.kill()
-      self.process.communicate()
+  try:
+    yield types.SimpleNamespace(result=result)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
 
 
 def full_model_estimate(name, counts=(8, 64, 256, 1024)):

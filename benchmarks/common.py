@@ -5,8 +5,11 @@ compiles (`irevnet_jax.train.program.build_program`), compiled ahead of time so 
 compile seconds and XLA's memory analysis are known before a batch runs.
 """
 import dataclasses
+import gc
 import importlib
+import sys
 import time
+import traceback
 from typing import Callable, Optional
 
 import jax
@@ -160,9 +163,8 @@ class TrainStep:
     """The executable a first call at global batch `batch_size` compiles, and its numbers."""
     batch = self.batch(batch_size)
     start = time.perf_counter()
-    lowered = self.program.train_step.lower(self.state, batch)
-    compiled = (lowered.compile(compiler_options=self.compiler_options)
-                if self.compiler_options else lowered.compile())
+    compiled = self.program.train_step.lower(self.state, batch).compile(
+        compiler_options=self.compiler_options)
     seconds = time.perf_counter() - start
     return Compiled(compiled, seconds, *_memory_analysis(compiled), self.param_bytes,
                     batch_size)
@@ -198,6 +200,40 @@ class TrainStep:
     return seconds, float(self.backend.to_host(metrics)['loss'])
 
 
+def run_items(items, make_rows, budget_s=float('inf'), guess_s=lambda item, costs: 0.0):
+  """The rows of `items` (tuples: kind, model, mode, ...) by `make_rows(item)`, each printed
+  as it comes (in case the run is cut short). An item that fails gets an error row and the
+  others go on; one whose `guess_s(item, {model: seconds of its last item})` exceeds what is
+  left of `budget_s` gets a skip row."""
+  began, rows, costs = time.perf_counter(), [], {}
+  for item in items:
+    label, needed = ' '.join(map(str, item)), guess_s(item, costs)
+    left = began + budget_s - time.perf_counter()
+    failed = {'what': item[0], 'model': item[1], 'mode': item[2] if item[0] == 'train' else None}
+    if left < needed:
+      rows.append(dict(failed, note=f'{label}: skipped, {left:.0f} s left, ~{needed:.0f} needed'))
+      print(f'[skip] {rows[-1]["note"]}', flush=True)
+      continue
+    started = time.perf_counter()
+    try:
+      new_rows = make_rows(item)
+    except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
+      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
+      message = (str(e).strip().splitlines() or [''])[0][:100]
+      new_rows = [dict(failed, note=f'{label}: error: {type(e).__name__}: {message}')]
+    gc.collect()   # free the last row's device buffers before the next row plans its memory
+    costs[item[1]] = time.perf_counter() - started
+    print(f'[{time.perf_counter() - began:4.0f} s] {label} '
+          f'({costs[item[1]]:.0f} s)', flush=True)
+    for row in new_rows:
+      print('    ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                               for k, v in row.items()
+                               if k not in ('what', 'config_blocks') and v not in (None, '')),
+            flush=True)
+    rows += new_rows
+  return rows
+
+
 def device_memory_bytes(default_gib: Optional[float] = None) -> Optional[int]:
   """The allocator's limit on the first device, or `default_gib` where it reports none (CPU)."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -207,8 +243,7 @@ def device_memory_bytes(default_gib: Optional[float] = None) -> Optional[int]:
 
 
 def device_name() -> str:
-  d = jax.devices()[0]
-  return f'{d.platform}:{getattr(d, "device_kind", "")} x{jax.device_count()}'
+  return f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind} x{jax.device_count()}'
 
 
 def is_out_of_memory(error: Exception) -> bool:

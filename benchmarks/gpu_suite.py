@@ -1,13 +1,12 @@
-"""The GPU table of benchmarks/gpu.sh: rows of `benchmarks.speed` and `benchmarks.inversion`
-in order of importance until a time budget is spent, then the table, the comparison with
-the authors' PyTorch code on an H200 and the 100-block compile goal.
+"""The GPU table of benchmarks/gpu.sh: rows of `benchmarks.speed` and `.inversion` by
+importance until a time budget is spent; the table; the comparison with the authors'
+PyTorch code on an H200 and the 100-block compile goal.
 
     python -m benchmarks.gpu_suite --budget_s=390 --memory_gib=120
     python -m benchmarks.gpu_suite --smoke --memory_gib=0.25 --max_batch=32   # logic on CPU
 
-Inversion rows: dtype/prec. is 'forward>inverse' ('float32/highest' alone: both ways);
-compile s is the compile and run of forward + invert; the note gives
-||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
+Inversion rows: dtype/prec. 'forward>inverse'; compile s: compile and run of forward +
+invert; note: ||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
 """
 import argparse
 
@@ -54,17 +53,9 @@ def _guess_seconds(item, costs, smoke):
   return 10.0 if smoke else 60.0 if item[1].startswith(('bijective', 'injective')) else 30.0
 
 
-def inversion_rows(model: str, batch: int, smoke: bool):
-  return [{'what': 'invert', 'model': r['model'] + (' (smoke)' if smoke else ''),
-           'setting': r['setting'], 'batch': r['batch'], 'compile_s': r['seconds'],
-           'note': f'rel. error {r["rel_error"]:.2e} (max abs {r["max_abs_error"]:.1e})'}
-          for r in inversion.measure(model, batch, INVERSION_SETTINGS, smoke=smoke,
-                                     report=lambda _: None)]
-
-
 def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, cap=4096,
               train_dtype='bfloat16', inversion_batch=8):
-  """Runs `gpu_plan` until `budget_s` is spent (`speed.run_items`), then prints the table
+  """Runs `gpu_plan` until `budget_s` is spent (`common.run_items`), then prints the table
   and `summary_lines`. Returns the rows."""
   limit = common.device_memory_bytes(memory_gib)
   if limit is None:
@@ -77,12 +68,16 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
 
   def make_rows(item):
     if item[0] == 'invert':
-      return inversion_rows(item[1], inversion_batch, smoke)
+      return [{'what': 'invert', 'model': r['model'] + (' (smoke)' if smoke else ''),
+               'setting': r['setting'], 'batch': r['batch'], 'compile_s': r['seconds'],
+               'note': f'rel. error {r["rel_error"]:.2e} (max abs {r["max_abs_error"]:.1e})'}
+              for r in inversion.measure(item[1], inversion_batch, INVERSION_SETTINGS,
+                                         smoke=smoke, report=lambda _: None)]
     row = speed.train_row(item[1], item[2], item[3], train_dtype=train_dtype, smoke=smoke,
                           limit_bytes=limit, cap=cap, min_seconds=min_seconds)
     return [row] if row else []
 
-  rows = speed.run_items(gpu_plan(smoke), make_rows, budget_s,
+  rows = common.run_items(gpu_plan(smoke), make_rows, budget_s,
                          lambda item, costs: _guess_seconds(item, costs, smoke))
   print('\n' + common.format_table(rows, speed.COLUMNS, markdown=True) + '\n')
   for line in summary_lines(rows, smoke, jax.devices()[0].device_kind):

@@ -3,14 +3,11 @@
     python -m benchmarks.inversion                                 # cifar10, on this machine
     python -m benchmarks.inversion --models=cifar10,bijective_released --batch=8
 
-Settings: float32 with 'default' precision (TF32-like convolutions on NVIDIA
-GPUs; full float32 on CPUs), float32 with 'highest' precision (what exact
-inversion needs), bfloat16 compute (float32 coupling streams) both ways, and
-'bfloat16>float32/highest': z from the bfloat16 forward that training runs
-(`train_dtype` bfloat16, precision 'default'), inverted by the exact float32
-'highest' model that evaluation, `invert` and the analysis use (the runner's
-policy, `irevnet_jax.train.config`). Eval mode (running BN statistics) on
-freshly initialised variables and x uniform in [0, 1).
+Settings: float32 at 'default' precision (TF32-like on NVIDIA GPUs) or 'highest' (what
+exact inversion needs), bfloat16 both ways, and 'bfloat16>float32/highest': z from the
+bfloat16 forward that training runs, inverted by the exact float32 net that evaluation,
+`invert` and the analysis use (`irevnet_jax.train.config`). Eval mode, freshly
+initialised variables, x uniform in [0, 1).
 """
 import argparse
 import time

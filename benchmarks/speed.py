@@ -32,15 +32,12 @@ adds its peak RSS. --min_seconds=0 times exactly 3 steps (after 3), so the losse
 """
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import os
 import resource
 import subprocess
 import sys
-import time
-import traceback
 
 import jax
 
@@ -164,40 +161,6 @@ COLUMNS = [('what', 'what', ''), ('model', 'model', ''), ('blocks', 'blocks', 'd
            ('step_ms', 'ms/step', '.1f'), ('img_s', 'images/s', '.1f'),
            ('peak_gib', 'peak GiB', '.2f'), ('note', 'note', '')]
 
-def run_items(items, make_rows, budget_s=float('inf'), guess_s=lambda item, costs: 0.0):
-  """The rows of `items` (tuples: kind, model, mode, ...) by `make_rows(item)`, each printed
-  as it comes (in case the run is cut short). An item that fails gets an error row and the
-  others go on; one whose `guess_s(item, {model: seconds of its last item})` exceeds what is
-  left of `budget_s` gets a skip row."""
-  deadline, rows, costs = time.perf_counter() + budget_s, [], {}
-  for item in items:
-    label, left, needed = ' '.join(map(str, item)), deadline - time.perf_counter(), guess_s(
-        item, costs)
-    failed = {'what': item[0], 'model': item[1], 'mode': item[2] if item[0] == 'train' else None}
-    if left < needed:
-      rows.append(dict(failed, note=f'{label}: skipped, {left:.0f} s left, ~{needed:.0f} needed'))
-      print(f'[skip] {rows[-1]["note"]}', flush=True)
-      continue
-    started = time.perf_counter()
-    try:
-      new_rows = make_rows(item)
-    except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
-      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
-      message = (str(e).strip().splitlines() or [''])[0][:100]
-      new_rows = [dict(failed, note=f'{label}: error: {type(e).__name__}: {message}')]
-    gc.collect()   # free the last row's device buffers before the next row plans its memory
-    costs[item[1]] = time.perf_counter() - started
-    print(f'[{time.perf_counter() - deadline + budget_s:4.0f} s] {label} '
-          f'({costs[item[1]]:.0f} s)', flush=True)
-    for row in new_rows:
-      print('    ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                               for k, v in row.items()
-                               if k not in ('what', 'config_blocks') and v not in (None, '')),
-            flush=True)
-    rows += new_rows
-  return rows
-
-
 MEMORY_COLUMNS = [*COLUMNS[1:6], ('temp_gib', 'temp GiB', '.3f'), ('temp_x', 'x of first', '.2f'),
                   ('act_gib', 'temp-grads GiB', '.3f'), ('act_x', 'x of first', '.2f'),
                   ('peak_gib', 'peak GiB', '.3f'), ('compile_s', 'compile s', '.1f')]
@@ -282,7 +245,7 @@ def main(argv=None):
   blocks = lambda depth: None if args.blocks == 'preset' else tuple(
       int(b) * depth for b in args.blocks.split(','))
   print(f'training speed on {common.device_name()}, jax {jax.__version__}', flush=True)
-  rows = run_items(
+  rows = common.run_items(
       [('train', model, mode, dtype, depth) for _ in range(args.repeats)
        for model, dtype, mode in sides for depth in depths],
       lambda item: [r for r in [train_row(
