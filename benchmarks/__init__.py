@@ -1,1 +1,1 @@
-"""Benchmarks that print tables: `python -m benchmarks.memory`, `.speed`, `.inversion`; gpu.sh."""
+"""Benchmarks that print tables (`python -m benchmarks.speed --help`, ...); results in RESULTS.md."""

@@ -57,11 +57,10 @@ def compare(reference, other):
 
 def groups(grads):
   """{'stage k' / 'head' / 'all': subtree} of a gradient tree."""
-  out = {k.replace('stages_', 'stage '): v for k, v in sorted(grads.items())
-         if k.startswith('stages_')}
-  out['head'] = {k: v for k, v in grads.items() if not k.startswith('stages_')}
-  out['all'] = grads
-  return out
+  stages = {k.replace('stages_', 'stage '): v for k, v in sorted(grads.items())
+            if k.startswith('stages_')}
+  head = {k: v for k, v in grads.items() if not k.startswith('stages_')}
+  return {**stages, 'head': head, 'all': grads}
 
 
 def measure(model, size, batch, dtypes=DTYPES, block_scan='rolled', report=print):

@@ -2,14 +2,11 @@
 
     python -m benchmarks.checkpoint_stall [--config=bijective_released] [--repeats=2]
 
-The train state of the config (float32 parameters + SGD momentum, random normal
-values so that compression does what it does on a real state) lives on one device
-through the runner's back end; each save is the training loop's:
-`checkpointer.save(step, backend.to_host(state))`, then `wait()`.
-`blocked`: seconds until `save` returns (the training thread's stall); `total`: until
-the checkpoint is committed on disk. The previous mechanism (Orbax's StandardSave,
-which deep-copies the arrays, and CRC-32s on the calling thread) is compared in
-benchmarks/RESULTS.md; git keeps its code (this file before issue 19).
+The config's train state (float32 parameters + momentum, random normal values so that
+compression does what it does on a real state) on one device; each save is the training
+loop's, `checkpointer.save(step, backend.to_host(state))`, then `wait()`. blocked: seconds
+until `save` returns (the training thread's stall); total: until the checkpoint is
+committed. RESULTS.md compares the previous save (this file before issue 19 has it).
 """
 import argparse
 import os

@@ -116,19 +116,16 @@ def pipeline_rows(label: str, data_dir: str, args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--config', default='bijective_released',
-                      help='experiments/configs/<name>.py whose dataset fields are timed.')
-  parser.add_argument('--threads', type=int, default=0,
-                      help='tf.data threads per pipeline (0: one per core).')
+  parser.add_argument('--config', default='bijective_released', help='dataset fields of it')
+  parser.add_argument('--threads', type=int, default=0, help='tf.data threads (0: per core)')
   parser.add_argument('--batch', type=int, default=128)
   parser.add_argument('--size', type=int, default=224)
-  parser.add_argument('--train_images', type=int, default=512, help='JPEGs in the train split.')
+  parser.add_argument('--train_images', type=int, default=512, help='JPEGs in the train split')
   parser.add_argument('--eval_images', type=int, default=1024,
-                      help='JPEGs in the val split; one pass, less 2 warm-up batches, is timed.')
-  parser.add_argument('--timed_images', type=int, default=1536, help='Train images timed per run.')
-  parser.add_argument('--repeats', type=int, default=3, help='Runs per row; the best is shown.')
-  parser.add_argument('--short_side', type=int, default=256,
-                      help='Shorter side of the small copy; 0: no small-copy rows.')
+                      help='JPEGs in the val split; one pass, less 2 warm-up batches, is timed')
+  parser.add_argument('--timed_images', type=int, default=1536, help='train images per run')
+  parser.add_argument('--repeats', type=int, default=3, help='runs per row; the best is shown')
+  parser.add_argument('--short_side', type=int, default=256, help='small copy; 0: none')
   args = parser.parse_args()
 
   with tempfile.TemporaryDirectory() as root:

@@ -49,10 +49,8 @@ SAFETY = 0.92   # share of the allocator's limit a step may plan to use (fragmen
 
 def round_batch(batch: int) -> int:
   """Down to a multiple of 64 (>= 512), 8 (>= 64) or 1: shapes that suit GPU kernels."""
-  for multiple in (64, 8):
-    if batch >= 8 * multiple:
-      return batch // multiple * multiple
-  return max(1, batch)
+  multiple = 64 if batch >= 512 else 8 if batch >= 64 else 1
+  return max(1, batch // multiple * multiple)
 
 
 def _line_from_one(c: common.Compiled):
