@@ -2,14 +2,12 @@
 importance until a time budget is spent; the table; the comparison with the authors'
 PyTorch code on an H200 and the 100-block compile goal.
 
-    python -m benchmarks.gpu_suite --budget_s=390 --memory_gib=120
-    python -m benchmarks.gpu_suite --smoke --memory_gib=0.25 --max_batch=32   # logic on CPU
+    python -m benchmarks.speed --suite=gpu --budget_s=390 --memory_gib=120
+    python -m benchmarks.speed --suite=gpu --smoke --memory_gib=0.25 --max_batch=32   # on CPU
 
 Inversion rows: dtype/prec. 'forward>inverse'; compile s: compile and run of forward +
 invert; note: ||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
 """
-import argparse
-
 import jax
 
 from benchmarks import common, inversion, speed
@@ -120,19 +118,3 @@ def summary_lines(rows, smoke: bool, card: str = ''):
                   f'{worst["compile_s"]:.1f} s ({worst["model"]} {worst["mode"]} batch '
                   f'{worst["batch"]}, {worst["blocks"]} blocks) of {len(big)} rows; goal < '
                   f'{COMPILE_GOAL_S:.0f} s: {verdict}']
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--budget_s', type=float, default=420.0, help='no row starts after it')
-  parser.add_argument('--memory_gib', type=float, default=None,
-                      help='device memory to plan with where the device reports none (CPU)')
-  parser.add_argument('--max_batch', type=int, default=4096, help="cap of the 'max' rows")
-  parser.add_argument('--min_seconds', type=float, default=2.0, help='timing per row')
-  parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
-  args = parser.parse_args(argv)
-  run_suite(args.budget_s, args.smoke, args.memory_gib, args.min_seconds, args.max_batch)
-
-
-if __name__ == '__main__':
-  main()

@@ -5,6 +5,7 @@
         --batch=max --memory_gib=120
     python -m benchmarks.speed --compile_only --depths=1,2,4,8 --batch=64   # memory vs depth
     python -m benchmarks.speed --models=digits --blocks=preset --batch=64 --real_data --feed
+    python -m benchmarks.speed --suite=gpu          # the GPU table (benchmarks/gpu.sh)
     python -m benchmarks.speed --trees=/work/wt/base,. --blocks=preset --batch=64 \\
         --modes=autodiff,reversible --min_seconds=0 --repeats=2   # before/after
 
@@ -220,9 +221,16 @@ def main(argv=None):
   parser.add_argument('--input', type=int, default=0, help='input x input images (0: config)')
   parser.add_argument('--block_scan', default='', help="model.block_scan: auto|unrolled|rolled")
   parser.add_argument('--cache_dir', default='', help='persistent compilation cache directory')
+  parser.add_argument('--suite', default='', choices=['', 'gpu'], help='gpu: benchmarks/gpu.sh')
+  parser.add_argument('--budget_s', type=float, default=420.0, help='--suite: no row after it')
   parser.add_argument('--trees', default='', help='checkouts to compare, one process a side')
   parser.add_argument('--json', action='store_true', help='print the rows as one JSON line')
   args = parser.parse_args(argv)
+  if args.suite:
+    from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top  (imports speed)
+    gpu_suite.run_suite(args.budget_s, args.smoke, args.memory_gib, args.min_seconds,
+                        args.max_batch)
+    return
   sides = [(model, dtype, mode) for model in args.models.split(',')
            for dtype in args.dtypes.split(',') for mode in args.modes.split(',')]
   if args.trees:
