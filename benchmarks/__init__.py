@@ -1,1 +1,1 @@
-"""Benchmarks that print tables (`python -m benchmarks.speed --help`, ...); results in RESULTS.md."""
+"""Benchmarks that print tables (`python -m benchmarks.speed --help`, ...): RESULTS.md."""

@@ -4,11 +4,10 @@
     python -m benchmarks.bf16_gradients --model=bijective_released --size=32 --batch=4
 
 experiments/configs/<model>.py with every block, at a small input, under the runner's
-precision policy (`train_model_config`). One train-mode gradient of the mean cross
-entropy per (dtype, backprop mode), all from the same float32 variables and batch. Per
-stage (and the head, and all): cosine similarity and relative L2 ||g_rev - g_ad|| /
-||g_ad||, next to bfloat16's own effect (the relative L2 distance of the bfloat16
-gradients from the float32 autodiff one). Block scans run rolled, as on GPU/TPU.
+precision policy: one train-mode gradient of the mean cross entropy per (dtype, mode), from
+the same float32 variables and batch. Per stage, head and all: cosine and ||g_rev - g_ad||
+/ ||g_ad||, next to bfloat16's own effect (relative L2 from the float32 autodiff gradient).
+Block scans run rolled, as on GPU/TPU.
 """
 import argparse
 import time

@@ -2,11 +2,10 @@
 
     python -m benchmarks.checkpoint_stall [--config=bijective_released] [--repeats=2]
 
-The config's train state (float32 parameters + momentum, random normal values so that
-compression does what it does on a real state) on one device; each save is the training
-loop's, `checkpointer.save(step, backend.to_host(state))`, then `wait()`. blocked: seconds
-until `save` returns (the training thread's stall); total: until the checkpoint is
-committed. RESULTS.md compares the previous save (this file before issue 19 has it).
+The config's train state (random normal values, so that compression does what it does on
+a real state) on one device, saved as the training loop saves. blocked: seconds until
+`save` returns (the training thread's stall); total: until the checkpoint is committed.
+RESULTS.md compares the previous save (this file before issue 19 has it).
 """
 import argparse
 import os

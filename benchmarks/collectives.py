@@ -4,16 +4,13 @@
     python -m benchmarks.collectives --devices=4,16 --blocks=1,2,4,1
     python -m benchmarks.collectives --estimate      # full-size models, N = 8 ... 1024
 
-For each device count N (a pmap over N of the CPU devices of a subprocess: the program of
-a process with N devices) the real train step of `bijective_released` (pmap, synchronised
-BN; at a 32x32 input, which changes no parameter shape) is lowered, not run, with
-`ordered_reductions` True and False, and its collectives are read from the HLO.
-
-Bytes per device are what each device sends under bandwidth-optimal algorithms, for S
-the bytes of the op's (largest) buffer: all-reduce 2 (N - 1) / N * S (ring or reduce-
-scatter + all-gather), all-gather and all-to-all (N - 1) / N * S, reduce-scatter
-(N - 1) / N * S of its input, collective-permute S per sending device. Ops inside
-loops would count once: CPU lowers the block scans unrolled.
+For each device count N (a pmap over N CPU devices of a subprocess: the program of a
+process with N) the runner's train step of `bijective_released` (at a 32x32 input, which
+changes no parameter shape) is lowered, not run, with `ordered_reductions` True and False.
+Bytes per device: what each sends under bandwidth-optimal algorithms, for S the bytes of
+the op's (largest) buffer: all-reduce 2 (N - 1) / N * S, all-gather and all-to-all
+(N - 1) / N * S, reduce-scatter (N - 1) / N * S of its input, collective-permute S per
+sender. Ops inside loops would count once: CPU lowers the block scans unrolled.
 """
 import argparse
 import collections
@@ -80,8 +77,7 @@ def collective_ops(hlo_text, num_devices):
 
 
 def summary(hlo_text, num_devices, scope='gradient_mean'):
-  """{'count', 'bytes', 'scope_count', 'scope_bytes', 'kinds'} of the collectives; scope_*:
-  those whose op name holds `scope` (the train step's gradient and metric means)."""
+  """{'count', 'bytes', 'scope_count', 'scope_bytes', 'kinds'}; scope_*: ops named `scope`."""
   ops = collective_ops(hlo_text, num_devices)
   inside = [op for op in ops if scope in op[2]]
   kinds = collections.Counter(kind for kind, _, _ in ops)

@@ -1,9 +1,6 @@
-"""What the benchmarks share: experiment configs by name, the runner's train step, tables.
-
-`TrainStep` is the one way they build and time a train step: the one `experiments.main`
-compiles (`irevnet_jax.train.program.build_program`), compiled ahead of time so that
-compile seconds and XLA's memory analysis are known before a batch runs.
-"""
+"""What the benchmarks share: experiment configs by name, tables, and `TrainStep`, the one
+way they build and time a train step: the one `experiments.main` compiles, compiled ahead
+of time so that compile seconds and XLA's memory analysis are known before a batch runs."""
 import dataclasses
 import gc
 import importlib
@@ -45,11 +42,8 @@ def experiment_config(name: str, *, batch_size: int, smoke: bool = False,
                       backprop: Optional[str] = None, train_dtype: str = 'auto',
                       blocks=None, parallel: str = 'pmap',
                       real_data: bool = False) -> ml_collections.ConfigDict:
-  """experiments/configs/<name>.py as a user runs it, on synthetic images unless `real_data`.
-
-  `train_dtype` ('auto' = bfloat16 on GPU/TPU), `backprop`, `blocks` (per stage; a
-  baseline's units) and `smoke` (a shrunken layout of the same kind) override its fields.
-  """
+  """experiments/configs/<name>.py on synthetic images (unless `real_data`); the other
+  arguments override its fields (`blocks` per stage: a baseline's units)."""
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
   if smoke:
     config.model.update(_smoke_overrides(name, config.model))
@@ -85,8 +79,7 @@ def config_blocks(name: str) -> int:
 
 
 def runner_program(config, num_devices: int = 1):
-  """(data source, `irevnet_jax.train.program.Program`) of `config` on the first
-  `num_devices` local devices, as `experiments.main` builds them."""
+  """(source, `irevnet_jax.train.program.Program`) of `config` on `num_devices` devices."""
   source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
   normalization = steps_lib.Normalization(source.pixel_mean, source.pixel_std)
   return source, program_lib.build_program(config, source.num_train_examples, normalization,
@@ -112,8 +105,7 @@ class Compiled:
 
 
 def _memory_analysis(compiled):
-  """(temp bytes, peak bytes), or (None, None); JAX versions and back ends give one
-  record, a list of them or nothing."""
+  """(temp bytes, peak bytes): of one record, a list of them or (None, None) for none."""
   try:
     m = compiled.memory_analysis()
   except Exception:  # noqa: BLE001  (not implemented on some back ends)
@@ -171,12 +163,9 @@ class TrainStep:
 
   def time(self, compiled: Compiled, min_seconds: float = 2.0, max_steps: int = 50,
            warmup: int = 2, feed: bool = False):
-    """(seconds per step, final loss) of steps dispatched back to back after `warmup`.
-
-    About `min_seconds` of steps are timed (at least 3, at most `max_steps`). One batch
-    stays on the device, or with `feed` each step gets the source's next batch, put on
-    the device two ahead as the training loop does. A non-finite loss is returned as is.
-    """
+    """(seconds per step, final loss) of about `min_seconds` of steps (3 to `max_steps`)
+    dispatched back to back after `warmup`, on one batch kept on the device or (`feed`)
+    the source's next batch per step, put on the device two ahead as the loop does."""
     if feed:
       batches = self.backend.prefetch(self._host_batches(compiled.batch_size))
     else:
@@ -201,10 +190,9 @@ class TrainStep:
 
 
 def run_items(items, make_rows, budget_s=float('inf'), guess_s=lambda item, costs: 0.0):
-  """The rows of `items` (tuples: kind, model, mode, ...) by `make_rows(item)`, each printed
-  as it comes (in case the run is cut short). An item that fails gets an error row and the
-  others go on; one whose `guess_s(item, {model: seconds of its last item})` exceeds what is
-  left of `budget_s` gets a skip row."""
+  """The rows of `items` (kind, model, mode, ...) by `make_rows(item)`, printed as they come;
+  a failed item gets an error row, one whose `guess_s(item, {model: seconds of its last
+  item})` exceeds what is left of `budget_s` a skip row."""
   began, rows, costs = time.perf_counter(), [], {}
   for item in items:
     label, needed = ' '.join(map(str, item)), guess_s(item, costs)

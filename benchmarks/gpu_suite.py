@@ -21,8 +21,7 @@ PYTORCH_ANCHORS = {   # model: (images/s, batch, what)
 }
 TARGET_RATIO = 2.0        # issue 10: beat the authors' code by 2x
 COMPILE_GOAL_S = 60.0     # issue 10: the 100-block models compile in under a minute
-# The trained precision's forward with the exact inverse, the exact model both ways, and
-# float32 at the backend's default precision (TF32-like on NVIDIA GPUs).
+# Training's forward with the exact inverse; the exact net both ways; TF32-like float32.
 INVERSION_SETTINGS = ('bfloat16>float32/highest', 'float32/highest', 'float32/default')
 
 
@@ -98,10 +97,8 @@ def summary_lines(rows, smoke: bool, card: str = ''):
           f'(batch {anchor_batch}, H200, {how}); goal on an H200: {TARGET_RATIO:.0f}x = '
           f'{TARGET_RATIO * anchor:,.0f}')
   largest = {}   # (model, mode) -> the largest max-batch estimate of its rows
-  for r in train:
-    if r.get('max_batch'):
-      largest[r['model'], r['mode']] = max(largest.get((r['model'], r['mode']), 0),
-                                           r['max_batch'])
+  for r in sorted((r for r in train if r.get('max_batch')), key=lambda r: r['max_batch']):
+    largest[r['model'], r['mode']] = r['max_batch']
   for (model, mode), batch in largest.items():
     base = largest.get((model, 'autodiff'))
     if mode != 'autodiff' and base:

@@ -3,14 +3,12 @@
     python -m benchmarks.input_speed                    # ~2 min on 2 cores
     python -m benchmarks.input_speed --threads=1 --timed_images=1024
 
-Makes an ImageNet-like data set locally (noisy crops of scikit-learn's two sample photos,
-~400 x 350 px, ~110 KB JPEGs, in fake ILSVRC2012 tars prepared by TFDS in ArrayRecord as
-`launch/prepare_data.py` does, plus a copy with the shorter side shrunk to --short_side)
-and times `irevnet_jax.data.tfds_pipeline` on both with the dataset fields of --config.
-"per core" is images per CPU-second of this process (all threads), which other jobs on a
-shared machine distort less than a wall-clock rate; "cores busy" is CPU s per wall s.
-Each row is the best (fewest CPU seconds) of --repeats runs. Earlier pipelines are
-compared in benchmarks/RESULTS.md; git keeps their code.
+Makes an ImageNet-like data set (noisy crops of scikit-learn's sample photos, ~400 x 350
+px, ~110 KB JPEGs, in fake ILSVRC2012 tars prepared by TFDS in ArrayRecord, and a copy
+with the shorter side shrunk to --short_side) and times `irevnet_jax.data.tfds_pipeline`
+on both with the dataset fields of --config. "per core": images per CPU-second of this
+process, which other jobs distort less than a wall-clock rate; "cores busy": CPU s per
+wall s; each row the best (fewest CPU seconds) of --repeats runs.
 """
 import argparse
 import importlib

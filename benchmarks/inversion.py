@@ -3,10 +3,9 @@
     python -m benchmarks.inversion                                 # cifar10, on this machine
     python -m benchmarks.inversion --models=cifar10,bijective_released --batch=8
 
-Settings: float32 at 'default' precision (TF32-like on NVIDIA GPUs) or 'highest' (what
-exact inversion needs), bfloat16 both ways, and 'bfloat16>float32/highest': z from the
-bfloat16 forward that training runs, inverted by the exact float32 net that evaluation,
-`invert` and the analysis use (`irevnet_jax.train.config`). Eval mode, freshly
+Settings: float32 at 'default' precision (TF32-like on NVIDIA GPUs) or 'highest' (exact
+inversion), bfloat16 both ways, and 'bfloat16>float32/highest': z from training's bfloat16
+forward inverted by the exact float32 net of evaluation and `invert`. Eval mode, freshly
 initialised variables, x uniform in [0, 1).
 """
 import argparse

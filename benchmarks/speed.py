@@ -11,25 +11,21 @@
 
 Timed: `common.TrainStep`, the step `experiments.main` compiles for experiments/configs/
 <model>.py, on uint8 synthetic images (--real_data: the config's data set) kept on the
-device (--feed: a new batch per step, prefetched as the training loop does), steps back
-to back. Columns: blocks (units) over all stages; dtype/prec. of training (parameters,
-optimizer state and coupling streams are float32); compile s = trace + lower + compile;
-peak GiB = XLA's planned memory (arguments + temporaries + outputs not aliased to the
-donated state); max batch (est) = the largest batch that fits the device's limit x SAFETY,
-from XLA's memory analysis: a compile splits the planned bytes into a part that grows
-with the batch and one that does not, a compile at the predicted batch confirms it or
-refits the line (no run, so no out-of-memory).
+device (--feed: a new batch per step, prefetched as the loop does), steps back to back.
+Columns: blocks (units) over all stages; dtype/prec. of training (parameters, optimizer
+state, coupling streams: float32); compile s = trace + lower + compile; peak GiB = XLA's
+planned memory (arguments + temporaries + outputs not aliased to the donated state); max
+batch (est): what fits the device's limit x SAFETY by XLA's memory analysis (the bytes
+that grow with the batch and those that do not, from compiles: nothing runs out of memory).
 
 --compile_only --depths: XLA's temp bytes (beyond arguments and outputs) at multiples of
---blocks, and their ratio to the first depth. Autodiff stores every block's activations
-and grows with depth; reversible stores each stage's outputs only and should stay flat,
-but for the gradient buffers (as large as the parameters), which temp-grads leaves out.
-CPUs unroll the block scans (block_scan 'auto'); --block_scan=rolled is what GPUs run.
+--blocks and their ratio to the first: autodiff stores every block's activations, reversible
+each stage's outputs (flat but for the gradient buffers, which temp-grads leaves out). CPUs
+unroll the block scans (block_scan 'auto'); --block_scan=rolled is what GPUs run.
 
---trees: each (repeat, tree, model, dtype, mode) runs `python -m benchmarks.speed --json`
-of that checkout in a fresh process, so a loaded machine slows every side alike; the table
-adds its peak RSS. --min_seconds=0 times exactly 3 steps (after 3), so the losses compare.
---cache_dir: the persistent compilation cache (a second process shows the cached compile).
+--trees: each (repeat, tree, model, dtype, mode) is that checkout's `speed.py --json` in a
+fresh process (a loaded machine slows every side alike), with its peak RSS. --min_seconds=0
+times exactly 3 steps (after 3): the losses compare. --cache_dir: a persistent cache.
 """
 import argparse
 import dataclasses
@@ -200,20 +196,16 @@ def add_depth_ratios(rows):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--models', default='cifar10', help='names in experiments/configs/')
-  parser.add_argument('--dtypes', default='auto',
-                      help='train_dtype values: auto (bfloat16 on GPU/TPU), float32, bfloat16')
+  parser.add_argument('--dtypes', default='auto', help='auto (bfloat16 on GPU/TPU), float32, ...')
   parser.add_argument('--modes', default=','.join(MODES))
   parser.add_argument('--batch', default='32', help="an integer, or 'max' (largest that fits)")
   parser.add_argument('--max_batch', type=int, default=4096, help="cap for --batch=max")
-  parser.add_argument('--blocks', default='3,3,3',
-                      help="blocks (units) per stage, comma-separated, or 'preset'")
+  parser.add_argument('--blocks', default='3,3,3', help="per stage (units), or 'preset'")
   parser.add_argument('--depths', default='1', help='multiples of --blocks, one row each')
   parser.add_argument('--compile_only', action='store_true', help='no run: compile and memory')
-  parser.add_argument('--memory_gib', type=float, default=None,
-                      help='device memory to plan with where the device reports none (CPU)')
+  parser.add_argument('--memory_gib', type=float, help='memory to plan with where none is known')
   parser.add_argument('--min_seconds', type=float, default=2.0, help='timing per row')
-  parser.add_argument('--repeats', type=int, default=1,
-                      help='time each row this often (interleaved); the fastest is shown')
+  parser.add_argument('--repeats', type=int, default=1, help='rows interleaved; the fastest kept')
   parser.add_argument('--parallel', default='pmap', choices=['pmap', 'shard_map'])
   parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
   parser.add_argument('--real_data', action='store_true', help="the config's own data set")
