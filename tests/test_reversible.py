@@ -244,7 +244,7 @@ def test_reversible_memory_is_flat_in_depth(block_scan):
             for m in ('autodiff', 'reversible') for d in (3, 9)}
   # 1.00x measured; before each coupling's variables and keys were ordered after its
   # input (reversible._after) and its backward results were kept whole, 1.06x here
-  # and 1.73x in benchmarks.memory's cifar10 layout.
+  # and 1.73x in the cifar10 layout of `benchmarks.speed --compile_only --depths`.
   assert memory['reversible', 9] <= 1.05 * memory['reversible', 3], memory   # was <= 1.15
   assert memory['autodiff', 9] >= 2 * memory['autodiff', 3], memory
   assert memory['reversible', 9] < memory['autodiff', 9] / 2, memory
