@@ -16,6 +16,7 @@ training step normalises them there with the source's `pixel_mean` / `pixel_std`
 
 TensorFlow is imported only for TFDS names (`irevnet_jax.data.tfds_pipeline`).
 """
+import os
 from typing import Iterator, Protocol, Tuple
 
 import numpy as np
@@ -246,6 +247,27 @@ def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
                      '(experiments/configs/).')
 
 
+def refuse_missing_imagenet(tfds_fields, model_input_shape):
+  """FileNotFoundError with the guide that prepares ImageNet when the file system alone shows
+  it is not there: a local data dir without an `<data_dir>/imagenet2012` folder.
+
+  Checked before TensorFlow is imported: its import prints C++ log lines (oneDNN, absl's
+  pre-init warning) that TF_CPP_MIN_LOG_LEVEL does not hide, above the guide. Other cases
+  (gs:// data dirs, a folder that exists, CIFAR) are left to TFDS.
+  """
+  opts = tfds_options.parse_options(tfds_fields)
+  spec = tfds_options.SPECS[opts.name]
+  if spec.kind != 'imagenet':
+    return
+  tfds_options.check_input_shape(opts.name, spec, model_input_shape)  # its error comes first
+  root = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
+  folder = os.path.join(os.path.expanduser(root), opts.name)
+  if '://' in root or os.path.isdir(folder):
+    return
+  from irevnet_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top  (no TF at import)
+  raise FileNotFoundError(tfds_pipeline.imagenet_missing_message(opts, folder))
+
+
 def get_source(dataset_config, model_input_shape) -> DataSource:
   """The `DataSource` named by `dataset_config.name`.
 
@@ -265,6 +287,7 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
   elif name in TFDS_NAMES:
     from irevnet_jax.data import tfds_pipeline  # needs TensorFlow; only for these names
     tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_options.FIELDS}
+    refuse_missing_imagenet(tfds_fields, model_input_shape)
     return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
   else:
     raise ValueError(
