@@ -23,8 +23,9 @@ platform asked for (default cpu, cuda, tpu). Loading needs jax and numpy only:
 
 Weights travel beside the functions, not inside them, so one artifact can be
 re-used with other weights of the same layout (fine-tuned, another checkpoint).
-The block scans are traced as `model.block_scan` says on the exporting machine
-('auto': unrolled when exported on a CPU host, rolled on a GPU/TPU host).
+`model.block_scan='auto'` is decided per platform of the artifact, not by the exporting
+host: unrolled scans in its cpu program, rolled in its cuda and tpu ones (both are
+staged, behind a platform switch; `reversible._scan`).
 """
 import json
 import os

@@ -2,8 +2,8 @@
 forward and inversion of the ImageNet configs, lowered (not run) for CUDA and TPU.
 
 The programs are built as on an accelerator (`jax.default_backend` reads 'gpu' while they
-are built and traced: bfloat16 training, rolled block scans, donated state; the code asks
-only "CPU or not", so a TPU builds the same program),
+are built and traced: bfloat16 training, donated state; the code asks only "CPU or not", so
+a TPU builds the same program; the block scans roll for cuda and tpu whatever the host),
 at a 32x32 input with blocks (1, 3, 1, 1) (stage 1: a rolled scan of 2 blocks), on 2 CPU
 devices with the `shard_map` back end: a `jax.jit`, which `jax.export` lowers for any
 platform (`platforms=`, with its checks of what may be serialised; a pmap cannot be
@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import irevnet_jax
 from irevnet_jax.data import input_pipeline
+from irevnet_jax.model import presets
 from irevnet_jax.train import program, state as state_lib, steps
 
 PLATFORMS = ('cuda', 'tpu')
@@ -80,3 +82,45 @@ def test_imagenet_steps_lower_for_cuda_and_tpu(name, monkeypatch):
         assert 'all_to_all' in text and 'all_reduce' not in text, 'ordered reductions'
       if step == 'inversion':  # exact: float32 at precision 'highest'
         assert all('HIGHEST' in c and 'bf16' not in c for c in convolutions), platform
+
+
+def _small_net(block_scan, backprop='reversible'):
+  """Stage 1 has 3 blocks: its 2 alike blocks run as a scan (stage 0's one alike block runs
+  unscanned)."""
+  c = presets.base()
+  c.input_shape, c.blocks, c.strides, c.widths = (8, 8, 3), (2, 3), (1, 2), (8, 32)
+  c.num_classes, c.dropout_rate = 5, 0.1
+  c.block_scan, c.backprop = block_scan, backprop
+  return irevnet_jax.build(c)
+
+
+def _exported_whiles(block_scan, platforms, function):
+  """How many `stablehlo.while` loops `function` ('invert' or 'grad') holds when this CPU
+  host exports it for `platforms`."""
+  net = _small_net(block_scan)
+  variables = jax.eval_shape(net.init, jax.random.PRNGKey(0),
+                             jax.ShapeDtypeStruct((1, *net.input_shape), jnp.float32))
+  if function == 'invert':
+    fn, arguments = net.invert, (variables, jax.ShapeDtypeStruct((2, *net.z_shape), jnp.float32))
+  else:
+    def loss(params, batch_stats, x):
+      (logits, z), _ = net.forward({'params': params, 'batch_stats': batch_stats}, x,
+                                   train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+      return jnp.mean(logits) + jnp.mean(z)
+    fn = jax.grad(loss)
+    arguments = (variables['params'], variables['batch_stats'],
+                 jax.ShapeDtypeStruct((2, *net.input_shape), jnp.float32))
+  text = jax.export.export(jax.jit(fn), platforms=platforms)(*arguments).mlir_module()
+  return text.count('stablehlo.while')
+
+
+def test_auto_block_scan_is_decided_for_the_platform_it_is_lowered_for():
+  """block_scan='auto' exported on this CPU host: for cuda it is the rolled program (the
+  stage's scan a while loop), for cpu the unrolled one (no loop), for both platforms both
+  behind a platform switch. The reversible gradient (custom_vjp, scans in the forward and
+  the backward) keeps the choice too (on CPU, threefry's rounds are while loops as well)."""
+  assert _exported_whiles('auto', ('cuda',), 'invert') == 1    # as 'rolled'
+  assert _exported_whiles('auto', ('cpu',), 'invert') == 0     # as 'unrolled'
+  assert _exported_whiles('auto', ('cpu', 'cuda'), 'invert') == 1
+  assert _exported_whiles('auto', ('cuda',), 'grad') == 2      # the forward's and the backward's
+  assert _exported_whiles('auto', ('cpu',), 'grad') == _exported_whiles('unrolled', ('cpu',), 'grad')

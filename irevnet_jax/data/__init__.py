@@ -2,7 +2,8 @@
 
   input_pipeline  sources by name: digits, synthetic, TFDS (imports no TensorFlow)
   tfds_options    the dataset config fields and their checks (no TensorFlow)
-  tfds_pipeline   TFDS / ArrayRecord batches in the arithmetic data order (TensorFlow)
+  tfds_pipeline   TFDS batches: the arithmetic training order, padded exactly-once eval
+  tfds_records    TensorFlow without accelerators; opening, preparing, batched reads
   tfds_augment    decoding and augmentation ops (TensorFlow)
   tfds_prepare    preparing ImageNet from the downloaded tars (TensorFlow)
   data_order      which records form global batch s of epoch e, for any host count

@@ -1,7 +1,7 @@
 """Image augmentation for the TFDS pipelines: TensorFlow graph functions on one example.
 
-Imported only by `irevnet_jax.data.tfds_pipeline`, after it has hidden the accelerators from
-TensorFlow. Every random choice is a stateless op of the example's seed (int64 (2,)), so
+Imported only by `irevnet_jax.data.tfds_pipeline`, after `tfds_records.import_tf` has hidden
+the accelerators from TensorFlow. Every random choice is a stateless op of the example's seed (int64 (2,)), so
 an example's augmentation is a function of (run seed, epoch, example) alone. Images stay
 uint8 except between the resize and the final rounding, and only the crop window of a
 JPEG is decoded.

@@ -18,7 +18,7 @@ twins of the shards, the format listed in `alternativeFileFormats`), so with Bea
 `tfds convert_format --dataset_version_dir=DIR --out_file_format=array_record` is an
 equivalent (docs/data_and_launch.md).
 
-Imported lazily by `irevnet_jax.data.tfds_pipeline` (after it hides accelerators from TensorFlow).
+Imported lazily by `irevnet_jax.data.tfds_records` (after it hides accelerators from TensorFlow).
 """
 import concurrent.futures
 import json

@@ -23,7 +23,7 @@ run in any other. Running BN statistics come out of the forward pass only: the
 backward pass recomputes F with the same batch statistics (it rebuilds the same
 inputs) and discards its updates. Dropout masks are replayed from the keys.
 """
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +33,10 @@ from irevnet_jax.model import blocks
 from irevnet_jax.model.layout import BlockSpec
 
 
-def scan_unroll(block_scan: str = 'auto'):
+def scan_unroll(block_scan: str = 'auto', platform: Optional[str] = None):
   """`lax.scan`'s `unroll` for a `block_scan` policy: 'unrolled' (True), 'rolled' (1), or
-  'auto': unrolled on CPU, rolled on GPU/TPU.
+  'auto': unrolled on CPU, rolled on GPU/TPU (`platform`, default: the default backend's;
+  the engine itself decides 'auto' for the platform it is lowered for, `_scan`).
 
   XLA's CPU backend runs convolution gradients inside a while loop far slower
   than straight-line code (inside the loop it keeps the transposed kernel's
@@ -46,17 +47,26 @@ def scan_unroll(block_scan: str = 'auto'):
   XLA merges 'remat''s recomputation away on CPU.
   """
   if block_scan == 'auto':
-    block_scan = 'unrolled' if jax.default_backend() == 'cpu' else 'rolled'
+    block_scan = 'unrolled' if (platform or jax.default_backend()) == 'cpu' else 'rolled'
   return True if block_scan == 'unrolled' else 1
 
 
 def _scan(step, carry, xs, block_scan, reverse=False):
   """`lax.scan`, except that a single step runs unscanned: a stage's leading block
-  may change the pair's shape, which a scan carry cannot."""
+  may change the pair's shape, which a scan carry cannot.
+
+  'auto' is decided for the platform the function is lowered for, not the machine that
+  traces it: `lax.platform_dependent` stages both scans (they differ only in `unroll`) and
+  lowering keeps the one of the target platform (both, behind a platform switch, when
+  exporting for several platforms)."""
   if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
     carry, y = step(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
     return carry, jax.tree_util.tree_map(lambda a: a[None], y)
-  return lax.scan(step, carry, xs, reverse=reverse, unroll=scan_unroll(block_scan))
+  scan = lambda unroll: lambda c, x: lax.scan(step, c, x, reverse=reverse, unroll=unroll)
+  if block_scan == 'auto':
+    return lax.platform_dependent(carry, xs, cpu=scan(scan_unroll('unrolled')),
+                                  default=scan(scan_unroll('rolled')))
+  return scan(scan_unroll(block_scan))(carry, xs)
 
 
 def _coupling_key(key, j):

@@ -1,7 +1,11 @@
 """A run directory: the bottom layer beside `model/` and `data/`, read by `train/` and up.
 
-  workdir      the lock, config history and the run's files (local paths or gs://)
-  checkpoints  Orbax saves in the background, CRC-checked restores, fallbacks
+  paths        local paths and URLs (gs://...) alike; atomic writes
+  workdir      checking a run directory, cleaning up after a refused run; the names below
+  workdir_lock one run at a time: flock locally, a renewed lease on object stores
+  run_config   config.json and config_history.jsonl: changes a resume may make
+  checkpoints  Orbax saves in the background, failed saves as one error; load_run
+  checkpoint_restore  the newest checkpoint that restores cleanly, verified; fallbacks
   checksums    the CRC-32s written in Orbax's commit thread
   metrics      metrics.jsonl, TensorBoard events, console lines
   orbax_logs   quieting Orbax's expected warnings

@@ -16,58 +16,35 @@ An asynchronous `save` blocks the caller only while Orbax starts the write: the
 arrays are neither copied (the caller hands over a tree it will not modify) nor
 checksummed on the calling thread; the CRC-32s (`irevnet_jax.run.checksums`) are
 computed and written by Orbax's commit thread, before the checkpoint is committed.
+
+`Checkpointer.restore` takes the newest checkpoint that restores cleanly, verified,
+and falls back past unusable ones in one line (`irevnet_jax.run.checkpoint_restore`);
+`load_run` reads a run read-only, for analysis and export.
 """
 import contextlib
-import logging as std_logging
 import os
-import shutil
-import time
 from typing import Optional, Tuple
 
-from absl import logging
 from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from irevnet_jax.run import checksums as checksums_lib, orbax_logs
-from irevnet_jax.run import workdir as workdir_lib
-from irevnet_jax.run.workdir import read_config
+from irevnet_jax.run import checkpoint_restore, checksums as checksums_lib, orbax_logs, paths
+from irevnet_jax.run.checkpoint_restore import CHECKSUM_ITEM, STATE_ITEM, short_error
+from irevnet_jax.run.run_config import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
-CORRUPT_DIR = 'corrupt_checkpoints'
-STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
-CHECKSUM_ITEM = 'checksums'
 
-
+# The restore side's and the checksums' names, for callers of this module.
+CORRUPT_DIR = checkpoint_restore.CORRUPT_DIR
+CheckpointMismatch = checkpoint_restore.CheckpointMismatch
 CorruptCheckpoint = checksums_lib.CorruptCheckpoint
 checksums, verify = checksums_lib.checksums, checksums_lib.verify
 
 
-class CheckpointMismatch(ValueError):
-  """A checkpoint of another model or optimizer (its arrays have other shapes)."""
-
-
-_reported_failures = orbax_logs.ReportedFailures()
-std_logging.getLogger('asyncio').addFilter(_reported_failures)
-
-
 class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, permissions, ...)."""
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-  """`Type: message`, first line only and at most `limit` characters (Orbax and
-  TensorStore errors carry whole JSON specs)."""
-  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
-  if len(text) > limit:
-    text = text[:limit] + '...'
-  return f'{type(error).__name__}: {text}'
-
-
-def _reason(error: BaseException) -> str:
-  """Why a checkpoint does not restore, in a few words (without the checkpoint's name)."""
-  return error.reason if isinstance(error, CorruptCheckpoint) else _short(error)
 
 
 def _errno_reason(error: BaseException) -> str:
@@ -82,25 +59,7 @@ def _errno_reason(error: BaseException) -> str:
       if reason in text:
         return reason
     seen = seen.__cause__ or seen.__context__
-  return _short(error)
-
-
-def _sync(name: str):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
-def _check_matches(target, restored, what):
-  """Orbax returns stored shapes even when the target's differ: reject those."""
-  expected = jax.tree_util.tree_flatten_with_path(target)[0]
-  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
-  wrong = [f'{jax.tree_util.keystr(path)}: {np.shape(got.get(path))} instead of {np.shape(leaf)}'
-           for path, leaf in expected if np.shape(got.get(path)) != np.shape(leaf)]
-  if wrong:
-    raise CheckpointMismatch(f'{what} does not fit this run ({len(wrong)} arrays differ, e.g. '
-                     f'{"; ".join(wrong[:3])}). If this workdir holds a run of another model '
-                     f'or optimizer, use a new --workdir.')
+  return short_error(error)
 
 
 # Orbax's default handlers, except that numpy arrays are written without a deep copy first.
@@ -117,8 +76,8 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int, use_async: bool = True, read_only: bool = False):
     """`read_only`: for readers of a run that may still be training (no writes, no
     clean-up); otherwise unfinished saves of an interrupted run are deleted."""
-    self.workdir = workdir_lib.resolve(workdir)     # a local path or a URL (gs://...)
-    self.directory = workdir_lib.join(self.workdir, CHECKPOINT_DIR)
+    self.workdir = paths.resolve(workdir)     # a local path or a URL (gs://...)
+    self.directory = paths.join(self.workdir, CHECKPOINT_DIR)
     self._read_only = read_only
     self._options = ocp.CheckpointManagerOptions(   # the values Orbax forces when read-only
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
@@ -174,7 +133,7 @@ class Checkpointer:
             else 'there is no earlier checkpoint')
     # Orbax's write tasks of this save may still log 'exception was never retrieved' (one
     # traceback per array, at garbage collection or exit): reported here in one line.
-    _reported_failures.paths.add(os.path.join(self.directory, str(step)))
+    orbax_logs.REPORTED_FAILURES.paths.add(os.path.join(self.directory, str(step)))
     raise CheckpointSaveError(
         f'Saving checkpoint {step} in {self.directory} failed: {_errno_reason(error)}; '
         f'{last}. Free space or fix permissions, then rerun the same command to resume'
@@ -195,94 +154,18 @@ class Checkpointer:
 
   def restore(self, target: Optional[dict] = None, step: Optional[int] = None,
               move_corrupt: bool = True) -> Tuple[Optional[dict], Optional[int]]:
-    """Restores checkpoint `step`, or the latest one that restores cleanly.
-
-    Checkpoints newer than the one restored that fail to restore are reported
-    and, with `move_corrupt`, moved to `<workdir>/corrupt_checkpoints/` (by
-    process 0). When none restores, nothing is moved and the error is raised:
-    that is a mismatch (another model in this workdir), not corruption.
-    `target` gives the tree structure and dtypes (numpy leaves); without it the
-    raw tree of dicts and lists comes back.
+    """Restores checkpoint `step`, or the latest one that restores cleanly; newer unusable
+    ones are reported in one line and, with `move_corrupt`, moved to
+    `<workdir>/corrupt_checkpoints/` (`checkpoint_restore.restore`). `target` gives the
+    tree structure and dtypes (numpy leaves); without it the raw tree comes back.
     Returns (state, step), or (None, None) when there are no checkpoints.
     """
-    available = sorted(self._manager.all_steps(), reverse=True)
-    if step is not None and step not in available:
-      raise ValueError(f'No checkpoint at step {step} in {self.directory}; '
-                       f'available steps: {sorted(available)}.')
-    failed = []
-    for candidate in [step] if step is not None else available:
-      try:
-        restored = self._restore_verified(candidate, target)
-      except CheckpointMismatch:
-        raise
-      except Exception as error:  # pylint: disable=broad-except
-        _reported_failures.paths.add(os.path.join(self.directory, str(candidate), ''))
-        failed.append((candidate, error))
-        continue
-      if failed:
-        self._fall_back(failed, candidate, move_corrupt)
-      return restored, candidate
-    if failed:
-      bad, error = failed[0]
-      raise ValueError(
-          f'No checkpoint in {self.directory} restores (steps {[f for f, _ in failed]}); '
-          f'step {bad}: {_reason(error)}. If this workdir holds a run of another model or '
-          f'optimizer, use a new --workdir.') from error
-    return None, None
-
-  def _fall_back(self, failed, used: int, move_corrupt: bool):
-    """Moves the unusable checkpoints aside (with `move_corrupt`) and says so in one line."""
-    moved = [self._move_aside(bad) for bad, _ in failed] if move_corrupt else []
-    steps = ', '.join(str(bad) for bad, _ in failed)
-    if len(failed) == 1:
-      what = f'Checkpoint {steps} in {self.directory} is unusable ({_reason(failed[0][1])})'
-    else:
-      what = (f'Checkpoints {steps} in {self.directory} are unusable (' +
-              '; '.join(f'{bad}: {_reason(error)}' for bad, error in failed) + ')')
-    where = ''
-    if moved:
-      where = (f' and moved it to {moved[0]}' if len(moved) == 1 and moved[0] else
-               f' and moved {"it" if len(moved) == 1 else "them"} to '
-               f'{os.path.join(self.workdir, CORRUPT_DIR)}')
-    logging.error('%s; using step %d instead%s.', what, used, where)
-
-  def _restore_verified(self, step: int, target: Optional[dict]):
-    """Checkpoint `step`, checked against the target's shapes and its checksums."""
-    what = f'Checkpoint {step} in {self.directory}'
-    step_dir = epath.Path(self.directory) / str(step)
-    if not (step_dir / STATE_ITEM / '_METADATA').exists():
-      raise CorruptCheckpoint(what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
-    has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
-    restore_args = (None if target is None
-                    else ocp.checkpoint_utils.construct_restore_args(target))
-    items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
-    if has_checksums:
-      items[CHECKSUM_ITEM] = checksums_lib.Restore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    state = restored[STATE_ITEM]
-    if target is not None:
-      _check_matches(target, state, what)
-    verify(state, restored[CHECKSUM_ITEM] if has_checksums else None, what)
-    return state
-
-  def _move_aside(self, step: int) -> Optional[str]:
-    """Moves checkpoint `step` to `<workdir>/corrupt_checkpoints/<step>-<time>` (process 0);
-    returns that path on process 0, None on the others."""
-    _sync(f'checkpoint_corrupt_{step}_before')
-    destination = None
-    if jax.process_index() == 0:
-      destination = epath.Path(self.workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
-      destination.parent.mkdir(parents=True, exist_ok=True)
-      source = epath.Path(self.directory, str(step))
-      if workdir_lib.is_url(self.workdir):
-        source.rename(destination)      # object stores: copy, then delete
-      else:
-        shutil.move(source, destination)
-      destination = str(destination)
-    _sync(f'checkpoint_corrupt_{step}_after')
-    self._manager.close()
-    self._manager = self._open()
-    return destination
+    state, step, moved = checkpoint_restore.restore(self._manager, self.workdir, self.directory,
+                                                    target, step, move_corrupt)
+    if moved:   # the manager lists the steps it has seen: open it again
+      self._manager.close()
+      self._manager = self._open()
+    return state, step
 
 
 def load_run(workdir: str, step: Optional[int] = None):

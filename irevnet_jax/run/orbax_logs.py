@@ -1,5 +1,5 @@
-"""Orbax log records that `irevnet_jax.run.checkpoints` has already reported in its own words, or
-that are not the user's business."""
+"""Orbax log records that `irevnet_jax.run.checkpoints` or `checkpoint_restore` has already
+reported in its own words, or that are not the user's business."""
 import contextlib
 import logging as std_logging
 
@@ -39,3 +39,9 @@ def quiet_read_only():
     yield
   finally:
     absl_logger.removeFilter(note_filter)
+
+
+# The process's one filter of reported failures, on asyncio's logger: `checkpoints` (failed
+# saves) and `checkpoint_restore` (unusable checkpoints) add the paths they have reported.
+REPORTED_FAILURES = ReportedFailures()
+std_logging.getLogger('asyncio').addFilter(REPORTED_FAILURES)

@@ -11,9 +11,13 @@ Modules, each with one job:
   parallel   pmap and jit + shard_map back ends: state, batches, compiled steps
   program    what a config compiles to (nets, optimizer, compiled steps)
   evaluate   evaluation over a split (inversion on a fixed subset)
+  preemption SIGTERM / Ctrl-C / preemption notices as a flag read between steps; Preempted
+  resume     what a resume reads back so it records what an uninterrupted run would
   loop       train_and_evaluate: the loop with logs, evaluations, checkpoints
+  evaluate_run  evaluating a run directory's checkpoint without training
 """
 from irevnet_jax.train.config import base_config, check_config
-from irevnet_jax.train.loop import Preempted, Result, train_and_evaluate
+from irevnet_jax.train.loop import Result, train_and_evaluate
+from irevnet_jax.train.preemption import Preempted
 
 __all__ = ['base_config', 'check_config', 'train_and_evaluate', 'Preempted', 'Result']

@@ -7,81 +7,29 @@ is refused) and resumes from the latest good checkpoint there, refusing changed
 training fields unless allowed; SIGTERM (or Ctrl-C) saves and raises
 `Preempted`; a non-finite loss or state stops the run without saving that
 state; a failed save stops it at once (`checkpoints.CheckpointSaveError`).
+Signals: `preemption`; what a resume reads back and records: `resume`.
 """
-import json
 import math
 import os
-import signal
-import threading
 from typing import Any, Dict, NamedTuple
 
 from absl import logging
-from etils import epath
 import jax
 import ml_collections
-import numpy as np
 
 import irevnet_jax
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
-from irevnet_jax.train import parallel, program, state as state_lib, steps
-
-
-class Preempted(Exception):
-  """Raised after SIGTERM or Ctrl-C (or a multi-host preemption notice) once the state is
-  saved; `exit_code` is 143 (SIGTERM) or 130 (Ctrl-C)."""
-
-  def __init__(self, step, signum=signal.SIGTERM):
-    name = 'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'
-    super().__init__(f'Stopped by {name}: saved a checkpoint at step {step}; rerun the same '
-                     f'command to resume.')
-    self.step = step
-    self.exit_code = 128 + int(signum)
+from irevnet_jax.train import parallel, program, resume, state as state_lib, steps
+from irevnet_jax.train.preemption import Preempted, StopWatch
 
 
 class Result(NamedTuple):
   state: Dict[str, Any]        # final host (numpy) train state
   eval_metrics: Dict[str, float]
   step: int
-
-
-class _StopWatch:
-  """Turns SIGTERM and Ctrl-C into a flag read between steps and evaluation batches (single
-  process); with several processes, JAX's preemption sync point makes all of them stop at
-  the same step (SIGTERM)."""
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signum = signum
-    if signum == signal.SIGINT:   # a second Ctrl-C interrupts at once
-      signal.signal(signal.SIGINT, self._previous.get(signal.SIGINT, signal.default_int_handler))
-
-  def stop_now(self) -> bool:
-    return self.signum is not None
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        if multihost_utils.reached_preemption_sync_point(step):
-          self.signum = signal.SIGTERM
-      except RuntimeError:  # no preemption service (jax.distributed not initialised)
-        pass
-    return self.stop_now()
-
-  def close(self):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous = {}
 
 
 def _divisible(field, value, by, what, min_per_device=1):
@@ -166,7 +114,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                                           use_async=bool(config.async_checkpoints))
   restored, restored_step = checkpointer.restore(
       target=state_lib.create_state(prog.train_net, prog.tx, int(config.seed), abstract=True))
-  _check_same_step(restored_step)
+  resume.check_same_step(restored_step)
   if is_chief:   # a refused resume stops here, before it says anything about resuming
     config_record = workdir_lib.check_config_record(workdir, config, restored_step,
                                                      allow_config_change)
@@ -189,14 +137,13 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
 
   state = backend.put_state(host_state)
   del host_state
-  watch = _StopWatch()
+  watch = StopWatch()
   watch.reached(start_step)   # tells the multi-host preemption service where this run starts
   batches = backend.prefetch(source.train_batches(local_batch, process_index, process_count,
                                                   int(config.seed), start_step))
   pending = []          # (step, per-step metrics on the devices), fetched at log time
-  # (step, per-step metrics) fetched since the last train/* record, those of the steps before a
-  # resume included, so that the first record after a resume averages the steps it would have.
-  unlogged = (_read_unlogged(workdir, start_step) if restored is not None and is_chief else [])
+  # fetched since the last train/* record, a resumed run's steps before the resume included
+  unlogged = resume.TrainMetricsSinceLog(workdir, restored_step, enabled=is_chief)
   last_saved = start_step if restored is not None else None
   eval_metrics = {}
 
@@ -222,7 +169,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       last_saved = step
       if is_chief:
         config_record.commit()   # the config (and its history) goes with the first save
-        _write_unlogged(workdir, step, unlogged)
+        unlogged.keep(step)
 
   def run_evaluation():
     return evaluate_lib.evaluate(prog, state, source, local_eval_batch,
@@ -241,7 +188,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   try:
     if (restored is not None and 0 < step <= total_steps
         and _due(step, config.eval_every_steps, total_steps)
-        and not _evaluated(workdir, step, is_chief)):
+        and not resume.evaluated(workdir, step, is_chief)):
       logging.info('Redoing the evaluation at step %d, which was interrupted.', step)
       eval_metrics = evaluate_and_record(step)
     elif step >= total_steps:
@@ -259,10 +206,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       if _due(step, config.log_every_steps, total_steps):
         flush()
         rate = progress.steps_per_second(step)
-        summary = {f'train/{k}': sum(float(m[k]) for _, m in unlogged) / len(unlogged)
-                   for k in ('loss', 'accuracy')}
-        summary['train/learning_rate'] = float(unlogged[-1][1]['learning_rate'])
-        unlogged.clear()
+        summary = unlogged.summary()
         summary['steps_per_second'] = rate
         writer.write(step, summary)
         progress.report(step, summary['train/loss'], rate)
@@ -293,51 +237,6 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                  ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()),
                  os.path.join(checkpointer.directory, str(last_saved)))
   return Result(backend.to_host(state), eval_metrics, step)
-
-
-def _check_same_step(restored_step):
-  """Every process must resume from the same step: a workdir on a disk that is not shared
-  (a local path on a pod) shows each host other checkpoints."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    steps_found = multihost_utils.process_allgather(
-        np.int64(-1 if restored_step is None else restored_step))
-    if len(set(np.asarray(steps_found).ravel().tolist())) > 1:
-      raise ValueError(
-          f'The processes found different latest checkpoints in the workdir (steps '
-          f'{np.asarray(steps_found).ravel().tolist()}, -1: none): give every process the same '
-          f'shared --workdir (e.g. gs://bucket/runs/name), not a path on each host\'s own disk.')
-
-
-UNLOGGED_FILE = 'train_metrics_since_log.json'   # beside the checkpoints, rewritten at each save
-
-
-def _write_unlogged(workdir, step, unlogged):
-  """Keeps the per-step train metrics not yet in a train/* record with checkpoint `step`."""
-  rows = [[int(s), {k: float(m[k]) for k in ('loss', 'accuracy', 'learning_rate')}]
-          for s, m in unlogged]
-  workdir_lib.write_file(workdir, UNLOGGED_FILE, json.dumps({'step': int(step), 'steps': rows}))
-
-
-def _read_unlogged(workdir, step):
-  """The per-step train metrics `_write_unlogged` kept with checkpoint `step` ([] when the
-  file is missing, unreadable or of another checkpoint)."""
-  try:
-    kept = json.loads(epath.Path(workdir_lib.join(workdir, UNLOGGED_FILE)).read_text())
-    return [(int(s), m) for s, m in kept['steps']] if kept['step'] == step else []
-  except (OSError, ValueError, KeyError, TypeError):
-    return []
-
-
-def _evaluated(workdir, step, is_chief) -> bool:
-  """Whether metrics.jsonl holds the evaluation at `step` (process 0 reads it and tells
-  the others, so that every process runs the evaluation or none)."""
-  done = is_chief and any(r.get('step') == step and 'eval/loss' in r
-                          for r in metrics.read_jsonl(workdir))
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
-  return done
 
 
 def _non_finite_message(step, step_metrics, host_state, last_saved, directory) -> str:

@@ -1,0 +1,158 @@
+"""Restoring a run's checkpoint: the newest one that restores cleanly, verified, and past
+unusable ones in one line (`checkpoints.Checkpointer.restore` calls `restore` here).
+
+A checkpoint restores cleanly when its tree metadata is there, its arrays have the
+target's shapes (else `CheckpointMismatch`: another model in this workdir, which is
+raised, never skipped) and its CRC-32s and values check out (`checksums.verify`). Newer
+checkpoints that fail are reported in one error line and, with `move_corrupt`, moved to
+`<workdir>/corrupt_checkpoints/<step>-<time>` by process 0. When none restores, nothing is
+moved and the error is raised: that is a mismatch, not corruption.
+
+A checkpoint's items: the state (`STATE_ITEM`, an Orbax PyTree) and its checksums
+(`CHECKSUM_ITEM`; older versions saved none).
+"""
+import os
+import shutil
+import time
+from typing import Optional, Tuple
+
+from absl import logging
+from etils import epath
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from irevnet_jax.run import checksums as checksums_lib, orbax_logs, paths
+
+STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
+CHECKSUM_ITEM = 'checksums'
+CORRUPT_DIR = 'corrupt_checkpoints'
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint of another model or optimizer (its arrays have other shapes)."""
+
+
+def short_error(error: BaseException, limit: int = 300) -> str:
+  """`Type: message`, first line only and at most `limit` characters (Orbax and
+  TensorStore errors carry whole JSON specs)."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  if len(text) > limit:
+    text = text[:limit] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
+def _reason(error: BaseException) -> str:
+  """Why a checkpoint does not restore, in a few words (without the checkpoint's name)."""
+  return error.reason if isinstance(error, checksums_lib.CorruptCheckpoint) else short_error(error)
+
+
+def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
+            target: Optional[dict], step: Optional[int], move_corrupt: bool
+            ) -> Tuple[Optional[dict], Optional[int], bool]:
+  """Checkpoint `step` of `manager` (in `directory`), or the newest that restores cleanly.
+
+  `target` gives the tree structure and dtypes (numpy leaves); without it the raw tree of
+  dicts and lists comes back. Returns (state, step, moved: whether checkpoints were moved
+  aside, after which the manager must be reopened), or (None, None, False) when there
+  are no checkpoints.
+  """
+  available = sorted(manager.all_steps(), reverse=True)
+  if step is not None and step not in available:
+    raise ValueError(f'No checkpoint at step {step} in {directory}; '
+                     f'available steps: {sorted(available)}.')
+  failed = []
+  for candidate in [step] if step is not None else available:
+    try:
+      restored = _restore_verified(manager, directory, candidate, target)
+    except CheckpointMismatch:
+      raise
+    except Exception as error:  # pylint: disable=broad-except
+      orbax_logs.REPORTED_FAILURES.paths.add(os.path.join(directory, str(candidate), ''))
+      failed.append((candidate, error))
+      continue
+    moved = _fall_back(workdir, directory, failed, candidate, move_corrupt) if failed else []
+    return restored, candidate, bool(moved)
+  if failed:
+    bad, error = failed[0]
+    raise ValueError(
+        f'No checkpoint in {directory} restores (steps {[f for f, _ in failed]}); '
+        f'step {bad}: {_reason(error)}. If this workdir holds a run of another model or '
+        f'optimizer, use a new --workdir.') from error
+  return None, None, False
+
+
+def _restore_verified(manager, directory: str, step: int, target: Optional[dict]):
+  """Checkpoint `step`, checked against the target's shapes and its checksums."""
+  what = f'Checkpoint {step} in {directory}'
+  step_dir = epath.Path(directory) / str(step)
+  if not (step_dir / STATE_ITEM / '_METADATA').exists():
+    raise checksums_lib.CorruptCheckpoint(
+        what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
+  has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
+  restore_args = (None if target is None
+                  else ocp.checkpoint_utils.construct_restore_args(target))
+  items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
+  if has_checksums:
+    items[CHECKSUM_ITEM] = checksums_lib.Restore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  state = restored[STATE_ITEM]
+  if target is not None:
+    _check_matches(target, state, what)
+  checksums_lib.verify(state, restored[CHECKSUM_ITEM] if has_checksums else None, what)
+  return state
+
+
+def _check_matches(target, restored, what):
+  """Orbax returns stored shapes even when the target's differ: reject those."""
+  expected = jax.tree_util.tree_flatten_with_path(target)[0]
+  got = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+  wrong = [f'{jax.tree_util.keystr(path)}: {np.shape(got.get(path))} instead of {np.shape(leaf)}'
+           for path, leaf in expected if np.shape(got.get(path)) != np.shape(leaf)]
+  if wrong:
+    raise CheckpointMismatch(f'{what} does not fit this run ({len(wrong)} arrays differ, e.g. '
+                     f'{"; ".join(wrong[:3])}). If this workdir holds a run of another model '
+                     f'or optimizer, use a new --workdir.')
+
+
+def _fall_back(workdir: str, directory: str, failed, used: int, move_corrupt: bool):
+  """Moves the unusable checkpoints aside (with `move_corrupt`) and says so in one line;
+  returns where they went (None on processes other than 0)."""
+  moved = [_move_aside(workdir, directory, bad) for bad, _ in failed] if move_corrupt else []
+  steps = ', '.join(str(bad) for bad, _ in failed)
+  if len(failed) == 1:
+    what = f'Checkpoint {steps} in {directory} is unusable ({_reason(failed[0][1])})'
+  else:
+    what = (f'Checkpoints {steps} in {directory} are unusable (' +
+            '; '.join(f'{bad}: {_reason(error)}' for bad, error in failed) + ')')
+  where = ''
+  if moved:
+    where = (f' and moved it to {moved[0]}' if len(moved) == 1 and moved[0] else
+             f' and moved {"it" if len(moved) == 1 else "them"} to '
+             f'{os.path.join(workdir, CORRUPT_DIR)}')
+  logging.error('%s; using step %d instead%s.', what, used, where)
+  return moved
+
+
+def _sync(name: str):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _move_aside(workdir: str, directory: str, step: int) -> Optional[str]:
+  """Moves checkpoint `step` to `<workdir>/corrupt_checkpoints/<step>-<time>` (process 0);
+  returns that path on process 0, None on the others."""
+  _sync(f'checkpoint_corrupt_{step}_before')
+  destination = None
+  if jax.process_index() == 0:
+    destination = epath.Path(workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    source = epath.Path(directory, str(step))
+    if paths.is_url(workdir):
+      source.rename(destination)      # object stores: copy, then delete
+    else:
+      shutil.move(source, destination)
+    destination = str(destination)
+  _sync(f'checkpoint_corrupt_{step}_after')
+  return destination
