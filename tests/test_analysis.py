@@ -2,14 +2,12 @@
 
 A module fixture trains a 4-block i-RevNet on scikit-learn's digits for a few
 dozen SGD steps, writes it as a training run (config.json + checkpoint), and
-runs `python -m experiments.analyze` on it once; the tests check the report's
+runs `python -m experiments.analyze` on it once (in this process: tests/in_process.py); the tests check the report's
 numbers against direct computations and the PNGs against their expected sizes.
 """
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +21,6 @@ from irevnet_jax.data import input_pipeline
 from irevnet_jax.analysis import (features, interpolation, pca, pipeline, plots, probes,
                                   reconstruction)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_STEPS = 40
 OPTIONS = dict(num_images=5, num_pairs=2, num_steps=5, every_k_blocks=1)
 
@@ -102,17 +99,16 @@ def run(tmp_path_factory):
                           'batch_stats': variables['batch_stats'],
                           'step': np.int32(TRAIN_STEPS)})
   ckpt.close()
+  import in_process  # pylint: disable=g-import-not-at-top
   flags = [f'--{k}={v}' for k, v in OPTIONS.items()]
-  env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  proc = subprocess.run([sys.executable, '-m', 'experiments.analyze', f'--workdir={workdir}',
-                         '--batch_size=128', *flags], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  code, log = in_process.command('experiments.analyze', f'--workdir={workdir}',
+                                 '--batch_size=128', *flags)
+  assert code == 0, log[-4000:]
   out = os.path.join(workdir, 'analysis')
   with open(os.path.join(out, 'report.json')) as f:
     report = json.load(f)
   return {'net': net, 'variables': variables, 'source': source, 'out': out, 'report': report,
-          'eval': all_eval(source), 'train': all_train(source), 'log': proc.stderr}
+          'eval': all_eval(source), 'train': all_train(source), 'log': log}
 
 
 def direct_z(run, x):

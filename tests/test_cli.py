@@ -59,7 +59,7 @@ def test_bad_inputs_end_in_one_clear_line(tmp_path):
 
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from irevnet_jax import workdir; '
+      [sys.executable, '-c', 'import sys, time; from irevnet_jax.run import workdir; '
        'lock = workdir.WorkdirLock(sys.argv[1]); print("locked", flush=True); time.sleep(600)',
        str(tmp_path)], cwd=lib.REPO, env=lib.env_with_devices(1), stdout=subprocess.PIPE,
       text=True)
@@ -105,8 +105,7 @@ def _flip_a_byte_of_the_largest_data_file(step_dir):
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_a_checkpoint_with_flipped_bytes_falls_back_to_the_previous_one(tmp_path, tiny_run):
-  workdir = str(tmp_path)
-  train.train_and_evaluate(lib.make_config(), workdir)
+  workdir = lib.copy_of_run(tiny_run, tmp_path)      # a finished run of make_config()
   _flip_a_byte_of_the_largest_data_file(os.path.join(workdir, 'checkpoints', '24'))
   _, _, step = checkpoints.load_run(workdir)
   assert step == 16

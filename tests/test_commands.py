@@ -2,7 +2,8 @@
 --dataset.name=synthetic, records written once, resumed runs whose metrics.jsonl equals an
 uninterrupted run's, the authors' CIFAR checkpoint, suggestions and console lines.
 
-Library calls run in-process; one-line errors and signals run the commands as subprocesses.
+Library calls and commands that succeed run in-process (tests/in_process.py); one-line errors
+and signals run the commands as subprocesses.
 """
 import logging
 import os
@@ -19,6 +20,7 @@ from irevnet_jax import train
 from irevnet_jax.interop import authors, pickled_classes, runs
 from irevnet_jax.train import config as config_lib, evaluate_run
 from authors_fixture import NPZ
+import in_process
 import train_testlib as lib
 
 ABSL_PREFIX = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d', re.M)
@@ -138,10 +140,6 @@ def test_the_commands_on_a_run_without_its_data_and_their_one_line_errors(
   workdir = imported_imagenet_run
   cifar = str(tmp_path / 'checkpoint_cifar.pth.tar')
   write_authors_cifar_checkpoint(cifar)
-  analyze = start('experiments.analyze', f'--workdir={workdir}', '--dataset.name=synthetic',
-                  '--dataset.num_train_examples=16', '--dataset.num_eval_examples=8',
-                  '--batch_size=8', '--num_images=2', '--num_pairs=1', '--num_steps=2',
-                  '--max_contraction_examples=8', num_devices=1)
   refused = {
       'import': start('experiments.import_weights', f'--weights={cifar}',
                       f'--workdir={tmp_path / "cifar_run"}'),
@@ -150,6 +148,14 @@ def test_the_commands_on_a_run_without_its_data_and_their_one_line_errors(
       'dataset': start('experiments.main', f'--config={lib.DIGITS_CONFIG}',
                        '--config.dataset.name=imagenet2012', f'--workdir={tmp_path / "in_run"}'),
   }
+  # Meanwhile analyze, in this process.
+  code, output = in_process.command(
+      'experiments.analyze', f'--workdir={workdir}', '--dataset.name=synthetic',
+      '--dataset.num_train_examples=16', '--dataset.num_eval_examples=8', '--batch_size=8',
+      '--num_images=2', '--num_pairs=1', '--num_steps=2', '--max_contraction_examples=8')
+  assert code == 0, output[-3000:]
+  assert f'Loaded {workdir} at step 0.' in output.splitlines() and not ABSL_PREFIX.search(output)
+  assert os.path.getsize(os.path.join(workdir, 'analysis', 'report.json')) > 0
   outputs = {}
   for name, process in refused.items():
     code, outputs[name] = lib.finish(process)
@@ -165,11 +171,6 @@ def test_the_commands_on_a_run_without_its_data_and_their_one_line_errors(
   assert ('model.input_shape=(8, 8, 1) (its RGB images are resized to (H, W, 3)) and '
           'model.num_classes=10 (it has 1000 classes)') in line, line
   assert not os.path.exists(tmp_path / 'in_run' / 'checkpoints')
-
-  code, output = lib.finish(analyze)
-  assert code == 0, output[-3000:]
-  assert f'Loaded {workdir} at step 0.' in output.splitlines() and not ABSL_PREFIX.search(output)
-  assert os.path.getsize(os.path.join(workdir, 'analysis', 'report.json')) > 0
 
 
 def test_the_authors_cifar_layout_is_recognised_without_unpickling(tmp_path):

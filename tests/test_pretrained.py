@@ -5,8 +5,9 @@ tests/authors_tiny_config.py is the released config shrunk to it (on synthetic i
 `python -m experiments.import_weights` turns the checkpoint into a run directory, which
 `experiments.evaluate`, `experiments.analyze`, `experiments.export_weights` and
 `experiments.main` (fine-tuning) read unchanged; the export gives the fixture's state dict
-back exactly; bad inputs end in one line with nothing written. The commands run as
-subprocesses on one CPU device; the PyTorch checks skip without PyTorch.
+back exactly; bad inputs end in one line with nothing written. The commands run in this
+process (tests/in_process.py, 4 CPU devices); the one-line errors of bad imports run as
+subprocesses on one CPU device. The PyTorch checks skip without PyTorch.
 """
 import importlib
 import json
@@ -27,6 +28,7 @@ from irevnet_jax.interop import authors, runs
 from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
 from authors_fixture import NPZ, PTH_TAR, needs_torch, torch
 from model_utils import assert_same_state_dict
+import in_process
 import train_testlib as lib
 
 TINY_CONFIG = os.path.join(lib.REPO, 'tests', 'authors_tiny_config.py')
@@ -44,9 +46,10 @@ def start(module, *args, env=None):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def command(module, *args, env=None):
-  """Runs `python -m <module> args`; returns the output; fails the test on a non-zero exit."""
-  code, output = lib.finish(start(module, *args, env=env))
+def command(module, *args):
+  """Runs `python -m <module> args` in this process; returns the output; fails the test on a
+  non-zero exit."""
+  code, output = in_process.command(module, *args)
   assert code == 0, output[-4000:]
   return output
 
@@ -192,10 +195,9 @@ def test_analyze_reads_an_imported_run(imported):
 def test_export_gives_the_fixture_back_exactly(imported, tmp_path):
   workdir, _ = imported
   outputs = [str(tmp_path / 'export.npz')] + ([str(tmp_path / 'export.pth.tar')] if torch else [])
-  processes = [start('experiments.export_weights', f'--workdir={workdir}', f'--output={o}')
-               for o in outputs]
-  for process in processes:
-    code, output = lib.finish(process)
+  for o in outputs:
+    code, output = in_process.command('experiments.export_weights', f'--workdir={workdir}',
+                                      f'--output={o}')
     assert code == 0 and 'at step 0' in output and 'num_batches_tracked 3' in output, output
   expected = authors.load_state_dict(NPZ)
   assert_same_state_dict(authors.load_state_dict(outputs[0]), expected)

@@ -12,6 +12,7 @@ from irevnet_jax.run import checkpoints, metrics
 
 from irevnet_jax import train
 from irevnet_jax.train import optimizer, parallel
+import in_process
 import train_testlib as lib
 
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(lib.REPO, 'experiments', 'configs'))
@@ -144,9 +145,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
   reference = uninterrupted[1].state
-  workdir = str(tmp_path)
-  train.train_and_evaluate(lib.make_config(), workdir)
-  for root, _, files in os.walk(tmp_path / 'checkpoints' / '24'):
+  workdir = lib.copy_of_run(uninterrupted, tmp_path)      # a finished run of make_config()
+  for root, _, files in os.walk(os.path.join(workdir, 'checkpoints', '24')):
     for name in files:
       if name.endswith('.ocdbt') or os.path.basename(root) == 'd':
         with open(os.path.join(root, name), 'wb') as f:
@@ -154,20 +154,21 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, uninterrupted):
   _, _, step = checkpoints.load_run(workdir)      # reported and skipped
   assert step == 16
   result = train.train_and_evaluate(lib.make_config(), workdir)   # falls back, moves 24 aside
-  assert os.listdir(tmp_path / 'corrupt_checkpoints')
+  assert os.listdir(os.path.join(workdir, 'corrupt_checkpoints'))
   assert result.step == 24
   lib.assert_trees_close(result.state, reference)
 
 
 def test_imagenet_config_runs_on_synthetic_data(tmp_path):
-  """The ImageNet config (b), shrunk, trains a few steps on synthetic data: no TFDS needed."""
+  """The ImageNet config (b), shrunk, trains a few steps on synthetic data on 2 devices: no
+  TFDS needed. `python -m experiments.main`, run in this process."""
   config = os.path.join(lib.REPO, 'experiments', 'configs', 'bijective.py')
   args = [f'--config={config}', f'--workdir={tmp_path}', '--config.dataset.name=synthetic',
           "--config.model.input_shape=(32,32,3)", '--config.model.blocks=(1,1,1,1)',
           '--config.batch_size=8', '--config.eval_batch_size=256', '--config.num_train_steps=2',
           '--config.log_every_steps=1', '--config.eval_every_steps=0',
-          '--config.checkpoint_every_steps=0']
-  code, output = lib.finish(lib.start(args, num_devices=2))
+          '--config.checkpoint_every_steps=0', '--config.num_devices=2']
+  code, output = in_process.command('experiments.main', *args)
   assert code == 0, output[-3000:]
   records = metrics.read_jsonl(str(tmp_path))
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2]

@@ -1,5 +1,6 @@
 """Shared helpers of the training tests: tiny digits configs, subprocess runs, comparisons."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +48,14 @@ def flag_args(**overrides):
     return str(value)
   merged = {**TINY, **{k.replace('__', '.'): v for k, v in overrides.items()}}
   return [f'--config={DIGITS_CONFIG}'] + [f'--config.{k}={text(v)}' for k, v in merged.items()]
+
+
+def copy_of_run(run, tmp_path):
+  """A copy of a finished run's workdir (e.g. conftest's `tiny_run`, step 24 of 24): what
+  training `make_config()` into tmp_path / 'run' would leave, without training."""
+  workdir = os.path.join(str(tmp_path), 'run')
+  shutil.copytree(run[0], workdir)
+  return workdir
 
 
 def env_with_devices(num_devices):
