@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from irevnet_jax.data import input_pipeline, tfds_options, tfds_pipeline
+from irevnet_jax.data import input_pipeline, tfds_options, tfds_records
 import train_testlib as lib
 
 
 def guide(data_dir):
   """The whole output expected: the guide, once, after `Error: `."""
   opts = tfds_options.parse_options({'name': 'imagenet2012', 'data_dir': data_dir})
-  text = tfds_pipeline.imagenet_missing_message(opts, os.path.join(data_dir, 'imagenet2012'))
+  text = tfds_records.imagenet_missing_message(opts, os.path.join(data_dir, 'imagenet2012'))
   return f'Error: {text}\n'
 
 

@@ -264,8 +264,8 @@ def refuse_missing_imagenet(tfds_fields, model_input_shape):
   folder = os.path.join(os.path.expanduser(root), opts.name)
   if '://' in root or os.path.isdir(folder):
     return
-  from irevnet_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top  (no TF at import)
-  raise FileNotFoundError(tfds_pipeline.imagenet_missing_message(opts, folder))
+  from irevnet_jax.data import tfds_records  # pylint: disable=g-import-not-at-top  (no TF at import)
+  raise FileNotFoundError(tfds_records.imagenet_missing_message(opts, folder))
 
 
 def get_source(dataset_config, model_input_shape) -> DataSource:

@@ -30,9 +30,9 @@ import numpy as np
 
 from irevnet_jax.data import data_order
 from irevnet_jax.data.tfds_options import SPECS, Options, check_input_shape, parse_options, pixel_stats
-from irevnet_jax.data.tfds_records import TfdsRecords, import_tf, imagenet_missing_message, prepare
+from irevnet_jax.data.tfds_records import TfdsRecords, import_tf, prepare
 
-__all__ = ['TfdsSource', 'get_tfds_source', 'prepare', 'imagenet_missing_message']
+__all__ = ['TfdsSource', 'get_tfds_source', 'prepare']
 
 
 class TfdsSource:

@@ -23,7 +23,7 @@ run in any other. Running BN statistics come out of the forward pass only: the
 backward pass recomputes F with the same batch statistics (it rebuilds the same
 inputs) and discards its updates. Dropout masks are replayed from the keys.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,10 +33,9 @@ from irevnet_jax.model import blocks
 from irevnet_jax.model.layout import BlockSpec
 
 
-def scan_unroll(block_scan: str = 'auto', platform: Optional[str] = None):
-  """`lax.scan`'s `unroll` for a `block_scan` policy: 'unrolled' (True), 'rolled' (1), or
-  'auto': unrolled on CPU, rolled on GPU/TPU (`platform`, default: the default backend's;
-  the engine itself decides 'auto' for the platform it is lowered for, `_scan`).
+def scan_unroll(block_scan: str):
+  """`lax.scan`'s `unroll` for 'unrolled' (True) or 'rolled' (1). 'auto' is unrolled in a
+  program lowered for CPU and rolled for GPU/TPU (`_scan` decides it per platform).
 
   XLA's CPU backend runs convolution gradients inside a while loop far slower
   than straight-line code (inside the loop it keeps the transposed kernel's
@@ -46,8 +45,6 @@ def scan_unroll(block_scan: str = 'auto', platform: Optional[str] = None):
   for 100-block models). Unrolled, 'reversible' still saves its memory, but
   XLA merges 'remat''s recomputation away on CPU.
   """
-  if block_scan == 'auto':
-    block_scan = 'unrolled' if (platform or jax.default_backend()) == 'cpu' else 'rolled'
   return True if block_scan == 'unrolled' else 1
 
 
