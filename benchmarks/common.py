@@ -15,7 +15,7 @@ import ml_collections
 
 from irevnet_jax.baselines import presets as baseline_presets
 from irevnet_jax.data import input_pipeline
-from irevnet_jax.model import presets
+from irevnet_jax.model import compiler_options, presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import program as program_lib
 from irevnet_jax.train import state as state_lib
@@ -155,8 +155,10 @@ class TrainStep:
     """The executable a first call at global batch `batch_size` compiles, and its numbers."""
     batch = self.batch(batch_size)
     start = time.perf_counter()
+    options = {**compiler_options.for_platform(self.backend.local_devices[0].platform),
+               **(self.compiler_options or {})}   # the runner's, then the caller's
     compiled = self.program.train_step.lower(self.state, batch).compile(
-        compiler_options=self.compiler_options)
+        compiler_options=options)
     seconds = time.perf_counter() - start
     return Compiled(compiled, seconds, *_memory_analysis(compiled), self.param_bytes,
                     batch_size)

@@ -17,7 +17,7 @@ def test_train_row_times_the_runner_step_and_steps_down_to_a_batch_that_fits():
   assert row['note'] == '', row
 
   # Batch 16 does not fit this limit: the row runs the largest batch that XLA plans to fit.
-  limit = int(0.7 * row['peak_gib'] * common.GIB)
+  limit = int(0.85 * row['peak_gib'] * common.GIB)   # batch 1 needs ~0.72x of batch 16 here
   row = speed.train_row('cifar10', 'reversible', 16, limit_bytes=limit, feed=True, **kwargs)
   assert 1 <= row['batch'] < 16 and row['peak_gib'] * common.GIB <= limit, row
   assert 'plans' in row['note'] and row['img_s'] > 0, row

@@ -9,4 +9,5 @@
   blocks       the bottleneck F and its variables
   reversible   the one engine: coupling steps in every backprop mode, and their inverses
   network      the i-RevNet Flax module
+  compiler_options  the XLA options gradient steps compile with (CPU: keep barriers)
 """
