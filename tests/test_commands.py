@@ -109,6 +109,29 @@ def test_a_resumed_run_records_what_an_uninterrupted_run_records(tmp_path, tiny_
   assert _records(workdir) == expected
 
 
+def test_a_second_evaluate_compiles_nothing_that_the_cache_holds(tmp_path, tiny_run):
+  """The persistent compilation cache is on by default and takes every program (the CLI
+  lowers JAX's 1 s threshold): the first `evaluate` writes its programs, a second one of
+  the same run finds all of them (writes no new entry), --nocompilation_cache writes none."""
+  workdir = lib.copy_of_run(tiny_run, tmp_path)
+  env = lib.env_with_devices(4)
+  env.pop('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', None)
+
+  def evaluate(cache, *flags):
+    out = subprocess.run([sys.executable, '-m', 'experiments.evaluate', f'--workdir={workdir}',
+                          f'--compilation_cache_dir={cache}', *flags], cwd=lib.REPO, env=env,
+                         capture_output=True, text=True, timeout=240, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r'Compiling took [\d.]+ s for \d+ programs', out.stderr), out.stderr[-2000:]
+    return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+  cache = str(tmp_path / 'cache')
+  first = evaluate(cache)
+  assert len(first) >= 2, first
+  assert evaluate(cache) == first
+  assert evaluate(str(tmp_path / 'off'), '--nocompilation_cache') == []
+
+
 def test_batch_size_suggestions_keep_eight_examples_per_device():
   assert config_lib.suggested_batch_size(7, 4, config_lib.MIN_BN_EXAMPLES) == 32
   assert config_lib.suggested_batch_size(50, 4, config_lib.MIN_BN_EXAMPLES) == 52
