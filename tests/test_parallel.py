@@ -100,6 +100,23 @@ def test_pmap_and_shard_map_train_to_the_same_parameters(tmp_path):
                                                        rel=1e-5)
 
 
+@pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
+def test_the_cpu_train_step_keeps_the_engines_optimization_barriers(backend):
+  """XLA:CPU drops every barrier unless compiled with irevnet_jax.compiler_options()
+  (docs/reversible.md: 2.7x slower autodiff steps without them): both back ends pass it."""
+  config = lib.make_config(parallel=backend)
+  assert config.model.backprop == 'autodiff'
+  prog, source = _program(config)
+  state = prog.backend.put_state(state_lib.create_state(prog.train_net, prog.tx, 0))
+  batch = prog.backend.put_batch(next(source.train_batches(8, 0, 1, 0, 0)))
+  step = prog.train_step
+  compiled = step.compiled(state, batch) if backend == 'pmap' else step.lower(state, batch).compile()
+  blocks = sum(config.model.blocks)
+  assert compiled.as_text().count('opt-barrier') >= blocks, 'barriers removed before fusion'
+  default = step.lower(state, batch).compile(compiler_options={'xla_disable_hlo_passes': ''})
+  assert 'opt-barrier' not in default.as_text()   # what XLA:CPU does without the option
+
+
 def test_inversion_subset_is_fixed_and_evaluation_reports_it():
   subset = evaluate.inversion_subset(359, 50, seed=0)
   assert len(subset) == 50 and len(set(subset)) == 50 and np.all(np.diff(subset) > 0)

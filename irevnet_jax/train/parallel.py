@@ -65,12 +65,16 @@ class CompiledPmap:
   def lower(self, *args):
     return self._pmapped.lower(*args)
 
-  def __call__(self, *args):
+  def compiled(self, *args) -> jax.stages.Compiled:
+    """The executable for arguments like `args`, compiled with the options on first use."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
     key = (treedef, tuple(jax.typeof(leaf) for leaf in leaves))
     if key not in self._compiled:
       self._compiled[key] = self.lower(*args).compile(compiler_options=self.compiler_options)
-    compiled = self._compiled[key]
+    return self._compiled[key]
+
+  def __call__(self, *args):
+    compiled = self.compiled(*args)
     if jax.process_count() == 1:
       return compiled(*args)
     mesh = jax.tree_util.tree_leaves(compiled.input_shardings)[0].mesh
