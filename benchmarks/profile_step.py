@@ -7,8 +7,8 @@ Runs 1 + --steps steps of `common.TrainStep` (the step `experiments.main` compil
 synthetic images on the device) under `jax.profiler.trace` after warm-up, and prints the
 total time of the device's op events per kind: an op's name without its number
 (`transpose_copy_fusion.12` -> `transpose_copy_fusion`; XLA:CPU's convolutions are
-`ynn_fusion`s), per step. --drop_barriers
-compiles without `compiler_options.for_platform` (docs/reversible.md: why it matters).
+`ynn_fusion`s), per step. --drop_barriers compiles without
+`compiler_options.for_platform` (docs/reversible.md: why it matters).
 """
 import argparse
 import collections
@@ -46,9 +46,9 @@ def main(argv=None):
   parser.add_argument('--drop_barriers', action='store_true',
                       help="XLA:CPU's default: optimization barriers removed before fusion")
   args = parser.parse_args(argv)
+  blocks = None if args.blocks == 'preset' else args.blocks.split(',')
   config = common.experiment_config(args.model, batch_size=args.batch, backprop=args.mode,
-                                    train_dtype='float32',
-                                    blocks=None if args.blocks == 'preset' else args.blocks.split(','))
+                                    train_dtype='float32', blocks=blocks)
   options = {'xla_disable_hlo_passes': ''} if args.drop_barriers else None
   step = common.TrainStep(config, compiler_options=options)
   compiled = step.compile(args.batch)

@@ -15,12 +15,10 @@ import pytest
 
 import irevnet_jax
 from irevnet_jax.model import presets
+from model_utils import FAST_COMPILE   # compile time dominates these tests
 
 MODES = ('autodiff', 'reversible', 'remat')
 BATCH = 4
-# XLA:CPU compiles ~2.5x faster without LLVM optimisation; compile time dominates these tests.
-# The engine's barriers kept, as the runner compiles (irevnet_jax.compiler_options).
-FAST_COMPILE = {'xla_backend_optimization_level': 0, **irevnet_jax.compiler_options('cpu')}
 
 
 def _run_jitted(fn, *args):

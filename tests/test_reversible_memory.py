@@ -9,10 +9,9 @@ import irevnet_jax
 from irevnet_jax import baselines
 from irevnet_jax.model import presets
 
+from model_utils import FAST_COMPILE
+
 BATCH_MEMORY = 16
-# XLA:CPU compiles ~2.5x faster without LLVM optimisation; the engine's barriers kept, as
-# the runner compiles (irevnet_jax.compiler_options).
-FAST_COMPILE = {'xla_backend_optimization_level': 0, **irevnet_jax.compiler_options('cpu')}
 
 
 def _temp_bytes(config):
