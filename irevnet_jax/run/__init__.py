@@ -1,6 +1,7 @@
 """A run directory: the bottom layer beside `model/` and `data/`, read by `train/` and up.
 
-  paths        local paths and URLs (gs://...) alike; atomic writes
+  paths        local paths and URLs (gs://...) alike, one URL back end (fsspec); atomic writes
+  store_errors transient store errors (retry, keep everything) vs evidence of corruption
   workdir      checking a run directory, cleaning up after a refused run; the names below
   workdir_lock one run at a time: flock locally, a renewed lease on object stores
   run_config   config.json and config_history.jsonl: changes a resume may make

@@ -24,6 +24,8 @@ class CorruptCheckpoint(ValueError):
   """A checkpoint whose arrays fail their checksums, hold non-finite values or whose files
   are missing. `reason`: the message without `what`."""
 
+  is_corruption = True    # evidence that the data is bad (`store_errors.is_corruption`)
+
   def __init__(self, what: str, reason: str):
     super().__init__(f'{what}: {reason}')
     self.reason = reason
