@@ -7,6 +7,8 @@
 
 --dataset.<field> replaces that field of the run's config.dataset, as in
 experiments.evaluate (e.g. a run analysed without its own data).
+--workdir may be a URL (gs://bucket/runs/x): the analysis is then written to a local
+temporary folder and copied to <workdir>/analysis/ (or a URL --out_dir) at the end.
 Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
 float32 with precision 'highest', and writes PNGs plus report.md / report.json.
 Images are shown as the pixels they came from (the model's input de-normalised
@@ -14,7 +16,7 @@ with the data source's pixel mean and std); every number is computed on the
 model's input. See docs/analysis.md for what each plot shows.
 """
 import dataclasses
-import os
+import tempfile
 
 from absl import flags
 from absl import logging
@@ -55,8 +57,7 @@ def main(argv):
   del argv  # checked by cli.run
   import irevnet_jax  # pylint: disable=g-import-not-at-top
   from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.data import input_pipeline
-  from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.run import paths  # pylint: disable=g-import-not-at-top
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
@@ -66,12 +67,25 @@ def main(argv):
     source = evaluate_run.source_for(config)
   options = pipeline.Options(**{f.name: FLAGS[f.name].value
                                 for f in dataclasses.fields(pipeline.Options)})
+  out_dir = FLAGS.out_dir or paths.join(paths.resolve(FLAGS.workdir), 'analysis')
+  if paths.is_url(out_dir):   # figures and reports are written locally, then copied
+    with tempfile.TemporaryDirectory(prefix='irevnet_analysis_') as staging:
+      _analyze(net, variables, source, options, staging, config, step)
+      paths.copy_folder(staging, out_dir)
+    logging.info('Copied the analysis to %s.', out_dir)
+  else:
+    _analyze(net, variables, source, options, out_dir, config, step)
+
+
+def _analyze(net, variables, source, options, out_dir, config, step):
+  from irevnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
   pipeline.analyze(
       net, variables,
       input_pipeline.normalized(
           source.train_batches(FLAGS.batch_size, 0, 1, seed=options.seed, start_step=0), source),
       input_pipeline.normalized(source.eval_batches(FLAGS.batch_size, 0, 1), source),
-      FLAGS.out_dir or os.path.join(FLAGS.workdir, 'analysis'), options,
+      out_dir, options,
       num_train=source.num_train_examples, num_eval=source.num_eval_examples,
       run_info={'workdir': FLAGS.workdir, 'step': step,
                 'arch': config.model.get('arch', 'irevnet'), 'dataset': config.dataset.name},

@@ -27,10 +27,11 @@ import json
 import os
 from typing import NamedTuple, Optional
 
+from etils import epath
 import numpy as np
 
 import irevnet_jax
-from irevnet_jax.run import checkpoints, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, paths, workdir as workdir_lib
 from irevnet_jax.interop import authors, state_dict_files
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, state as state_lib
@@ -55,23 +56,26 @@ class ExportResult(NamedTuple):
 
 
 def checkpoint_steps(workdir: str) -> list:
-  """Steps of the checkpoints in `<workdir>/checkpoints` (Orbax names them by step); [] if none."""
-  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  if not os.path.isdir(directory):
+  """Steps of the checkpoints in `<workdir>/checkpoints` (Orbax names them by step); [] if
+  none. `workdir`: a local path or a URL."""
+  directory = epath.Path(paths.join(paths.resolve(workdir), checkpoints.CHECKPOINT_DIR))
+  paths.refresh(directory)
+  if not directory.is_dir():
     return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+  return sorted(int(child.name) for child in directory.iterdir() if child.name.isdigit())
 
 
 def _check_new_run_dir(workdir: str):
   """OSError naming the fix when `workdir` cannot take an import; creates nothing."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  node = epath.Path(paths.resolve(workdir))
+  if node.exists() and not node.is_dir():
     raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory; pass a new '
                              f'directory.')
   steps = checkpoint_steps(workdir)
   if steps:
     raise FileExistsError(
         f'--workdir={workdir} already holds checkpoints (steps {steps}); import into a new '
-        f'--workdir, or delete {os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} to replace '
+        f'--workdir, or delete {paths.join(workdir, checkpoints.CHECKPOINT_DIR)} to replace '
         f'that run.')
 
 
@@ -132,8 +136,7 @@ def import_weights(weights_path: str, config, workdir: str,
   try:
     _check_new_run_dir(path)      # again, now that no run can start in it
     workdir_lib.write_config(path, config)
-    with open(os.path.join(path, IMPORT_RECORD), 'w') as f:
-      json.dump(record, f, indent=2, sort_keys=True)
+    paths.write_file(path, IMPORT_RECORD, json.dumps(record, indent=2, sort_keys=True))
     checkpointer = checkpoints.Checkpointer(path, keep=int(config.keep_checkpoints),
                                             use_async=False)
     try:
@@ -147,11 +150,10 @@ def import_weights(weights_path: str, config, workdir: str,
 
 def read_import_record(workdir: str) -> Optional[dict]:
   """`<workdir>/imported_from.json`, or None for a run trained here."""
-  path = os.path.join(workdir, IMPORT_RECORD)
-  if not os.path.exists(path):
+  path = epath.Path(paths.join(paths.resolve(workdir), IMPORT_RECORD))
+  if not path.exists():
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def export_counters(workdir: str, step: int):

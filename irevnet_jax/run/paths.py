@@ -12,9 +12,19 @@ way. Local paths are unaffected.
 URLs are never made absolute; a file written locally is written atomically (a temporary
 file renamed), an object store replaces the object whole.
 """
+import functools
+import json
 import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 
 from etils import epath
+
+from irevnet_jax.run import store_errors
+
+PROBE_TIMEOUT_SECONDS = 10
 
 
 def is_url(path) -> bool:
@@ -53,18 +63,88 @@ def refresh(path):
 
 
 def resolve(workdir) -> str:
-  """A URL as it is (and epath's URL back end fixed, `use_fsspec_for_urls`); a local path
-  made absolute (with `~` expanded)."""
+  """A URL as it is, once its store answers (`check_reachable`; epath's URL back end fixed,
+  `use_fsspec_for_urls`); a local path made absolute (with `~` expanded)."""
   workdir = os.fspath(workdir)
   if is_url(workdir):
     use_fsspec_for_urls()
+    check_reachable(workdir)
     return workdir
   return os.path.abspath(os.path.expanduser(workdir))
+
+
+class StoreRefused(OSError):
+  """The object store of a run directory cannot be used: no network, no credentials, or
+  no such bucket. The message names the cause and the fix."""
+
+
+def check_reachable(url: str):
+  """Raises `StoreRefused` in one line, within ~20 s and before anything is created, unless
+  the bucket of a `gs://` URL exists and answers with these credentials (one request,
+  retried only while the store is busy or refuses connections). Other schemes are not
+  probed. Remembered per bucket for the process."""
+  if url.startswith('gs://'):
+    bucket = url.split('/')[2]
+    _probe_gcs_bucket(filesystem(url)._location, bucket)  # pylint: disable=protected-access
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_gcs_bucket(endpoint: str, bucket: str):
+  fs = filesystem(f'gs://{bucket}')
+  where = f'gs://{bucket}'
+  try:
+    headers = {}
+    fs.credentials.apply(headers)
+  except Exception as error:  # pylint: disable=broad-except
+    raise StoreRefused(
+        f'No credentials for {where} ({store_errors.short(error)}); sign in with `gcloud auth '
+        f'application-default login` or set GOOGLE_APPLICATION_CREDENTIALS.') from None
+  request = urllib.request.Request(f'{endpoint}/storage/v1/b/{bucket}', headers=headers)
+
+  def get():
+    with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_SECONDS) as response:
+      return json.loads(response.read() or b'{}')
+
+  try:
+    store_errors.retry(get, f'Reaching {where}', attempts=5, first_delay=0.5)
+  except urllib.error.HTTPError as error:
+    if error.code == 404:
+      raise StoreRefused(
+          f'Bucket {where} does not exist (at {endpoint}); create it (`gcloud storage buckets '
+          f'create {where}`) or fix the bucket name in --workdir.') from None
+    if error.code in (401, 403):
+      raise StoreRefused(
+          f'No access to {where} (HTTP {error.code} at {endpoint}); sign in with `gcloud auth '
+          f'application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a key of an '
+          f'account that may write the bucket.') from None
+    raise StoreRefused(f'{where} answered HTTP {error.code} ({error.reason}) at {endpoint}; '
+                       f'check the bucket and this machine\'s access to it.') from None
+  except (OSError, store_errors.StoreUnavailable) as error:
+    cause = error.__cause__ if isinstance(error, store_errors.StoreUnavailable) else error
+    reason = getattr(cause, 'reason', cause)
+    if isinstance(reason, socket.gaierror) or 'Name or service not known' in str(reason):
+      reason = f'cannot resolve {urllib.parse.urlsplit(endpoint).hostname}: no network or DNS'
+    raise StoreRefused(
+        f'Cannot reach {where} at {endpoint} ({reason}); check this machine\'s network (for a '
+        f'GCS emulator, STORAGE_EMULATOR_HOST), or pass a local --workdir.') from None
 
 
 def join(workdir, *names) -> str:
   """`workdir/names...` as a string, for local paths and URLs alike."""
   return os.fspath(epath.Path(workdir).joinpath(*names))
+
+
+def copy_folder(local_dir: str, destination: str):
+  """Copies the files under the local folder `local_dir` to `destination` (a local path or
+  a URL), keeping their relative paths; each object is replaced whole."""
+  for root, _, names in os.walk(local_dir):
+    for name in names:
+      source = os.path.join(root, name)
+      relative = os.path.relpath(source, local_dir)
+      target = epath.Path(join(destination, *relative.split(os.sep)))
+      if not is_url(destination):
+        target.parent.mkdir(parents=True, exist_ok=True)
+      target.write_bytes(open(source, 'rb').read())
 
 
 def write_file(workdir: str, name: str, text: str):
