@@ -1,6 +1,7 @@
 """Tests of irevnet_jax.run.checkpoints: round trip, pruning, fall-back, partial saves, load_run."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -39,6 +40,30 @@ def test_no_checkpoint_gives_none(tmp_path):
   checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=2)
   assert checkpointer.restore(target=_state(0)) == (None, None)
   checkpointer.close()
+
+
+def test_bookkeeping_is_committed_with_its_checkpoint(tmp_path):
+  """`restore` gives the bookkeeping saved with the checkpoint it restores: the newest, or
+  the one it fell back to; a checkpoint of an older version without any gives {}."""
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  for step in (1, 2, 3):
+    checkpointer.save(step, _state(step), bookkeeping={'rows': [[step, {'loss': step / 3}]]})
+  checkpointer.close()
+  assert os.path.isdir(tmp_path / 'checkpoints' / '3' / 'bookkeeping')
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  _, step = checkpointer.restore(target=_state(0))
+  assert step == 3 and checkpointer.bookkeeping == {'rows': [[3, {'loss': 1.0}]]}
+  os.remove(tmp_path / 'checkpoints' / '3' / 'checksums' / 'metadata')   # 3 is unusable
+  _, step = checkpointer.restore(target=_state(0), move_corrupt=False)
+  assert step == 2 and checkpointer.bookkeeping == {'rows': [[2, {'loss': 2 / 3}]]}
+  checkpointer.close()
+  for step in (1, 2):    # as saved before checkpoints had bookkeeping
+    shutil.rmtree(tmp_path / 'checkpoints' / str(step) / 'bookkeeping')
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  restored, step = checkpointer.restore(target=_state(0), move_corrupt=False)
+  checkpointer.close()
+  assert step == 2 and checkpointer.bookkeeping == {}
+  lib.assert_trees_close(restored, _state(2), rtol=0, atol=0)
 
 
 # Orbax leaves an unraisable asyncio warning after a failed restore.

@@ -3,16 +3,18 @@ import json
 import math
 import os
 import signal
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics
+from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
 
 from irevnet_jax import train
 from irevnet_jax.train import optimizer, parallel
 import in_process
+import tensorboard_events
 import train_testlib as lib
 
 CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(lib.REPO, 'experiments', 'configs'))
@@ -139,6 +141,54 @@ def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
   # Each logged step appears once in metrics.jsonl.
   logged = [r['step'] for r in metrics.read_jsonl(workdir) if 'train/loss' in r]
   assert logged == [8, 16, 24]
+
+
+# Logs every 10 steps, checkpoints every 8: neither interval divides the other.
+NOT_DIVIDING = {'log_every_steps': 10}
+
+
+@pytest.fixture(scope='module')
+def not_dividing_run(tmp_path_factory):
+  """The workdir of the tiny run with NOT_DIVIDING, from step 0 to 24 in one go."""
+  workdir = str(tmp_path_factory.mktemp('not_dividing'))
+  train.train_and_evaluate(lib.make_config(**NOT_DIVIDING), workdir)
+  return workdir
+
+
+def _records(workdir):
+  """metrics.jsonl and the TensorBoard points, without the steps/s (wall-time rates)."""
+  paths.refresh(workdir)
+  lines = [{k: v for k, v in r.items() if k != 'steps_per_second'}
+           for r in metrics.read_jsonl(workdir)]
+  points = tensorboard_events.scalars(workdir_lib.join(workdir, 'tensorboard'),
+                                      skip=('steps_per_second',))
+  return lines, points
+
+
+@pytest.mark.parametrize('store', ['local', 'gs'])
+def test_a_run_killed_during_a_save_records_what_an_uninterrupted_run_records(
+    tmp_path, request, not_dividing_run, store):
+  """Killed while checkpoint 16 is being committed, after it logged steps 20 and 24, a run
+  resumes from 8 with the train metrics of steps 1-8 (committed with checkpoint 8) and ends
+  with the uninterrupted run's records, in metrics.jsonl and in TensorBoard."""
+  workdir = str(tmp_path) if store == 'local' else request.getfixturevalue('gcs') + '/runs/k'
+  args = lib.flag_args(**NOT_DIVIDING) + [f'--workdir={workdir}', '--kill_during_save=16']
+  code, output = lib.finish(lib.start(args, script=lib.HELPER))
+  assert code == -signal.SIGKILL, output[-3000:]
+  paths.refresh(workdir)
+  assert checkpoints.Checkpointer(workdir, keep=3, read_only=True).all_steps() == [8]
+  lines, points = _records(workdir)
+  assert [r['step'] for r in lines if 'train/loss' in r] == [10, 20, 24]
+  assert [s for s, _ in points['train/loss']] == [10, 20, 24]
+  if store == 'gs':
+    time.sleep(float(os.environ['IREVNET_LEASE_SECONDS']))   # the killed run's lease expires
+  train.train_and_evaluate(lib.make_config(**NOT_DIVIDING), workdir)
+  lines, points = _records(workdir)
+  want_lines, want_points = _records(not_dividing_run)
+  assert [r['step'] for r in want_lines] == [10, 20, 24, 24]   # train/*, then eval/* at 24
+  assert lines == want_lines     # exactly: the step-10 record averages steps 1-10 again
+  assert points == want_points   # each step once, the same values
+  assert set(points) >= {'train/loss', 'train/accuracy', 'train/learning_rate', 'eval/loss'}
 
 
 # Orbax leaves an unraisable asyncio warning after a failed restore.

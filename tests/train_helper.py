@@ -10,6 +10,9 @@ at once; TERM: the runner saves after the current step and exits with 143).
 `--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
 its batch k instead. `--wait_for_file=PATH`: before interrupting, also wait until PATH
 exists (a test's signal that it has done what it needed while this run is alive).
+`--kill_during_save=S`: the commit of checkpoint S is held in Orbax's commit thread (its
+checksums are never written, so it never commits) and the process SIGKILLs itself when the
+loop starts its next save: the records logged after S started saving exist, S does not.
 The workdir may be a URL (gs://...). `--file_size_limit=N` makes every file write beyond N bytes
 fail with EFBIG (a full disk, for checkpoints).
 TensorFlow cannot be imported here: the runs also show that training on digits
@@ -19,6 +22,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 
 sys.modules['tensorflow'] = None   # any `import tensorflow` now raises ImportError
@@ -29,7 +33,7 @@ import orbax.checkpoint as ocp
 
 from experiments import cli
 from experiments import main as experiment_main
-from irevnet_jax.run import checkpoints
+from irevnet_jax.run import checkpoints, checksums
 from irevnet_jax.data import input_pipeline
 
 flags.DEFINE_integer('kill_at_step', -1, 'Interrupt when the batch of this step is requested.')
@@ -38,6 +42,8 @@ flags.DEFINE_integer('kill_at_eval_batch', -1, 'Interrupt when this eval batch i
 flags.DEFINE_string('wait_for_file', '', 'File to wait for before interrupting.')
 flags.DEFINE_enum('kill_signal', 'KILL', ['KILL', 'TERM', 'INT'], 'Signal to send to this process.')
 flags.DEFINE_integer('file_size_limit', -1, 'Largest file this process may write (RLIMIT_FSIZE).')
+flags.DEFINE_integer('kill_during_save', -1, 'Hold the commit of this checkpoint; SIGKILL at the '
+                     'next save.')
 FLAGS = flags.FLAGS
 
 
@@ -85,11 +91,30 @@ def _patch_sources():
   input_pipeline.get_source = patched
 
 
+def _kill_during_save(held_step):
+  """Holds checkpoint `held_step` in its commit thread; SIGKILL when a later save starts."""
+  write_checksums, save = checksums.Handler._write, checkpoints.Checkpointer.save
+
+  def held(handler, directory, state):
+    if int(directory.parent.name.split('.')[0]) == held_step:   # <step>[.orbax-...-tmp-...]
+      threading.Event().wait()    # until the process dies
+    write_checksums(handler, directory, state)
+
+  def killing(checkpointer, step, *args, **kwargs):
+    if step > held_step:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return save(checkpointer, step, *args, **kwargs)
+  checksums.Handler._write = held
+  checkpoints.Checkpointer.save = killing
+
+
 def main(argv):
   if FLAGS.file_size_limit >= 0:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails instead
     resource.setrlimit(resource.RLIMIT_FSIZE, (FLAGS.file_size_limit, FLAGS.file_size_limit))
   _patch_sources()
+  if FLAGS.kill_during_save >= 0:
+    _kill_during_save(FLAGS.kill_during_save)
   experiment_main.main(argv)
 
 

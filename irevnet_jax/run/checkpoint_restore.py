@@ -8,8 +8,9 @@ checkpoints that fail are reported in one error line and, with `move_corrupt`, m
 `<workdir>/corrupt_checkpoints/<step>-<time>` by process 0. When none restores, nothing is
 moved and the error is raised: that is a mismatch, not corruption.
 
-A checkpoint's items: the state (`STATE_ITEM`, an Orbax PyTree) and its checksums
-(`CHECKSUM_ITEM`; older versions saved none).
+A checkpoint's items: the state (`STATE_ITEM`, an Orbax PyTree), its checksums
+(`CHECKSUM_ITEM`) and the loop's bookkeeping (`BOOKKEEPING_ITEM`, a JSON dict committed
+with the state); older versions saved no checksums and no bookkeeping.
 """
 import os
 import shutil
@@ -26,6 +27,7 @@ from irevnet_jax.run import checksums as checksums_lib, orbax_logs, paths
 
 STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
 CHECKSUM_ITEM = 'checksums'
+BOOKKEEPING_ITEM = 'bookkeeping'
 CORRUPT_DIR = 'corrupt_checkpoints'
 
 
@@ -49,13 +51,13 @@ def _reason(error: BaseException) -> str:
 
 def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
             target: Optional[dict], step: Optional[int], move_corrupt: bool
-            ) -> Tuple[Optional[dict], Optional[int], bool]:
+            ) -> Tuple[Optional[dict], Optional[int], bool, dict]:
   """Checkpoint `step` of `manager` (in `directory`), or the newest that restores cleanly.
 
   `target` gives the tree structure and dtypes (numpy leaves); without it the raw tree of
   dicts and lists comes back. Returns (state, step, moved: whether checkpoints were moved
-  aside, after which the manager must be reopened), or (None, None, False) when there
-  are no checkpoints.
+  aside, after which the manager must be reopened, bookkeeping: the dict saved with that
+  state, {} if none), or (None, None, False, {}) when there are no checkpoints.
   """
   available = sorted(manager.all_steps(), reverse=True)
   if step is not None and step not in available:
@@ -64,7 +66,7 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
   failed = []
   for candidate in [step] if step is not None else available:
     try:
-      restored = _restore_verified(manager, directory, candidate, target)
+      state, bookkeeping = _restore_verified(manager, directory, candidate, target)
     except CheckpointMismatch:
       raise
     except Exception as error:  # pylint: disable=broad-except
@@ -72,35 +74,39 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
       failed.append((candidate, error))
       continue
     moved = _fall_back(workdir, directory, failed, candidate, move_corrupt) if failed else []
-    return restored, candidate, bool(moved)
+    return state, candidate, bool(moved), bookkeeping
   if failed:
     bad, error = failed[0]
     raise ValueError(
         f'No checkpoint in {directory} restores (steps {[f for f, _ in failed]}); '
         f'step {bad}: {_reason(error)}. If this workdir holds a run of another model or '
         f'optimizer, use a new --workdir.') from error
-  return None, None, False
+  return None, None, False, {}
 
 
 def _restore_verified(manager, directory: str, step: int, target: Optional[dict]):
-  """Checkpoint `step`, checked against the target's shapes and its checksums."""
+  """(state, bookkeeping) of checkpoint `step`, the state checked against the target's
+  shapes and its checksums."""
   what = f'Checkpoint {step} in {directory}'
   step_dir = epath.Path(directory) / str(step)
   if not (step_dir / STATE_ITEM / '_METADATA').exists():
     raise checksums_lib.CorruptCheckpoint(
         what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
   has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
+  has_bookkeeping = (step_dir / BOOKKEEPING_ITEM).is_dir()   # nor this
   restore_args = (None if target is None
                   else ocp.checkpoint_utils.construct_restore_args(target))
   items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
   if has_checksums:
     items[CHECKSUM_ITEM] = checksums_lib.Restore()
+  if has_bookkeeping:
+    items[BOOKKEEPING_ITEM] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   state = restored[STATE_ITEM]
   if target is not None:
     _check_matches(target, state, what)
   checksums_lib.verify(state, restored[CHECKSUM_ITEM] if has_checksums else None, what)
-  return state
+  return state, dict(restored[BOOKKEEPING_ITEM]) if has_bookkeeping else {}
 
 
 def _check_matches(target, restored, what):

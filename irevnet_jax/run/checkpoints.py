@@ -7,7 +7,9 @@ Layout of a workdir:
     <workdir>/corrupt_checkpoints/      checkpoints that failed to restore, moved aside
 
 The saved tree is the unreplicated state as host numpy arrays:
-{'params', 'batch_stats', 'opt_state', 'step', 'rng'}. Every process calls
+{'params', 'batch_stats', 'opt_state', 'step', 'rng'}; beside it, the loop's bookkeeping
+(a JSON dict, e.g. the train metrics since the last record) is committed with the state,
+so a resume reads the bookkeeping of the checkpoint it restores. Every process calls
 `save` (Orbax writes collectively; replicated numpy arrays are written by
 process 0). Orbax writes into a temporary directory and renames it when done,
 so a run killed mid-save leaves the previous checkpoints intact.
@@ -31,7 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from irevnet_jax.run import checkpoint_restore, checksums as checksums_lib, orbax_logs, paths
-from irevnet_jax.run.checkpoint_restore import CHECKSUM_ITEM, STATE_ITEM, short_error
+from irevnet_jax.run.checkpoint_restore import (BOOKKEEPING_ITEM, CHECKSUM_ITEM, STATE_ITEM,
+                                                short_error)
 from irevnet_jax.run.run_config import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -85,13 +88,16 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
     self._manager = self._open()
     self._pending = None    # the step of the latest save started
+    self.bookkeeping = {}   # saved with the checkpoint the latest `restore` returned
 
   def _open(self):
     """The manager: the state through a PyTree handler that writes the caller's numpy arrays
     without a defensive copy (a copy of the whole state on the training thread), the
-    checksums through `checksums.Handler` (computed in the commit thread)."""
+    checksums through `checksums.Handler` (computed in the commit thread), the bookkeeping
+    as JSON (written in the commit thread too)."""
     handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
-                CHECKSUM_ITEM: checksums_lib.Handler()}
+                CHECKSUM_ITEM: checksums_lib.Handler(),
+                BOOKKEEPING_ITEM: ocp.JsonCheckpointHandler()}
     with orbax_logs.quiet_read_only() if self._read_only else contextlib.nullcontext():
       return ocp.CheckpointManager(epath.Path(self.directory), item_handlers=handlers,
                                    options=self._options)
@@ -99,16 +105,18 @@ class Checkpointer:
   def all_steps(self):
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: dict):
-    """Starts saving `state` (host numpy tree) with its checksums as checkpoint `step`;
-    returns before it is on disk when asynchronous (`wait` blocks), without copying or
-    reading the arrays: do not modify them until then. Raises CheckpointSaveError if this
-    or an earlier background save failed."""
+  def save(self, step: int, state: dict, bookkeeping: Optional[dict] = None):
+    """Starts saving `state` (host numpy tree) with its checksums and `bookkeeping` (a
+    JSON-serialisable dict, committed with the state: `restore` gives it back) as
+    checkpoint `step`; returns before it is on disk when asynchronous (`wait` blocks),
+    without copying or reading the arrays: do not modify them (nor `bookkeeping`) until
+    then. Raises CheckpointSaveError if this or an earlier background save failed."""
     self.check()
     if step in self._manager.all_steps():
       return
     state = jax.tree_util.tree_map(np.asarray, state)   # numpy scalars as 0-d arrays (views)
-    items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums_lib.Save(state)}
+    items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums_lib.Save(state),
+             BOOKKEEPING_ITEM: ocp.args.JsonSave(bookkeeping or {})}
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as error:  # pylint: disable=broad-except
@@ -158,10 +166,11 @@ class Checkpointer:
     ones are reported in one line and, with `move_corrupt`, moved to
     `<workdir>/corrupt_checkpoints/` (`checkpoint_restore.restore`). `target` gives the
     tree structure and dtypes (numpy leaves); without it the raw tree comes back.
-    Returns (state, step), or (None, None) when there are no checkpoints.
+    Returns (state, step), or (None, None) when there are no checkpoints; `bookkeeping` is
+    then the dict saved with that state ({} when none was, or with no checkpoint).
     """
-    state, step, moved = checkpoint_restore.restore(self._manager, self.workdir, self.directory,
-                                                    target, step, move_corrupt)
+    state, step, moved, self.bookkeeping = checkpoint_restore.restore(
+        self._manager, self.workdir, self.directory, target, step, move_corrupt)
     if moved:   # the manager lists the steps it has seen: open it again
       self._manager.close()
       self._manager = self._open()

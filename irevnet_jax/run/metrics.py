@@ -2,13 +2,15 @@
 
 Only process 0 writes; on other processes every method is a no-op. Each
 `write(step, scalars)` becomes one JSON line `{"step": step, **scalars}` and
-one TensorBoard scalar per key (tensorboardX: no TensorFlow needed). The workdir
+one TensorBoard scalar per key (tensorboardX's protos: no TensorFlow needed), both
+flushed before `write` returns, so a killed run loses no record it wrote. The workdir
 may be a URL (`gs://...`): both files are then written through `etils.epath`,
 each flush replacing the object whole (object stores cannot append).
 """
 import json
 import math
 import os
+import socket
 import time
 from typing import Dict, Optional
 
@@ -118,15 +120,56 @@ def _route_tensorboard(url: str):
   record_writer.register_writer_factory(url.split('://', 1)[0], _ObjectFileFactory())
 
 
+class _EventFile:
+  """One TensorBoard event file, `<logdir>/events.out.tfevents.<s>.<host>.<ns>` (names sort
+  by creation time, to the nanosecond), written at once: tensorboardX's `SummaryWriter`
+  hands events to a background thread and its `flush()` does not wait for them, so the
+  last points before a kill were lost.
+
+  `purge_step`: starts the file with a `SessionLog.START` event at that step (what
+  tensorboardX's `purge_step` writes), after which TensorBoard drops the points of the
+  earlier event files at that step and later (those of a run killed after its checkpoint).
+  """
+
+  def __init__(self, logdir: str, purge_step: Optional[int] = None):
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    self._pb = event_pb2
+    now = time.time_ns()
+    name = f'events.out.tfevents.{now // 10**9}.{socket.gethostname()}.{now % 10**9:09d}'
+    record_writer.directory_check(logdir)
+    self._records = record_writer.RecordWriter(workdir_lib.join(logdir, name))
+    self._write(event_pb2.Event(wall_time=now / 1e9, file_version='brain.Event:2'))
+    if purge_step is not None:
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      self._write(event_pb2.Event(wall_time=now / 1e9, step=purge_step, session_log=start))
+    self._records.flush()
+
+  def _write(self, event):
+    self._records.write(event.SerializeToString())
+
+  def add_scalars(self, step: int, scalars: Dict[str, float]):
+    """Writes one event per scalar and flushes them to the file (or the object)."""
+    from tensorboardX import summary  # pylint: disable=g-import-not-at-top
+    for key, value in scalars.items():
+      self._write(self._pb.Event(wall_time=time.time(), step=step,
+                                 summary=summary.scalar(key, float(value))))
+    self._records.flush()
+
+  def close(self):
+    self._records.close()
+
+
 class MetricWriter:
   """Writes scalars to TensorBoard and JSON lines; `enabled=False` makes it silent."""
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0,
                append: bool = False):
-    """`resume_step`: on resume, JSON lines of later steps (written by the run that was
-    interrupted after its last checkpoint) are dropped, so each step appears once.
-    `append`: keep every existing line (for commands that add records to a run, e.g.
-    `experiments.evaluate`); `resume_step` is then not used."""
+    """`resume_step`: JSON lines of later steps (written by a run that was interrupted
+    after its last checkpoint) are dropped, and TensorBoard is told to drop its points
+    of later steps (`_EventFile`'s `purge_step`), so each step appears once.
+    `append`: keep every existing line and point (for commands that add records to a run,
+    e.g. `experiments.evaluate`); `resume_step` is then not used."""
     self.enabled = enabled
     self._tb = None
     if not enabled:
@@ -149,8 +192,8 @@ class MetricWriter:
           f.write(text)
         os.replace(self._path + '.tmp', self._path)
       self._file = open(self._path, 'a')
-    from tensorboardX import SummaryWriter  # pure Python, no TensorFlow
-    self._tb = SummaryWriter(workdir_lib.join(workdir, 'tensorboard'))
+    self._tb = _EventFile(workdir_lib.join(workdir, 'tensorboard'),
+                          purge_step=None if append else int(resume_step) + 1)
 
   def write(self, step: int, scalars: Dict[str, float]):
     if not self.enabled:
@@ -159,9 +202,7 @@ class MetricWriter:
     record.update({k: float(v) for k, v in scalars.items()})
     self._file.write(json.dumps(record) + '\n')
     self._file.flush()
-    for key, value in scalars.items():
-      self._tb.add_scalar(key, float(value), int(step))
-    self._tb.flush()
+    self._tb.add_scalars(int(step), scalars)
 
   def close(self):
     if self.enabled:

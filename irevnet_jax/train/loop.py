@@ -143,7 +143,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
                                                   int(config.seed), start_step))
   pending = []          # (step, per-step metrics on the devices), fetched at log time
   # fetched since the last train/* record, a resumed run's steps before the resume included
-  unlogged = resume.TrainMetricsSinceLog(workdir, restored_step, enabled=is_chief)
+  unlogged = resume.TrainMetricsSinceLog(checkpointer.bookkeeping)
   last_saved = start_step if restored is not None else None
   eval_metrics = {}
 
@@ -165,11 +165,10 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     for the device-to-host copy (none on CPU) and Orbax's start of the write."""
     nonlocal last_saved
     if last_saved != step:
-      checkpointer.save(step, backend.to_host(state))
+      checkpointer.save(step, backend.to_host(state), bookkeeping=unlogged.bookkeeping())
       last_saved = step
       if is_chief:
         config_record.commit()   # the config (and its history) goes with the first save
-        unlogged.keep(step)
 
   def run_evaluation():
     return evaluate_lib.evaluate(prog, state, source, local_eval_batch,

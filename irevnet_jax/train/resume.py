@@ -4,20 +4,18 @@
   are not shared shows each host other checkpoints).
 - `evaluated`: whether metrics.jsonl holds the evaluation at a step, so that one
   interrupted at step s is redone on resume (and one that finished is not).
-- `TrainMetricsSinceLog`: the per-step train metrics since the last `train/*` record, kept
-  with each checkpoint (`UNLOGGED_FILE`), so the first record after a resume averages the
-  steps an uninterrupted run would have.
+- `TrainMetricsSinceLog`: the per-step train metrics since the last `train/*` record, saved
+  in each checkpoint's bookkeeping (committed with its state), so the first record after a
+  resume averages the steps an uninterrupted run would have.
 """
-import json
 from typing import Dict, List, Optional, Tuple
 
-from etils import epath
 import jax
 import numpy as np
 
-from irevnet_jax.run import metrics, workdir as workdir_lib
+from irevnet_jax.run import metrics
 
-UNLOGGED_FILE = 'train_metrics_since_log.json'   # beside the checkpoints, rewritten at each save
+UNLOGGED_KEY = 'train_metrics_since_log'   # its key in a checkpoint's bookkeeping
 AVERAGED = ('loss', 'accuracy')                   # averaged over the steps of a train/* record
 KEPT = AVERAGED + ('learning_rate',)
 
@@ -48,12 +46,13 @@ def evaluated(workdir: str, step: int, is_chief: bool) -> bool:
 
 class TrainMetricsSinceLog:
   """(step, per-step metrics) fetched since the last `train/*` record, those of the steps
-  before a resume included (read back from `UNLOGGED_FILE` of the restored checkpoint)."""
+  before a resume included (from the restored checkpoint's bookkeeping)."""
 
-  def __init__(self, workdir: str, restored_step: Optional[int], enabled: bool):
-    self.workdir, self.enabled = workdir, enabled
-    self.rows: List[Tuple[int, Dict]] = (
-        self._read(int(restored_step)) if restored_step is not None and enabled else [])
+  def __init__(self, bookkeeping: Optional[dict] = None):
+    """`bookkeeping`: what the restored checkpoint saved (`Checkpointer.bookkeeping`); a
+    checkpoint of an older version without it gives no rows."""
+    kept = (bookkeeping or {}).get(UNLOGGED_KEY, [])
+    self.rows: List[Tuple[int, Dict]] = [(int(s), dict(m)) for s, m in kept]
 
   def extend(self, fetched):
     """Adds fetched (step, {'loss', 'accuracy', 'learning_rate', ...}) rows."""
@@ -68,19 +67,6 @@ class TrainMetricsSinceLog:
     self.rows.clear()
     return summary
 
-  def keep(self, step: int):
-    """Writes the rows with checkpoint `step` (process 0)."""
-    if not self.enabled:
-      return
-    rows = [[int(s), {k: float(m[k]) for k in KEPT}] for s, m in self.rows]
-    workdir_lib.write_file(self.workdir, UNLOGGED_FILE,
-                           json.dumps({'step': int(step), 'steps': rows}))
-
-  def _read(self, step):
-    """The rows `keep` wrote with checkpoint `step` ([] when the file is missing, unreadable
-    or of another checkpoint)."""
-    try:
-      kept = json.loads(epath.Path(workdir_lib.join(self.workdir, UNLOGGED_FILE)).read_text())
-      return [(int(s), m) for s, m in kept['steps']] if kept['step'] == step else []
-    except (OSError, ValueError, KeyError, TypeError):
-      return []
+  def bookkeeping(self) -> dict:
+    """The rows as a new JSON-serialisable dict, to save with a checkpoint."""
+    return {UNLOGGED_KEY: [[int(s), {k: float(m[k]) for k in KEPT}] for s, m in self.rows]}
