@@ -90,6 +90,28 @@ def test_an_unknown_read_error_is_one_line_and_moves_nothing(tmp_path, monkeypat
   assert not os.path.exists(tmp_path / checkpoints.CORRUPT_DIR)
 
 
+def test_a_transient_error_while_looking_for_the_checksums_skips_no_check(gcs, monkeypatch):
+  """fsspec's is_dir() says False when the store fails: one dropped connection must not
+  restore a checkpoint without verifying it."""
+  workdir = f'{gcs}/run'
+  _save_steps(workdir, [1, 2])
+  fs = paths.filesystem(workdir)
+  _flip_a_checksum(fs, f'{workdir}/checkpoints/2')
+  info, failed = fs._info, []  # pylint: disable=protected-access
+
+  async def flaky(path, **kwargs):
+    if path.rstrip('/').endswith('/2/checksums') and not failed:
+      failed.append(path)
+      raise ConnectionResetError(104, 'Connection reset')
+    return await info(path, **kwargs)
+  monkeypatch.setattr(fs, '_info', flaky)
+  paths.refresh(workdir)
+  checkpointer = checkpoints.Checkpointer(workdir, keep=3)
+  _, step = checkpointer.restore(target=_state(0), move_corrupt=False)
+  checkpointer.close()
+  assert failed and step == 1     # step 2 was checked, and failed its checksums
+
+
 def _records(workdir):
   """metrics.jsonl without the timings."""
   return [{k: v for k, v in r.items() if k != 'steps_per_second'}

@@ -113,7 +113,8 @@ def _restore_verified(manager, directory: str, step: int, target: Optional[dict]
   if not (step_dir / STATE_ITEM / '_METADATA').exists():
     raise checksums_lib.CorruptCheckpoint(
         what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
-  has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
+  # Older versions saved none. Not is_dir(): fsspec answers False when the store fails.
+  has_checksums = (step_dir / CHECKSUM_ITEM).exists()
   restore_args = (None if target is None
                   else ocp.checkpoint_utils.construct_restore_args(target))
   items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
