@@ -2,6 +2,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -105,6 +107,39 @@ def test_load_run(tmp_path):
     checkpoints.load_run(workdir, step=7)
   with pytest.raises(FileNotFoundError, match='config.json'):
     checkpoints.load_run(str(tmp_path / 'nothing'))
+
+
+# Another process saves `_state(step)` as checkpoint `step` in the workdir argv[1].
+_SAVE_IN_ANOTHER_PROCESS = """
+import sys
+import numpy as np
+from irevnet_jax.run import checkpoints
+step = int(sys.argv[2])
+state = {'params': {'dense': {'kernel': np.full((3, 2), step, np.float32)}},
+         'batch_stats': {'bn': {'mean': np.full((2,), -step, np.float32)}}}
+checkpointer = checkpoints.Checkpointer(sys.argv[1], keep=3)
+checkpointer.save(step, state)
+checkpointer.close()
+"""
+
+
+def test_readers_of_a_live_gs_run_see_its_newest_checkpoint(gcs):
+  """gcsfs keeps each process's listings and Orbax its list of steps: a reader that has
+  listed a run still sees the checkpoints a training process commits later."""
+  workdir = f'{gcs}/live'
+  workdir_lib.write_config(workdir, lib.make_config())
+  _save_steps(workdir, [1])
+  reader = checkpoints.Checkpointer(workdir, keep=3, read_only=True)
+  assert reader.all_steps() == [1]
+  assert checkpoints.load_run(workdir)[2] == 1
+  subprocess.run([sys.executable, '-c', _SAVE_IN_ANOTHER_PROCESS, workdir, '2'], cwd=lib.REPO,
+                 env=lib.env_with_devices(1), check=True, timeout=120, capture_output=True)
+  assert reader.all_steps() == [1, 2]
+  _, step = reader.restore(move_corrupt=False)
+  reader.close()
+  assert step == 2
+  _, variables, step = checkpoints.load_run(workdir)
+  assert step == 2 and variables['params']['dense']['kernel'][0, 0] == 2.0
 
 
 @pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')

@@ -1,17 +1,28 @@
 """Restoring a run's checkpoint: the newest one that restores cleanly, verified, and past
-unusable ones in one line (`checkpoints.Checkpointer.restore` calls `restore` here).
+corrupt ones in one line (`checkpoints.Checkpointer.restore` calls `restore` here).
 
 A checkpoint restores cleanly when its tree metadata is there, its arrays have the
 target's shapes (else `CheckpointMismatch`: another model in this workdir, which is
-raised, never skipped) and its CRC-32s and values check out (`checksums.verify`). Newer
-checkpoints that fail are reported in one error line and, with `move_corrupt`, moved to
-`<workdir>/corrupt_checkpoints/<step>-<time>` by process 0. When none restores, nothing is
-moved and the error is raised: that is a mismatch, not corruption.
+raised, never skipped) and its CRC-32s and values check out (`checksums.verify`).
+
+What a failed read means decides what happens (`store_errors`):
+- evidence of corruption (a checksum mismatch, non-finite values, a missing or
+  undecodable file, a TensorStore DATA_LOSS / NOT_FOUND): the next older checkpoint is
+  tried; the corrupt ones are reported in one error line and, with `move_corrupt`, moved
+  to `<workdir>/corrupt_checkpoints/<step>-<time>` by process 0 (on an object store: the
+  objects copied, then deleted). When none restores, nothing is moved and the error is
+  raised.
+- the store unreachable or busy (a reset connection, a timeout, HTTP 429/5xx): the read
+  is retried with backoff, then `store_errors.StoreUnavailable` ends the run in one line;
+- anything else (permissions, a library error): `CheckpointUnreadable`, one line.
+Only corruption rewinds to an older checkpoint: otherwise nothing is moved, no older step
+is used, and the run's records (metrics.jsonl) stay as they are.
 
 A checkpoint's items: the state (`STATE_ITEM`, an Orbax PyTree), its checksums
 (`CHECKSUM_ITEM`) and the loop's bookkeeping (`BOOKKEEPING_ITEM`, a JSON dict committed
 with the state); older versions saved no checksums and no bookkeeping.
 """
+import functools
 import os
 import shutil
 import time
@@ -23,16 +34,22 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from irevnet_jax.run import checksums as checksums_lib, orbax_logs, paths
+from irevnet_jax.run import checksums as checksums_lib, orbax_logs, paths, store_errors
 
 STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
 CHECKSUM_ITEM = 'checksums'
 BOOKKEEPING_ITEM = 'bookkeeping'
 CORRUPT_DIR = 'corrupt_checkpoints'
+COMMIT_MARKER = 'commit_success.txt'  # on object stores, what makes an Orbax step committed
 
 
 class CheckpointMismatch(ValueError):
   """A checkpoint of another model or optimizer (its arrays have other shapes)."""
+
+
+class CheckpointUnreadable(RuntimeError):
+  """A checkpoint that fails to restore for a reason that is neither evidence of corruption
+  nor the store being unreachable: nothing is moved and no older checkpoint is used."""
 
 
 def short_error(error: BaseException, limit: int = 300) -> str:
@@ -65,12 +82,20 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
                      f'available steps: {sorted(available)}.')
   failed = []
   for candidate in [step] if step is not None else available:
+    read = functools.partial(_restore_verified, manager, directory, candidate, target)
     try:
-      state, bookkeeping = _restore_verified(manager, directory, candidate, target)
-    except CheckpointMismatch:
-      raise
+      state, bookkeeping = store_errors.retry(
+          read, f'Reading checkpoint {candidate} in {directory}')
     except Exception as error:  # pylint: disable=broad-except
       orbax_logs.REPORTED_FAILURES.paths.add(os.path.join(directory, str(candidate), ''))
+      if isinstance(error, (CheckpointMismatch, store_errors.StoreUnavailable)):
+        raise
+      if not store_errors.is_corruption(error):
+        raise CheckpointUnreadable(
+            f'Checkpoint {candidate} in {directory} could not be read ({short_error(error)}); '
+            f'that is no sign of corruption, so nothing was moved and no older checkpoint '
+            f'was used: fix the cause and rerun (to resume from an older checkpoint instead, '
+            f'move {paths.join(directory, str(candidate))} elsewhere).') from error
       failed.append((candidate, error))
       continue
     moved = _fall_back(workdir, directory, failed, candidate, move_corrupt) if failed else []
@@ -92,8 +117,9 @@ def _restore_verified(manager, directory: str, step: int, target: Optional[dict]
   if not (step_dir / STATE_ITEM / '_METADATA').exists():
     raise checksums_lib.CorruptCheckpoint(
         what, f'its tree metadata {STATE_ITEM}/_METADATA is missing')
-  has_checksums = (step_dir / CHECKSUM_ITEM).is_dir()   # older versions saved none
-  has_bookkeeping = (step_dir / BOOKKEEPING_ITEM).is_dir()   # nor this
+  # Older versions saved neither. Not is_dir(): fsspec answers False when the store fails.
+  has_checksums = (step_dir / CHECKSUM_ITEM).exists()
+  has_bookkeeping = (step_dir / BOOKKEEPING_ITEM).exists()
   restore_args = (None if target is None
                   else ocp.checkpoint_utils.construct_restore_args(target))
   items = {STATE_ITEM: ocp.args.PyTreeRestore(item=target, restore_args=restore_args)}
@@ -152,13 +178,49 @@ def _move_aside(workdir: str, directory: str, step: int) -> Optional[str]:
   _sync(f'checkpoint_corrupt_{step}_before')
   destination = None
   if jax.process_index() == 0:
-    destination = epath.Path(workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    source = epath.Path(directory, str(step))
+    destination = paths.join(workdir, CORRUPT_DIR, f'{step}-{int(time.time())}')
+    source = paths.join(directory, str(step))
     if paths.is_url(workdir):
-      source.rename(destination)      # object stores: copy, then delete
+      _move_objects(source, destination)
     else:
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
       shutil.move(source, destination)
-    destination = str(destination)
   _sync(f'checkpoint_corrupt_{step}_after')
+  paths.refresh(directory)    # every process: the step is gone from this one's listings
   return destination
+
+
+def _move_objects(source: str, destination: str):
+  """Moves the objects under the URL `source` to `destination` (an object store has no
+  rename, and no folders): earlier incomplete copies of this step are deleted, every object
+  is copied (the commit marker last: a copy holding it is complete), then the source's
+  marker is deleted (Orbax no longer lists the step; the next writer deletes what is left)
+  and then its other objects. Killed at any point, a rerun finds the step either committed
+  and whole (it is moved again) or uncommitted (ignored, then cleaned up by Orbax)."""
+  fs, url = paths.filesystem(source), source
+  paths.refresh(url)
+  retry = lambda call, what: store_errors.retry(call, f'{what} {url}')
+  source, destination = (path.split('://', 1)[1].rstrip('/') for path in (source, destination))
+  step = os.path.basename(source)
+  for old in retry(lambda: fs.glob(f'{os.path.dirname(destination)}/{step}-*'),
+                   'Listing the copies of'):
+    if not retry(functools.partial(fs.exists, f'{old}/{COMMIT_MARKER}'), 'Listing a copy of'):
+      retry(functools.partial(_delete, fs, old), 'Deleting an incomplete copy of')
+  names = [os.path.relpath(name, source) for name in retry(lambda: fs.find(source), 'Listing')]
+  data = [name for name in names if name != COMMIT_MARKER]
+  copies = ([f'{source}/{name}' for name in data], [f'{destination}/{name}' for name in data])
+  retry(lambda: fs.copy(*copies), 'Copying')
+  if COMMIT_MARKER in names:
+    retry(lambda: fs.copy(f'{source}/{COMMIT_MARKER}', f'{destination}/{COMMIT_MARKER}'),
+          'Copying')
+    retry(lambda: _delete(fs, f'{source}/{COMMIT_MARKER}'), 'Uncommitting')
+  retry(lambda: _delete(fs, source), 'Deleting')
+
+
+def _delete(fs, name: str):
+  """Deletes the object `name` or every object under it; nothing there is no error (a retry
+  after a request that did delete)."""
+  try:
+    fs.rm(name, recursive=True)
+  except FileNotFoundError:
+    pass

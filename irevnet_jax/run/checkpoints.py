@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from irevnet_jax.run import checkpoint_restore, checksums as checksums_lib, orbax_logs, paths
+from irevnet_jax.run import store_errors
 from irevnet_jax.run.checkpoint_restore import (BOOKKEEPING_ITEM, CHECKSUM_ITEM, STATE_ITEM,
                                                 short_error)
 from irevnet_jax.run.run_config import read_config
@@ -86,7 +87,7 @@ class Checkpointer:
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
-    self._manager = self._open()
+    self._manager = store_errors.retry(self._open, f'Opening the checkpoints in {self.directory}')
     self._pending = None    # the step of the latest save started
     self.bookkeeping = {}   # saved with the checkpoint the latest `restore` returned
 
@@ -94,7 +95,9 @@ class Checkpointer:
     """The manager: the state through a PyTree handler that writes the caller's numpy arrays
     without a defensive copy (a copy of the whole state on the training thread), the
     checksums through `checksums.Handler` (computed in the commit thread), the bookkeeping
-    as JSON (written in the commit thread too)."""
+    as JSON (written in the commit thread too). It lists the steps stored now: this
+    process's cached listings are forgotten first."""
+    paths.refresh(self.directory)
     handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
                 CHECKSUM_ITEM: checksums_lib.Handler(),
                 BOOKKEEPING_ITEM: ocp.JsonCheckpointHandler()}
@@ -103,7 +106,17 @@ class Checkpointer:
                                    options=self._options)
 
   def all_steps(self):
+    """The committed steps; read from the store again when read-only (a reader of a run
+    that is still training sees its newest checkpoint)."""
+    if self._read_only:
+      store_errors.retry(self._reload, f'Listing the checkpoints in {self.directory}')
     return sorted(self._manager.all_steps())
+
+  def _reload(self):
+    """The manager's list of steps read again (Orbax keeps the one it read when opened,
+    gcsfs its listings), for readers."""
+    paths.refresh(self.directory)
+    self._manager.reload()
 
   def save(self, step: int, state: dict, bookkeeping: Optional[dict] = None):
     """Starts saving `state` (host numpy tree) with its checksums and `bookkeeping` (a
@@ -167,13 +180,16 @@ class Checkpointer:
     `<workdir>/corrupt_checkpoints/` (`checkpoint_restore.restore`). `target` gives the
     tree structure and dtypes (numpy leaves); without it the raw tree comes back.
     Returns (state, step), or (None, None) when there are no checkpoints; `bookkeeping` is
-    then the dict saved with that state ({} when none was, or with no checkpoint).
+    then the dict saved with that state ({} when none was, or with no checkpoint). Read-only,
+    the newest checkpoint committed now counts (`all_steps`).
     """
+    if self._read_only:
+      store_errors.retry(self._reload, f'Listing the checkpoints in {self.directory}')
     state, step, moved, self.bookkeeping = checkpoint_restore.restore(
         self._manager, self.workdir, self.directory, target, step, move_corrupt)
     if moved:   # the manager lists the steps it has seen: open it again
       self._manager.close()
-      self._manager = self._open()
+      self._manager = store_errors.retry(self._open, f'Opening the checkpoints in {self.directory}')
     return state, step
 
 
@@ -182,8 +198,10 @@ def load_run(workdir: str, step: Optional[int] = None):
 
   Returns (config: ConfigDict, variables: {'params', 'batch_stats'} as host numpy
   arrays (unreplicated), step: int). `step=None` takes the latest checkpoint that
-  restores (a corrupt one is reported and skipped, not moved).
+  restores (a corrupt one is reported and skipped, not moved), as committed at the call
+  (a run that is still training included: no listing cached by this process is used).
   """
+  paths.refresh(workdir)
   config = read_config(workdir)
   checkpointer = Checkpointer(workdir, keep=max(1, int(config.get('keep_checkpoints', 1))),
                               use_async=False, read_only=True)

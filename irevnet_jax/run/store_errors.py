@@ -84,11 +84,17 @@ def is_corruption(error: BaseException) -> bool:
   return False
 
 
+def _wait(seconds: float):
+  """The pause between tries (tests replace it to record the delays)."""
+  time.sleep(seconds)
+
+
 def retry(call: Callable[[], T], what: str, attempts: int = 6, first_delay: float = 0.5,
-          max_delay: float = 16.0, sleep=time.sleep) -> T:
+          max_delay: float = 16.0, sleep=None) -> T:
   """`call()`, retried with exponential backoff (and jitter) while it fails transiently;
   after `attempts` tries `StoreUnavailable` names `what` and the last error. Other errors
-  are raised at once."""
+  are raised at once. `sleep(seconds)`: the pause (default `_wait`, looked up per call)."""
+  sleep = sleep or _wait
   delay = first_delay
   for attempt in range(1, attempts + 1):
     try:
