@@ -132,8 +132,10 @@ def test_readers_of_a_live_gs_run_see_its_newest_checkpoint(gcs):
   reader = checkpoints.Checkpointer(workdir, keep=3, read_only=True)
   assert reader.all_steps() == [1]
   assert checkpoints.load_run(workdir)[2] == 1
-  subprocess.run([sys.executable, '-c', _SAVE_IN_ANOTHER_PROCESS, workdir, '2'], cwd=lib.REPO,
-                 env=lib.env_with_devices(1), check=True, timeout=120, capture_output=True)
+  writer = subprocess.run([sys.executable, '-c', _SAVE_IN_ANOTHER_PROCESS, workdir, '2'],
+                          cwd=lib.REPO, env=lib.env_with_devices(1), timeout=120,
+                          capture_output=True, text=True)
+  assert writer.returncode == 0, writer.stderr[-3000:]
   assert reader.all_steps() == [1, 2]
   _, step = reader.restore(move_corrupt=False)
   reader.close()

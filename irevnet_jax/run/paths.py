@@ -48,16 +48,23 @@ def backend_of(path):
 
 
 def filesystem(url: str):
-  """The fsspec filesystem epath uses for `url` (a `gcsfs.GCSFileSystem` for gs://)."""
+  """The fsspec filesystem epath uses for `url` (a `gcsfs.GCSFileSystem` for gs://), with
+  its listings cache off: fsspec would otherwise answer from listings this process made
+  earlier, blind to the objects TensorStore (Orbax's arrays) or another process wrote
+  since (seen: an async save failing on 'Checkpoint directory does not exist')."""
   use_fsspec_for_urls()
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  return backend.fsspec_backend.fs(url)
+  fs = backend.fsspec_backend.fs(url)
+  if fs.dircache.use_listings_cache:
+    fs.dircache.use_listings_cache = False
+    fs.dircache.clear()
+  return fs
 
 
 def refresh(path):
-  """Forgets this process's cached listings under `path` (fsspec caches them per
-  process), so that a reader of a run another process writes sees its newest files.
-  A no-op for local paths."""
+  """Forgets any listing under `path` cached by this process, so that a reader of a run
+  another process writes sees its newest files (`filesystem` turns fsspec's cache off;
+  this also covers a filesystem made before). A no-op for local paths."""
   if is_url(path):
     filesystem(os.fspath(path)).invalidate_cache()
 
