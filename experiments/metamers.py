@@ -49,11 +49,13 @@ def _first_examples(batches, count):
 
 def main(argv):
   del argv  # checked by cli.run
-  import irevnet_jax  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.analysis import metamer_pairs, outputs, pipeline, plots  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import irevnet_jax
+  from irevnet_jax.analysis import metamer_pairs, outputs, pipeline, plots
+  from irevnet_jax.data import input_pipeline
+  from irevnet_jax.run import checkpoints
+  from irevnet_jax.train import evaluate_run
+  # pylint: enable=g-import-not-at-top
   if FLAGS.num_pairs < 1:
     raise ValueError(f'--num_pairs={FLAGS.num_pairs} must be >= 1, e.g. 8.')
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
