@@ -127,6 +127,18 @@ def test_pair_numbers(model):
   assert 'Metamers: 4 pairs' in metamer_pairs.summary_line(result)
 
 
+def test_injective_network_is_refined_to_as_logits():
+  """Zero-padded channels: z* is not any image's representation; the alternating
+  projections bring forward(invert(z*))'s logits to a's."""
+  net = irevnet_jax.build(tiny_config())          # stage 0 pads 8 -> 16 channels
+  variables = random_variables(net, seed=1)
+  x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (4, *net.input_shape)))
+  _, refined = metamer_pairs.compute(net, variables, x[:2], x[2:], [0, 1], [2, 3])
+  assert refined['summary']['max_logits_rel_error'] <= metamer_pairs.REFINE_TARGET
+  assert all(p['refine_steps'] > 0 for p in refined['pairs'])   # one solve was > 1e-4 off
+  assert 'alternating projections' in refined['summary']['method']
+
+
 def _save_run(workdir, net_config):
   from experiments.configs import digits as digits_config
   from irevnet_jax.run import checkpoints, workdir as workdir_lib
