@@ -14,6 +14,7 @@ a's or after `refine_steps` (the difference shrinks ~0.6x per step on a tiny mod
 """
 import math
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,6 +88,8 @@ def compute(net, variables, x_a, x_b, labels_a, labels_b, chunk: int = 8,
   pair), 'summary', 'null_energy' (means over the 2P images))."""
   fn = make_pair_fn(net, max_iterations, refine_steps)
   outs = []
+  logging.info('Metamers of %d pairs, %d per call (the first call compiles the solve, '
+               'invert and forward).', len(x_a), min(chunk, len(x_a)))
   progress = Progress(len(x_a), 'metamers')
   for start in range(0, len(x_a), chunk):
     sl = slice(start, start + chunk)
