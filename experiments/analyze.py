@@ -1,4 +1,4 @@
-"""Analyses a training run: reconstruction, interpolation, probes by depth, PCA.
+"""Analyses a training run: reconstruction, interpolation, probes by depth, PCA, metamers.
 
     python -m experiments.main --workdir=/tmp/digits        # train (the digits default)
     python -m experiments.analyze --workdir=/tmp/digits     # -> /tmp/digits/analysis/
@@ -7,8 +7,6 @@
 
 --dataset.<field> replaces that field of the run's config.dataset, as in
 experiments.evaluate (e.g. a run analysed without its own data).
---workdir may be a URL (gs://bucket/runs/x): the analysis is then written to a local
-temporary folder and copied to <workdir>/analysis/ (or a URL --out_dir) at the end.
 Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
 float32 with precision 'highest', and writes PNGs plus report.md / report.json.
 Images are shown as the pixels they came from (the model's input de-normalised
@@ -16,7 +14,6 @@ with the data source's pixel mean and std); every number is computed on the
 model's input. See docs/analysis.md for what each plot shows.
 """
 import dataclasses
-import tempfile
 
 from absl import flags
 from absl import logging
@@ -29,7 +26,8 @@ _DEFAULTS = pipeline.Options()
 flags.DEFINE_string('workdir', None, 'Training run directory (config.json + checkpoints).',
                     required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step to analyse (default: the latest).')
-flags.DEFINE_string('out_dir', None, 'Output directory (default: <workdir>/analysis).')
+flags.DEFINE_string('out_dir', None, 'Output directory, local or gs:// '
+                    '(default: <workdir>/analysis).')
 flags.DEFINE_integer('batch_size', 256, 'Examples per forward pass.')
 dataset_flag.define()
 _HELP = {
@@ -42,6 +40,7 @@ _HELP = {
     'num_images': 'Images in the reconstruction grid.',
     'num_pairs': 'Image pairs in the interpolation grid.',
     'num_steps': 'Interpolation steps, end points included.',
+    'num_metamers': 'Metamer pairs: a\'s logits from the representation nearest b\'s (0: none).',
     'probe_c': 'Inverse L2 strength of the logistic-regression probe.',
     'pca_fraction': 'Report the smallest PCA d reaching this share of the full accuracy.',
     'blas_threads': 'numpy / scikit-learn threads (0: library default, e.g. for big probes).',
@@ -57,7 +56,7 @@ def main(argv):
   del argv  # checked by cli.run
   import irevnet_jax  # pylint: disable=g-import-not-at-top
   from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.run import paths  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.analysis import outputs  # pylint: disable=g-import-not-at-top
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
   logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
@@ -67,19 +66,15 @@ def main(argv):
     source = evaluate_run.source_for(config)
   options = pipeline.Options(**{f.name: FLAGS[f.name].value
                                 for f in dataclasses.fields(pipeline.Options)})
-  out_dir = FLAGS.out_dir or paths.join(paths.resolve(FLAGS.workdir), 'analysis')
-  if paths.is_url(out_dir):   # figures and reports are written locally, then copied
-    with tempfile.TemporaryDirectory(prefix='irevnet_analysis_') as staging:
-      _analyze(net, variables, source, options, staging, config, step)
-      paths.copy_folder(staging, out_dir)
-    logging.info('Copied the analysis to %s.', out_dir)
-  else:
-    _analyze(net, variables, source, options, out_dir, config, step)
+  out_dir = outputs.default_dir(FLAGS.workdir, FLAGS.out_dir)
+  with outputs.local_dir(out_dir) as local:
+    _analyze(net, variables, source, local, options, step, config)
+  logging.info('Wrote the analysis to %s', out_dir)
 
 
-def _analyze(net, variables, source, options, out_dir, config, step):
-  from irevnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+def _analyze(net, variables, source, out_dir, options, step, config):
   from irevnet_jax.analysis import plots  # pylint: disable=g-import-not-at-top
+  from irevnet_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   pipeline.analyze(
       net, variables,
       input_pipeline.normalized(

@@ -323,6 +323,7 @@ def test_pngs_and_report(run):
       'interpolation.png': plots.grid_size_px(2 * OPTIONS['num_pairs'], OPTIONS['num_steps']),
       'depth.png': plots.LINE_PLOT_PX,
       'pca.png': plots.LINE_PLOT_PX,
+      'metamers.png': plots.grid_size_px(3, pipeline.Options().num_metamers),
   }
   for name, size in expected.items():
     image = plots.plt.imread(os.path.join(out, name))
@@ -337,6 +338,9 @@ def test_pngs_and_report(run):
   assert report['data'] == {'train_examples': run['source'].num_train_examples,
                             'eval_examples': run['source'].num_eval_examples}
   assert 'eval [' in run['log'] and '100%' in run['log']      # the progress bar
+  metamers = report['metamers']['summary']                     # section 5
+  assert metamers['pairs'] == pipeline.Options().num_metamers
+  assert metamers['max_logits_rel_error'] < 1e-3 and 'Metamers: ' in run['log']
 
 
 class _MLPBaseline:

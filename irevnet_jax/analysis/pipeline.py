@@ -3,8 +3,9 @@ probes, PCA, plots and report.
 
   eval pass:  logits, features by depth and (i-RevNets) invert(forward(x))
   train pass: features by depth
-  then:       reconstruction stats, interpolation paths, probes and contraction
-              per depth, PCA of the final representation, PNGs, report.{md,json}
+  then:       reconstruction stats, interpolation paths, metamers, probes and
+              contraction per depth, PCA of the final representation, PNGs,
+              report.{md,json}
 """
 import contextlib
 import dataclasses
@@ -16,8 +17,8 @@ from absl import logging
 import numpy as np
 
 from irevnet_jax.train.config import exact_model_config
-from irevnet_jax.analysis import (features, interpolation, pca, plots, probes,
-                                  reconstruction, report)
+from irevnet_jax.analysis import (features, interpolation, metamer_pairs, pca, plots,
+                                  probes, reconstruction, report)
 
 
 @dataclasses.dataclass
@@ -32,6 +33,7 @@ class Options:
   num_images: int = 8               # reconstruction grid columns
   num_pairs: int = 4                # interpolation pairs
   num_steps: int = 8                # interpolation steps, end points included
+  num_metamers: int = 8             # metamer pairs (0: none)
   probe_c: float = 10.0             # inverse L2 strength of the linear probe
   pca_fraction: float = 0.99        # report the smallest d reaching this share of the accuracy
   blas_threads: int = 1             # numpy/scikit-learn threads (0: library default; 1 avoids
@@ -45,8 +47,9 @@ class Options:
         raise ValueError(f'{name}={getattr(self, name)} must be >= 1.')
     if self.num_steps < 2:
       raise ValueError(f'num_steps={self.num_steps} must be >= 2, e.g. 8.')
-    if self.every_k_blocks < 0 or self.blas_threads < 0:
-      raise ValueError('every_k_blocks and blas_threads must be >= 0 (0 = off / default).')
+    if self.every_k_blocks < 0 or self.blas_threads < 0 or self.num_metamers < 0:
+      raise ValueError('every_k_blocks, blas_threads and num_metamers must be >= 0 '
+                       '(0 = off / default).')
 
 
 # The model config that computes in true float32 (float64 stays float64) at precision
@@ -104,7 +107,7 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
 
   # Eval pass: features, logits and reconstructions; keep a few images for the grids.
   recon = reconstruction.ReconstructionStats()
-  keep = max(options.num_images, 4 * options.num_pairs, 32)
+  keep = max(options.num_images, 4 * options.num_pairs, 4 * options.num_metamers, 32)
   samples = {'x': [], 'x_hat': [], 'label': []}
 
   def on_eval_batch(x, labels, out):
@@ -167,6 +170,14 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
   else:
     interp = {'skipped': f'{type(net).__name__} is not invertible: no interpolation.'}
 
+  # 5. Metamers (reported after PCA): a's logits, representation nearest b's.
+  with timer('metamers'):
+    meta = metamers_section(net, variables, samples, options.num_metamers,
+                            path('metamers.png'), pixel_space)
+  if 'skipped' not in meta:
+    plot_files['metamers'] = 'metamers.png'
+    logging.info('%s', metamer_pairs.summary_line(meta))
+
   # 3. Separation and contraction by depth.
   depth_rows = []
   m = options.max_contraction_examples
@@ -209,6 +220,7 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
       'interpolation': interp,
       'depth': depth_rows,
       'pca': curve,
+      'metamers': meta,
       'plots': plot_files,
       'options': dataclasses.asdict(options),
       'timings_s': timer.times,
@@ -216,4 +228,25 @@ def analyze(net, variables, train_batches: Iterable[dict], eval_batches: Iterabl
   result['run'].setdefault('invertible', invertible)
   report.write(result, out_dir)
   logging.info('Wrote %s', os.path.join(out_dir, 'report.md'))
+  return result
+
+
+def metamers_section(net, variables, samples: dict, num_pairs: int, png: str,
+                     pixel_space: Optional[plots.PixelSpace] = None) -> dict:
+  """Metamers of up to `num_pairs` pairs of the kept eval samples ({'x', 'label'}) of
+  different labels: the figure at `png` and the numbers of `metamer_pairs.compute`
+  (with 'pair_indices'), or {'skipped': why}."""
+  if not net.invertible:
+    return {'skipped': f'{type(net).__name__} is not invertible: no metamers.'}
+  pairs = interpolation.pick_pairs(samples['label'], num_pairs) if num_pairs else []
+  if not pairs:
+    return {'skipped': 'No metamers: --num_metamers=0 or no two kept eval images have '
+                       'different labels.'}
+  a, b = [i for i, _ in pairs], [j for _, j in pairs]
+  x_star, result = metamer_pairs.compute(net, variables, samples['x'][a], samples['x'][b],
+                                         samples['label'][a], samples['label'][b])
+  plots.metamer_grid(samples['x'][a], samples['x'][b], x_star, png, samples['label'][a],
+                     samples['label'][b], [p['predicted_star'] for p in result['pairs']],
+                     pixel_space)
+  result['pair_indices'] = [[int(i), int(j)] for i, j in pairs]
   return result

@@ -126,6 +126,23 @@ def interpolation_grid(pixel_paths, latent_paths, path: str, predictions=None,
   return image_grid(rows, labels, path, title, (float(ref.min()), float(ref.max())))
 
 
+def metamer_grid(x_a, x_b, x_star, path: str, labels_a, labels_b, predicted_star,
+                 pixel_space: Optional[PixelSpace] = None) -> str:
+  """Rows a, b and the metamer x* = invert(z*) (a's logits, representation nearest b's).
+
+  Images: model inputs (P, H, W, C); the row labels list the classes per column.
+  """
+  classes = lambda c: ' '.join(str(int(k)) for k in c)
+  labels = [f'a (label)\n{classes(labels_a)}', f'b (label)\n{classes(labels_b)}',
+            f'x* (predicted)\n{classes(predicted_star)}']
+  rows = [x_a, x_b, x_star]
+  title = "Metamers: x* has a's logits, z* nearest b's"
+  if pixel_space is not None:
+    return image_grid([pixel_space(r) for r in rows], labels, path, title, (0.0, 1.0))
+  ref = np.concatenate([x_a, x_b])
+  return image_grid(rows, labels, path, title, (float(ref.min()), float(ref.max())))
+
+
 def depth_plot(names: List[str], blocks: List[int], linear: List[float], nn1: List[float],
                contraction: List[float], path: str, head_accuracy: Optional[float] = None) -> str:
   """Accuracy of the linear and 1-NN probes (left) and contraction (right) against depth."""

@@ -78,9 +78,37 @@ def markdown(report: dict) -> str:
                      [[d, f'{a:.4f}', f'{v:.4f}'] for d, a, v in
                       zip(pca['dims'], pca['accuracy'], pca['explained_variance'])])]
   out += ['', f'![pca]({plots["pca"]})', '']
+  out += ['', '## 5. Metamers: what the head ignores', '']
+  out += _metamers(report.get('metamers') or {'skipped': 'Not computed.'}, plots)
   timings = ', '.join(f'{k} {v:.1f}s' for k, v in report['timings_s'].items())
   out += ['', f'Timings: {timings}.', '']
   return '\n'.join(out)
+
+
+def _metamers(meta: dict, plots: dict) -> list:
+  """Section 5's lines: the summary, one table row per pair, the figure."""
+  if meta.get('skipped'):
+    return [meta['skipped']]
+  s, n = meta['summary'], meta['null_energy']
+  out = [f'{s["pairs"]} pairs (a, b) of different labels; z* has a\'s logits and is the '
+         f'representation nearest z_b that the head allows ({s["method"]}); x* = invert(z*). '
+         f'forward(x*)\'s logits within {s["tolerance"]:.0e} of a\'s: '
+         f'**{100 * s["within_tolerance"]:.0f}%** (max relative difference '
+         f'{s["max_logits_rel_error"]:.1e}); x* classified as a: '
+         f'**{100 * s["classified_as_a"]:.0f}%** (as a\'s label: '
+         f'{100 * s["classified_as_label_a"]:.0f}%); x* closer to b than to a in pixels: '
+         f'**{100 * s["closer_to_b"]:.0f}%**. Energy in the null space of the head\'s '
+         f'pool + linear map: {100 * n["z"]:.1f}% of z ({100 * n["z_pool"]:.1f}% from pooling '
+         f'alone), {100 * n["u"]:.1f}% of relu(bn(z)).', '']
+  out.append(_table(
+      ['a', 'b', 'x* predicted', 'logits rel. diff', 'RMS x*-b', 'RMS x*-a', 'RMS a-b',
+       '\\|z*-z_b\\| / \\|z_a-z_b\\|', 'units on / off'],
+      [[p['label_a'], p['label_b'], p['predicted_star'], f'{p["logits_rel_error"]:.1e}',
+        f'{p["pixel_rms_to_b"]:.3f}', f'{p["pixel_rms_to_a"]:.3f}', f'{p["pixel_rms_a_b"]:.3f}',
+        f'{p["z_distance_to_b"] / max(p["z_distance_a_b"], 1e-30):.3f}',
+        f'{p["units_switched_on"]} / {p["units_switched_off"]}'] for p in meta['pairs']]))
+  out += ['', f'![metamers]({plots["metamers"]})', '']
+  return out
 
 
 def write_markdown(report: dict, path: str) -> str:

@@ -141,19 +141,6 @@ def join(workdir, *names) -> str:
   return os.fspath(epath.Path(workdir).joinpath(*names))
 
 
-def copy_folder(local_dir: str, destination: str):
-  """Copies the files under the local folder `local_dir` to `destination` (a local path or
-  a URL), keeping their relative paths; each object is replaced whole."""
-  for root, _, names in os.walk(local_dir):
-    for name in names:
-      source = os.path.join(root, name)
-      relative = os.path.relpath(source, local_dir)
-      target = epath.Path(join(destination, *relative.split(os.sep)))
-      if not is_url(destination):
-        target.parent.mkdir(parents=True, exist_ok=True)
-      target.write_bytes(open(source, 'rb').read())
-
-
 def write_file(workdir: str, name: str, text: str):
   """Writes `<workdir>/<name>`: atomically on a local disk (a temporary file renamed);
   an object store replaces the object whole."""
