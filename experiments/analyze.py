@@ -7,6 +7,8 @@
 
 --dataset.<field> replaces that field of the run's config.dataset, as in
 experiments.evaluate (e.g. a run analysed without its own data).
+--workdir may be a URL (gs://bucket/runs/x): the output is written to a local temporary
+folder and copied to <workdir>/analysis/ (or a URL --out_dir) at the end.
 Reads <workdir>/config.json and the latest checkpoint (or --step), computes in
 float32 with precision 'highest', and writes PNGs plus report.md / report.json.
 Images are shown as the pixels they came from (the model's input de-normalised
