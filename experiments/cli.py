@@ -166,14 +166,13 @@ class CompileTimer:
 
 
 def _guarded(main, argv, flag_example):
-  from irevnet_jax.run import metrics  # pylint: disable=g-import-not-at-top
-  from irevnet_jax import train
+  from irevnet_jax import train  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     print(f'Error: Unexpected arguments: {argv[1:]}; flags look like {flag_example}.',
           file=sys.stderr)
     sys.exit(1)
   if not FLAGS.verbose:
-    metrics.quiet_library_logs()
+    console.quiet_library_logs()
   console.setup(FLAGS.verbose, FLAGS.log_dir)
   try:
     cache_dir = setup_compilation_cache()
@@ -197,5 +196,5 @@ def _guarded(main, argv, flag_example):
 
 def run(main, flag_example: str = '--workdir=DIR'):
   """`absl.app.run(main)` with this project's flag parsing and error handling; library
-  chatter is kept off the console unless --verbose (`metrics.quiet_library_logs`)."""
+  chatter is kept off the console unless --verbose (`console.quiet_library_logs`)."""
   app.run(lambda argv: _guarded(main, argv, flag_example), flags_parser=_parse_flags)

@@ -44,7 +44,7 @@ def _forget_commands():
 @contextlib.contextmanager
 def _restored_logging():
   """Puts the root logger's handlers and the absl handler's formatter, filters and stream
-  back as they were (console.setup and metrics.quiet_library_logs change them)."""
+  back as they were (console.setup and console.quiet_library_logs change them)."""
   root = logging.getLogger()
   absl_handler = absl_logging.get_absl_handler()
   python_handler = absl_handler.python_handler

@@ -22,58 +22,6 @@ from irevnet_jax.run import workdir as workdir_lib
 METRICS_FILE = 'metrics.jsonl'
 
 
-class _QuietLibraries:
-  """A logging filter for library chatter that is not the user's business: Orbax's INFO
-  lines, its warnings about read-only managers (a reader of a run) and its errors (with
-  tracebacks; `irevnet_jax.run.checkpoints` reports every failed save or restore in one line),
-  and JAX's note that no TPU backend exists on a machine without one."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    if '/orbax/' in record.pathname:
-      return (record.levelno == 30 and 'read only' not in message
-              and 'read_only' not in message)
-    if record.name.startswith('jax._src.xla_bridge') or 'xla_bridge' in record.pathname:
-      return 'Unable to initialize backend' not in message
-    return True
-
-
-def _is_closed_loop_noise(error) -> bool:
-  """Orbax's asyncio callbacks after a failed restore print 'Event loop is closed'
-  tracebacks by the dozen; they mean nothing once the restore has failed."""
-  return isinstance(error, RuntimeError) and 'Event loop is closed' in str(error)
-
-
-def quiet_library_logs():
-  """Keeps the console to this package's lines: drops library chatter (`_QuietLibraries`)
-  and Orbax's 'Event loop is closed' tracebacks after a failed restore."""
-  import logging as std_logging
-  import sys
-  import threading
-  for handler in [logging.get_absl_handler(), *std_logging.getLogger().handlers]:
-    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
-      handler.addFilter(_QuietLibraries())
-  if getattr(sys.excepthook, 'quiet', False):
-    return
-  excepthook, unraisablehook, thread_hook = sys.excepthook, sys.unraisablehook, threading.excepthook
-
-  def quiet_excepthook(kind, value, tb):
-    if not _is_closed_loop_noise(value):
-      excepthook(kind, value, tb)
-
-  def quiet_unraisablehook(unraisable):
-    if not _is_closed_loop_noise(unraisable.exc_value):
-      unraisablehook(unraisable)
-
-  def quiet_thread_hook(args):
-    if not _is_closed_loop_noise(args.exc_value):
-      thread_hook(args)
-
-  quiet_excepthook.quiet = True
-  sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
-  threading.excepthook = quiet_thread_hook
-
-
 def read_jsonl(workdir) -> list:
   """All records of `<workdir>/metrics.jsonl` (an empty list when there is none)."""
   path = epath.Path(workdir_lib.join(workdir_lib.resolve(workdir), METRICS_FILE))

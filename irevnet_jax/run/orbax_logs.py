@@ -41,7 +41,8 @@ def quiet_read_only():
     absl_logger.removeFilter(note_filter)
 
 
-# The process's one filter of reported failures, on asyncio's logger: `checkpoints` (failed
-# saves) and `checkpoint_restore` (unusable checkpoints) add the paths they have reported.
+# The process's one filter of reported failures: `checkpoints` (failed saves) and
+# `checkpoint_restore` (unusable checkpoints) add the paths they have reported. Importing
+# this module installs nothing; the commands (and the test suite) put it on asyncio's
+# logger (`experiments.console.quiet_library_logs`).
 REPORTED_FAILURES = ReportedFailures()
-std_logging.getLogger('asyncio').addFilter(REPORTED_FAILURES)
