@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from irevnet_jax.run import workdir as workdir_lib
+from irevnet_jax.run import store_errors, workdir as workdir_lib
+from irevnet_jax.train import peers
 import train_testlib as lib
 
 PEER_TIMEOUT = 5   # seconds without a heartbeat after which a process counts as stopped
@@ -85,8 +86,7 @@ def test_when_process_1_dies_process_0_ends_in_one_line_and_a_later_refusal_reac
       f'Error: process 1 of 2 stopped answering (no heartbeat for {PEER_TIMEOUT} s); stopping '
       f'this process too (rerun the same command to resume).'], output_0[-3000:]
   assert not any(text in output_0 for text in C_ABORT), output_0[-3000:]
-  print(f"process 1 killed at {end_1:.1f} s, process 0 ended at {end_0:.1f} s")
-  assert end_0 - end_1 < 4 * PEER_TIMEOUT, (end_0, end_1)   # measured: 3.2 s at a 3 s timeout
+  assert end_0 - end_1 < 4 * PEER_TIMEOUT, (end_0, end_1)   # measured: 3.2-4.9 s
   # Rerun with a changed training field: process 0 refuses it after both restored step 8,
   # while process 1 goes on to its first step; both end with process 0's line.
   results = _run_two(workdir, extra=['--config.learning_rate=0.1'])
@@ -109,5 +109,15 @@ def test_when_process_0_dies_process_1_ends_at_once(tmp_path):
   assert code_0 == -9
   assert code_1 not in (0, None), output_1[-3000:]
   assert 'the JAX distributed service detected fatal errors' in output_1, output_1[-3000:]
-  print(f"process 0 killed at {end_0:.1f} s, process 1 ended at {end_1:.1f} s")
-  assert end_1 - end_0 < 120, (end_0, end_1)   # measured: < 1 s
+  assert end_1 - end_0 < 120, (end_0, end_1)   # measured: 0.1-0.5 s
+
+
+def test_an_error_crosses_to_the_other_processes_as_its_built_in_type():
+  for error, kind in [(BlockingIOError('in use'), BlockingIOError),
+                      (store_errors.StoreUnavailable('gs://b unreachable'), OSError),
+                      (type('Refused', (ValueError,), {})('changed'), ValueError),
+                      (KeyboardInterrupt('Ctrl-C'), RuntimeError)]:
+    received = peers._decode(peers._encode(error))   # pylint: disable=protected-access
+    assert type(received) is kind and str(received) == str(error)
+    assert received.from_peer
+  assert str(peers._decode(peers._encode(KeyboardInterrupt()))) == 'Interrupted (Ctrl-C).'

@@ -57,16 +57,19 @@ def _client():
 
 
 def _encode(error: BaseException) -> str:
-  return f'{type(error).__name__}\n{error}'
+  """'<its nearest built-in class>\n<message>' (OSError for store_errors.StoreUnavailable)."""
+  kind = next(k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k)
+  message = str(error) or ('Interrupted (Ctrl-C).' if isinstance(error, KeyboardInterrupt)
+                           else kind.__name__)
+  return f'{kind.__name__}\n{message}'
 
 
 def _decode(text: str) -> BaseException:
-  """The error `_encode` wrote, as its built-in class (the nearest built-in base of this
-  package's own errors, e.g. OSError for store_errors.StoreUnavailable)."""
+  """The error `_encode` wrote (RuntimeError for one that is not an Exception)."""
   name, message = text.split('\n', 1)
-  kind = getattr(builtins, name, None)
-  if not (isinstance(kind, type) and issubclass(kind, Exception)):
-    kind = RuntimeError
+  kind = getattr(builtins, name)
+  if not issubclass(kind, Exception) or issubclass(kind, KeyError):
+    kind = RuntimeError   # KeyboardInterrupt; KeyError would quote the message again
   error = kind(message)
   error.from_peer = True
   return error
@@ -89,7 +92,11 @@ def chief_decides(work: Callable[[], T]) -> Optional[T]:
       raise
     client.key_value_set(key, '')
     return result
-  answer = client.blocking_key_value_get(key, CHIEF_WAIT_SECONDS * 1000)
+  try:
+    answer = client.blocking_key_value_get(key, CHIEF_WAIT_SECONDS * 1000)
+  except jax.errors.JaxRuntimeError:
+    raise TimeoutError(f'Process 0 did not answer in {CHIEF_WAIT_SECONDS} s (it checks and '
+                       f'locks the workdir); see its log.') from None
   if answer:
     raise _decode(answer)
   return None
