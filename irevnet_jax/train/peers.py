@@ -197,9 +197,11 @@ class Watch:
     if not self._stopping.acquire(blocking=False):
       return   # the main thread is ending this process
     self._closed.set()
-    logging.flush()
-    print(f'Error: {message}', file=sys.stderr, flush=True)
-    self._exit(1, dead)
+    try:
+      logging.flush()
+      print(f'Error: {message}', file=sys.stderr, flush=True)
+    finally:
+      self._exit(1, dead)   # the main thread waits for this
 
   def _exit(self, code, dead):
     """Ends this process without JAX's shutdown barrier; process 0 (JAX's coordination
