@@ -7,6 +7,9 @@ Rerunning the same command resumes from the latest checkpoint in --workdir; a
 resume with changed training fields is refused unless --allow_config_change.
 Multi-host: pass --coordinator_address, --num_processes and --process_id to
 every process, or --distributed to let JAX detect them (TPU pods, SLURM).
+If one process stops (killed, or an error), the others end within
+$IREVNET_PEER_TIMEOUT_SECONDS (default 60), each with one line naming it (if
+process 0 dies, JAX's client ends the others at once with its own fatal error).
 Errors in your input end in one line (`--verbose` shows the traceback).
 """
 import os
@@ -17,6 +20,7 @@ import jax
 
 from experiments import cli
 from irevnet_jax import train
+from irevnet_jax.train import peers
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), 'configs', 'digits.py')
 
@@ -40,8 +44,11 @@ def main(argv):
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     except (AttributeError, KeyError, ValueError):
       pass
+    # JAX's own detection of a stopped process aborts the others with a C++ stack trace;
+    # train.peers ends them first, in one line.
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                               FLAGS.process_id)
+                               FLAGS.process_id,
+                               heartbeat_timeout_seconds=peers.jax_heartbeat_timeout_seconds())
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   config_name = os.path.splitext(os.path.basename(FLAGS['config'].config_filename))[0]

@@ -12,6 +12,7 @@ Modules, each with one job:
   program    what a config compiles to (nets, optimizer, compiled steps)
   evaluate   evaluation over a split (inversion on a fixed subset)
   preemption SIGTERM / Ctrl-C / preemption notices as a flag read between steps; Preempted
+  peers      several processes: a refusal on every process alike; one that stops stops the others
   resume     what a resume reads back so it records what an uninterrupted run would
   loop       train_and_evaluate: the loop with logs, evaluations, checkpoints
   evaluate_run  evaluating a run directory's checkpoint without training

@@ -22,7 +22,7 @@ from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
-from irevnet_jax.train import parallel, program, resume, state as state_lib, steps
+from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
 from irevnet_jax.train.preemption import Preempted, StopWatch
 
 
@@ -57,16 +57,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `allow_config_change`: then config_history.jsonl keeps the old config).
   """
   config_lib.check_config(config)
+  with peers.Watch():   # several processes: one that stops or fails stops the others
+    return _train_in_workdir(config, workdir, allow_config_change)
+
+
+def _open_workdir(workdir):
+  before = workdir_lib.state(workdir)
+  workdir = workdir_lib.check_workdir(workdir)
+  return before, workdir, workdir_lib.WorkdirLock(workdir)
+
+
+def _train_in_workdir(config, workdir, allow_config_change) -> Result:
   process_index, process_count = jax.process_index(), jax.process_count()
   is_chief = process_index == 0
   # Only the primary process writes the shared files (lock, config, metrics, checkpoint
-  # metadata); the others read the same workdir.
+  # metadata); the others read the same workdir. A refusal ends every process alike.
+  opened = peers.chief_decides(lambda: _open_workdir(workdir))
   if not is_chief:
     return _train(config, workdir_lib.resolve(workdir), allow_config_change, process_index,
                   process_count)
-  before = workdir_lib.state(workdir)
-  workdir = workdir_lib.check_workdir(workdir)
-  lock = workdir_lib.WorkdirLock(workdir)
+  before, workdir, lock = opened
   finished = False
   try:
     result = _train(config, workdir, allow_config_change, process_index, process_count)
