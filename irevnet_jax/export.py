@@ -80,13 +80,12 @@ def export_net(net, variables, platforms: Sequence[str] = PLATFORMS
 
 
 def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = None):
-  """Writes `artifacts` (from `export_net`), weights.npz and manifest.json to `directory`."""
-  os.makedirs(directory, exist_ok=True)
-  for name, exported in artifacts.items():
-    with open(os.path.join(directory, f'{name}.jax_export'), 'wb') as f:
-      f.write(exported.serialize())
+  """Writes `artifacts` (from `export_net`), weights.npz and manifest.json to `directory`.
+  Everything is serialised before anything is written, and each file is written under a
+  temporary name and renamed: a failure leaves no file half-written."""
+  serialized = {f'{name}.jax_export': exported.serialize()
+                for name, exported in artifacts.items()}
   weights = flat_weights(variables)
-  np.savez(os.path.join(directory, WEIGHTS_FILE), **weights)
   manifest = dict(info or {})
   manifest.update(
       jax_version=jax.__version__,
@@ -100,9 +99,20 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
       call="weights = dict(np.load('weights.npz')); "
            "fn = jax.export.deserialize(open('<name>.jax_export', 'rb').read()); "
            "fn.call(weights, array)")
-  with open(os.path.join(directory, MANIFEST_FILE), 'w') as f:
-    json.dump(manifest, f, indent=2)
+  os.makedirs(directory, exist_ok=True)
+  for name, data in serialized.items():
+    _write_whole(os.path.join(directory, name), lambda f, data=data: f.write(data))
+  _write_whole(os.path.join(directory, WEIGHTS_FILE), lambda f: np.savez(f, **weights))
+  _write_whole(os.path.join(directory, MANIFEST_FILE),
+               lambda f: f.write(json.dumps(manifest, indent=2).encode()))
   return manifest
+
+
+def _write_whole(path: str, write):
+  """`write(binary file)` into `path + '.tmp'`, then renamed to `path`."""
+  with open(path + '.tmp', 'wb') as f:
+    write(f)
+  os.replace(path + '.tmp', path)
 
 
 def _describe(aval) -> str:

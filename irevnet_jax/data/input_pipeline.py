@@ -268,6 +268,20 @@ def refuse_missing_imagenet(tfds_fields, model_input_shape):
   raise FileNotFoundError(tfds_records.imagenet_missing_message(opts, folder))
 
 
+TFDS_EXTRA = "pip install -e '.[tfds]'"
+
+
+def _check_tfds_installed(name: str):
+  """ImportError naming the extra to install when TensorFlow Datasets' packages are missing."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  missing = [package for package in ('tensorflow', 'tensorflow_datasets', 'array_record')
+             if importlib.util.find_spec(package) is None]
+  if missing:
+    raise ImportError(f'dataset.name={name!r} reads TensorFlow Datasets, which needs '
+                      f'{", ".join(missing)} (not installed): install the extra with '
+                      f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
+
+
 def get_source(dataset_config, model_input_shape) -> DataSource:
   """The `DataSource` named by `dataset_config.name`.
 
@@ -285,6 +299,7 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
     source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
                              fields['num_train_examples'], fields['num_eval_examples'])
   elif name in TFDS_NAMES:
+    _check_tfds_installed(name)
     from irevnet_jax.data import tfds_pipeline  # needs TensorFlow; only for these names
     tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_options.FIELDS}
     refuse_missing_imagenet(tfds_fields, model_input_shape)
