@@ -146,6 +146,33 @@ def test_a_holder_whose_record_is_not_its_own_stops(gcs, change):
   assert (_record(holder)[1] or {}).get('token') == ('other' if change == 'replaced' else None)
 
 
+def test_a_write_whose_answer_was_lost_counts_when_the_record_is_its_own(gcs, monkeypatch):
+  """The store applies the create and the first renewal but their answers are lost: the
+  retries find the generation changed (412), read the record back, and keep it as theirs."""
+  workdir = f'{gcs}/runs/answer_lost'
+  request, lost = gcs_objects._request, []   # pylint: disable=protected-access
+
+  def answer_lost(fs, method, path, *args, **kwargs):
+    answer = request(fs, method, path, *args, **kwargs)
+    if method == 'POST' and len(lost) < 2:
+      lost.append(threading.current_thread().name)
+      raise ConnectionResetError('injected: the answer was lost')
+    return answer
+  monkeypatch.setattr(gcs_objects, '_request', answer_lost)
+  holder = workdir_lock.WorkdirLock(workdir)
+  time.sleep(2.5)                                       # the first renewals
+  assert lost == ['MainThread', 'workdir-lease'], lost
+  holder.check()
+  with pytest.raises(BlockingIOError, match='still alive'):
+    workdir_lock.WorkdirLock(workdir)
+  before = _record(holder)[0].generation
+  time.sleep(1)
+  assert _record(holder)[0].generation != before        # renewing from the adopted version
+  holder.check()
+  holder.release()
+  assert _record(holder)[0] is None
+
+
 def test_a_launcher_whose_clock_is_30_s_ahead_is_refused(gcs, monkeypatch):
   workdir = f'{gcs}/runs/clock'
   holder = workdir_lock.WorkdirLock(workdir)

@@ -104,7 +104,8 @@ class WorkdirLock:
   # --- gs://: a lease record written with generation preconditions --------------------------
 
   def _take_lease(self, workdir):
-    self.workdir, self.path, self._found = workdir, join(workdir, LEASE_FILE), None
+    self.workdir, self.path = workdir, join(workdir, LEASE_FILE)
+    self._found = self._last_error = None   # the record a failed write found; a renewal's error
     self._lease = lease_seconds()
     self._token = secrets.token_hex(16)
     self._data = json.dumps({'owner': _owner(), 'token': self._token,
@@ -138,7 +139,7 @@ class WorkdirLock:
       return store_errors.retry(lambda: call(self.path, *args, timeout=timeout), what,
                                 attempts=3, first_delay=self._lease / 16,
                                 max_delay=self._lease / 8)
-    return store_errors.retry(lambda: call(self.path, *args), what)
+    return store_errors.retry(lambda: call(self.path, *args, timeout=10.0), what)
 
   def _write(self, if_generation: int, what: str, renewing=False) -> bool:
     """Writes this run's record over version `if_generation`; True if the record is this
@@ -185,7 +186,7 @@ class WorkdirLock:
     silent = time.monotonic() - self._renewed_at
     if self._lost is None and silent > LOST_AFTER * self._lease:
       since = datetime.datetime.now() - datetime.timedelta(seconds=silent)
-      error = getattr(self, '_last_error', None)
+      error = self._last_error
       self._lost = (f'its renewals have failed since {since.isoformat(timespec="seconds")} '
                     f'(longer than {LOST_AFTER:g} of its {self._lease:g} s lease'
                     + (f'; {store_errors.short(error)}' if error else '') +
