@@ -83,10 +83,11 @@ def write(url: str, data: bytes, if_generation: int, timeout: float = 30.0,
       json.dumps({'name': key, 'contentType': content_type}).encode(),
       f'\r\n--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n'.encode(),
       data, f'\r\n--{BOUNDARY}--\r\n'.encode()])
-  upload = f'{fs._location}/upload/storage/v1/b/{quote(bucket)}/o'  # pylint: disable=protected-access
+  location = fs._location  # pylint: disable=protected-access
   try:
     _, answer = _request(
-        fs, 'POST', upload, uploadType='multipart', ifGenerationMatch=str(int(if_generation)), data=body,
+        fs, 'POST', f'{location}/upload/storage/v1/b/{quote(bucket)}/o',
+        uploadType='multipart', ifGenerationMatch=str(int(if_generation)), data=body,
         headers={'Content-Type': f'multipart/related; boundary={BOUNDARY}'}, timeout=timeout)
   except FileExistsError as error:
     raise GenerationMismatch(f'{url} is not at generation {if_generation}') from error
