@@ -138,8 +138,14 @@ def test_the_gs_lease_is_refused_while_fresh_and_taken_when_stale(gcs):
     workdir_lib.WorkdirLock(workdir)
   first.release()
   assert not epath.Path(first.path).exists()
-  stale = {'owner': 'pid 1 on lost-vm', 'renewed': time.time() - 10, 'lease_seconds': 3}
-  epath.Path(first.path).write_text(json.dumps(stale))      # a killed run's record
+  # A killed run's record (its own lease: 1 s), stale once the store's clock is 1 s past
+  # its last write (the store's Date has whole seconds: up to 2 s); the client's clock and
+  # the record's text are not read.
+  killed = {'owner': 'pid 1 on lost-vm', 'renewed': time.time() - 1000, 'lease_seconds': 1}
+  epath.Path(first.path).write_text(json.dumps(killed))
+  with pytest.raises(BlockingIOError, match='lost-vm; lease renewed 0 s ago, it lasts 1 s'):
+    workdir_lib.WorkdirLock(workdir)
+  time.sleep(2.1)
   second = workdir_lib.WorkdirLock(workdir)
   assert 'lost-vm' not in epath.Path(second.path).read_text()
   second.release()

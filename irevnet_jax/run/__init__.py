@@ -3,7 +3,8 @@
   paths        local paths and URLs (gs://...) alike, one URL back end (fsspec); atomic writes
   store_errors transient store errors (retry, keep everything) vs evidence of corruption
   workdir      checking a run directory, cleaning up after a refused run; the names below
-  workdir_lock one run at a time: flock locally, a renewed lease on object stores
+  workdir_lock one run at a time: flock locally, on gs:// a lease renewed by conditional writes
+  gcs_objects  one GCS object read with its generation, written or deleted only at a generation
   run_config   config.json and config_history.jsonl: changes a resume may make
   checkpoints  Orbax saves in the background, failed saves as one error; load_run
   checkpoint_restore  the newest checkpoint that restores cleanly, verified; fallbacks

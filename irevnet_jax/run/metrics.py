@@ -20,6 +20,7 @@ from etils import epath
 from irevnet_jax.run import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
+_ABANDONED = set()   # workdirs (with a trailing /) whose files this process writes no more
 
 
 def read_jsonl(workdir) -> list:
@@ -43,7 +44,8 @@ class ObjectFile:
     self._data += data.encode() if isinstance(data, str) else data
 
   def flush(self):
-    if self._flushed != len(self._data):
+    if self._flushed != len(self._data) and not any(
+        os.fspath(self.path).startswith(prefix) for prefix in _ABANDONED):
       self.path.write_bytes(bytes(self._data))
       self._flushed = len(self._data)
 
@@ -123,6 +125,8 @@ class MetricWriter:
     if not enabled:
       return
     workdir = workdir_lib.resolve(workdir)
+    self._prefix = workdir.rstrip('/') + '/'
+    _ABANDONED.discard(self._prefix)
     self._path = workdir_lib.join(workdir, METRICS_FILE)
     rewrite = workdir_lib.is_url(workdir) or not append   # else: append to the file as it is
     kept = read_jsonl(workdir) if rewrite else []
@@ -151,6 +155,14 @@ class MetricWriter:
     self._file.write(json.dumps(record) + '\n')
     self._file.flush()
     self._tb.add_scalars(int(step), scalars)
+
+  def abandon(self):
+    """Writes nothing more, now or at exit (TensorBoard's own flush included), and drops what
+    is not written yet: another run owns the workdir now. Object stores only (a local
+    workdir is never lost)."""
+    if self.enabled:
+      _ABANDONED.add(self._prefix)
+      self.enabled = False
 
   def close(self):
     if self.enabled:

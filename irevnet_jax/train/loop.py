@@ -75,22 +75,28 @@ def _train_in_workdir(config, workdir, allow_config_change) -> Result:
   opened = peers.chief_decides(lambda: _open_workdir(workdir))
   if not is_chief:
     return _train(config, workdir_lib.resolve(workdir), allow_config_change, process_index,
-                  process_count)
+                  process_count, lock=None)
   before, workdir, lock = opened
   finished = False
   try:
-    result = _train(config, workdir, allow_config_change, process_index, process_count)
+    result = _train(config, workdir, allow_config_change, process_index, process_count, lock)
     finished = True
     return result
   finally:
     lock.release()
-    if not finished:
+    if not finished and not lock.lost:   # a lost workdir is another run's: touch nothing
       workdir_lib.clean_up_refused(workdir, before)   # a refused run leaves nothing behind
 
 
-def _train(config, workdir, allow_config_change, process_index, process_count) -> Result:
-  """`train_and_evaluate` once the workdir is checked and locked."""
+def _train(config, workdir, allow_config_change, process_index, process_count, lock) -> Result:
+  """`train_and_evaluate` once the workdir is checked and locked (`lock`: the chief's
+  `WorkdirLock`, None on the other processes)."""
   is_chief = process_index == 0
+
+  def still_owner():
+    """Raises LeaseLost once another run may own the workdir: called before every write."""
+    if lock is not None:
+      lock.check()
 
   # Devices and batch sizes.
   devices = parallel.select_devices(int(config.num_devices))
@@ -125,6 +131,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
   restored, restored_step = checkpointer.restore(
       target=state_lib.create_state(prog.train_net, prog.tx, int(config.seed), abstract=True))
   resume.check_same_step(restored_step)
+  still_owner()   # a restore can outlast the lease
   if is_chief:   # a refused resume stops here, before it says anything about resuming
     config_record = workdir_lib.check_config_record(workdir, config, restored_step,
                                                      allow_config_change)
@@ -175,6 +182,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     for the device-to-host copy (none on CPU) and Orbax's start of the write."""
     nonlocal last_saved
     if last_saved != step:
+      still_owner()
       checkpointer.save(step, backend.to_host(state), bookkeeping=unlogged.bookkeeping())
       last_saved = step
       if is_chief:
@@ -187,6 +195,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
 
   def evaluate_and_record(step):
     metrics_now = run_evaluation()
+    still_owner()
     writer.write(step, metrics_now)
     if is_chief:
       logging.info('eval at step %d: %s', step,
@@ -208,6 +217,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
       step += 1
       pending.append((step, step_metrics))
       checkpointer.check()   # a failed background save stops the run here
+      still_owner()          # a lost lease too, before this step writes anything
       if step == start_step + 1:   # the first step compiles: keep it out of the rate
         jax.block_until_ready(step_metrics)
         progress.steps_per_second(step)
@@ -239,8 +249,12 @@ def _train(config, workdir, allow_config_change, process_index, process_count) -
     raise Preempted(step, watch.signum) from None
   finally:
     watch.close()
-    checkpointer.close()
-    writer.close()
+    if lock is not None and lock.lost:   # another run may own the workdir: no save, no flush
+      writer.abandon()
+    else:
+      checkpointer.close()
+      writer.close()
+  still_owner()
   if is_chief:
     logging.info('Done: step %d of %d; %s; checkpoint %s.', step, total_steps,
                  ', '.join(f'{k} {v:.6g}' for k, v in eval_metrics.items()),
