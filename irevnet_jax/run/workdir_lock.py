@@ -30,7 +30,6 @@ import secrets
 import socket
 import threading
 import time
-from typing import Optional
 
 from absl import logging
 
