@@ -1,0 +1,106 @@
+"""Fault injection under load (issue 27): the tiny digits run on gs:// (the GCS emulator)
+behind a proxy (fault_proxy.py) that answers a share of the requests with 503, resets
+connections and delays requests by seconds, while the run is SIGKILLed at random points
+of its I/O and rerun until it finishes. Its metrics and final parameters must equal the
+uninterrupted run's (conftest `tiny_run`) bit for bit.
+
+Not part of the README's test command (marker `fault_trial`, deselected in setup.cfg);
+`.ci/run` runs it as a step of its own: `python -m pytest -q -n 0 -m fault_trial tests`.
+"""
+import os
+import random
+import time
+
+from etils import epath
+import jax
+import numpy as np
+import pytest
+
+import fault_proxy
+import gcs_emulator
+import train_testlib as lib
+from irevnet_jax.run import checkpoints, metrics, paths
+
+pytestmark = pytest.mark.fault_trial
+
+SEED = 27
+FAULTS = {'fail': 0.05, 'reset': 0.02, 'delay': 0.03}    # shares of all requests
+DELAY_SECONDS = (1.0, 3.0)
+KILLS = 4              # the first KILLS attempts are each killed at a random request ...
+KILL_REQUESTS = (1, 300)   # ... drawn from this range (a fresh tiny run makes ~390)
+LEASE_SECONDS = 6      # renewals every 1.5 s, with room for a retried one
+MAX_ATTEMPTS = 12
+TIMING_KEYS = ('steps_per_second',)   # the only fields that differ between equal runs
+
+
+def _records(records):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def _last_lines(output, count=3):
+  return ' | '.join(line for line in output.strip().splitlines()[-count:])
+
+
+@pytest.fixture
+def faulty_gcs(monkeypatch):
+  """(the proxy, 'gs://<bucket>'): the emulator behind a FaultProxy; this process and the
+  commands it starts reach the store through the proxy only."""
+  emulator = gcs_emulator.Emulator()
+  proxy = fault_proxy.FaultProxy(emulator.url, seed=SEED, delay_seconds=DELAY_SECONDS,
+                                 lifetime=900, **FAULTS).start()
+  for key, value in emulator.env.items():
+    monkeypatch.setenv(key, value.replace(emulator.url, proxy.url))
+  monkeypatch.setenv('IREVNET_LEASE_SECONDS', str(LEASE_SECONDS))
+  monkeypatch.delenv('EPATH_USE_TF', raising=False)
+  paths.use_fsspec_for_urls()
+  yield proxy, f'gs://{gcs_emulator.BUCKET}'
+  proxy.stop()
+  emulator.stop()
+
+
+def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_run):
+  proxy, bucket = faulty_gcs
+  workdir = f'{bucket}/runs/faults'
+  args = lib.flag_args() + [f'--workdir={workdir}']
+  draw = random.Random(SEED)
+  attempts = []   # (how it ended, detail)
+  while len(attempts) < MAX_ATTEMPTS:
+    process = lib.start(args)
+    kill_at = draw.randint(*KILL_REQUESTS) if len(attempts) < KILLS else None
+    if kill_at is not None:
+      proxy.arm_kill(process.pid, kill_at)
+    code, output = lib.finish(process, timeout=300)
+    proxy.disarm_kill()
+    if code == 0:
+      attempts.append(('finished', _last_lines(output, 1)))
+      break
+    if code == -9:
+      attempts.append(('killed', f'at request {kill_at}'))
+      time.sleep(LEASE_SECONDS)     # the killed run's lease runs out
+      continue
+    # Any other ending must be the runner's one clear line, never a traceback.
+    assert 'Traceback' not in output and output.strip().splitlines()[-1].startswith('Error:'), (
+        f'attempt {len(attempts) + 1} ended with {code}:\n{output[-6000:]}')
+    attempts.append(('refused' if 'still alive' in output else 'stopped',
+                     output.strip().splitlines()[-1]))
+    time.sleep(1.0 if 'still alive' in output else LEASE_SECONDS)
+  counts = proxy.snapshot()
+  summary = (f'{len(attempts)} attempts, {counts.get("killed", 0)} kills survived; '
+             f'requests: {counts.get("requests", 0)}, failed (503): {counts.get("failed", 0)}, '
+             f'reset: {counts.get("reset", 0)}, delayed: {counts.get("delayed", 0)}, '
+             f'forwarded: {counts.get("forwarded", 0)}')
+  print('\n' + summary + '\n' + '\n'.join(f'  {how}: {detail}' for how, detail in attempts))
+  assert attempts[-1][0] == 'finished', summary
+  assert counts.get('killed', 0) >= 2 and counts.get('failed', 0) > 0, summary
+  assert counts.get('reset', 0) > 0 and counts.get('delayed', 0) > 0, summary
+
+  proxy.set_rates(0, 0, 0)    # the checks read the outcome as it is, without faults
+  paths.refresh(workdir)
+  _, variables, step = checkpoints.load_run(workdir)
+  assert step == 24, summary
+  for name in ('params', 'batch_stats'):
+    for got, want in zip(*(map(np.asarray, jax.tree_util.tree_leaves(t))
+                           for t in (variables[name], tiny_run[1].state[name]))):
+      np.testing.assert_array_equal(got, want)
+  assert _records(metrics.read_jsonl(workdir)) == _records(metrics.read_jsonl(tiny_run[0]))
+  assert not epath.Path(workdir, '.lease.json').exists()     # released by the last run
