@@ -11,7 +11,6 @@ import os
 import random
 import time
 
-from etils import epath
 import jax
 import numpy as np
 import pytest
@@ -23,13 +22,14 @@ from irevnet_jax.run import checkpoints, metrics, paths
 
 pytestmark = pytest.mark.fault_trial
 
-SEED = 27
+SEED = int(os.environ.get('FAULT_TRIAL_SEED', '27'))   # another seed: other faults, kills
 FAULTS = {'fail': 0.05, 'reset': 0.02, 'delay': 0.03}    # shares of all requests
 DELAY_SECONDS = (1.0, 3.0)
 KILLS = 4              # the first KILLS attempts are each killed at a random request ...
 KILL_REQUESTS = (1, 300)   # ... drawn from this range (a fresh tiny run makes ~390)
 LEASE_SECONDS = 6      # renewals every 1.5 s, with room for a retried one
 MAX_ATTEMPTS = 12
+TRIAL_SECONDS = 480    # all attempts together (a fresh tiny run takes ~15-45 s)
 TIMING_KEYS = ('steps_per_second',)   # the only fields that differ between equal runs
 
 
@@ -37,8 +37,12 @@ def _records(records):
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
-def _last_lines(output, count=3):
-  return ' | '.join(line for line in output.strip().splitlines()[-count:])
+def _start(output):
+  """Where an attempt started: 'step 0' or the step it resumed from."""
+  for line in output.splitlines():
+    if line.startswith('Resuming from the checkpoint at step'):
+      return 'step ' + line.split('step ', 1)[1].split()[0]
+  return 'step 0'
 
 
 @pytest.fixture
@@ -58,38 +62,42 @@ def faulty_gcs(monkeypatch):
   emulator.stop()
 
 
-def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_run):
+def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_run, request):
   proxy, bucket = faulty_gcs
   workdir = f'{bucket}/runs/faults'
   args = lib.flag_args() + [f'--workdir={workdir}']
   draw = random.Random(SEED)
   attempts = []   # (how it ended, detail)
-  while len(attempts) < MAX_ATTEMPTS:
+  deadline = time.monotonic() + TRIAL_SECONDS
+  while len(attempts) < MAX_ATTEMPTS and time.monotonic() < deadline:
     process = lib.start(args)
     kill_at = draw.randint(*KILL_REQUESTS) if len(attempts) < KILLS else None
     if kill_at is not None:
       proxy.arm_kill(process.pid, kill_at)
-    code, output = lib.finish(process, timeout=300)
+    code, output = lib.finish(process, timeout=max(deadline - time.monotonic(), 60))
     proxy.disarm_kill()
     if code == 0:
-      attempts.append(('finished', _last_lines(output, 1)))
+      attempts.append(('finished', f'from {_start(output)}'))
       break
     if code == -9:
-      attempts.append(('killed', f'at request {kill_at}'))
+      attempts.append(('killed', f'from {_start(output)}, at its request {kill_at}'))
       time.sleep(LEASE_SECONDS)     # the killed run's lease runs out
       continue
     # Any other ending must be the runner's one clear line, never a traceback.
     assert 'Traceback' not in output and output.strip().splitlines()[-1].startswith('Error:'), (
         f'attempt {len(attempts) + 1} ended with {code}:\n{output[-6000:]}')
     attempts.append(('refused' if 'still alive' in output else 'stopped',
-                     output.strip().splitlines()[-1]))
+                     f'from {_start(output)}: {output.strip().splitlines()[-1]}'))
     time.sleep(1.0 if 'still alive' in output else LEASE_SECONDS)
   counts = proxy.snapshot()
   summary = (f'{len(attempts)} attempts, {counts.get("killed", 0)} kills survived; '
              f'requests: {counts.get("requests", 0)}, failed (503): {counts.get("failed", 0)}, '
              f'reset: {counts.get("reset", 0)}, delayed: {counts.get("delayed", 0)}, '
              f'forwarded: {counts.get("forwarded", 0)}')
-  print('\n' + summary + '\n' + '\n'.join(f'  {how}: {detail}' for how, detail in attempts))
+  report = request.config.pluginmanager.getplugin('terminalreporter')   # shown with -q too
+  for line in [f'fault trial (seed {SEED}): {summary}'] + [f'  {how}: {detail}'
+                                                          for how, detail in attempts]:
+    (report.write_line if report else print)(line)
   assert attempts[-1][0] == 'finished', summary
   assert counts.get('killed', 0) >= 2 and counts.get('failed', 0) > 0, summary
   assert counts.get('reset', 0) > 0 and counts.get('delayed', 0) > 0, summary
@@ -103,4 +111,3 @@ def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_r
                            for t in (variables[name], tiny_run[1].state[name]))):
       np.testing.assert_array_equal(got, want)
   assert _records(metrics.read_jsonl(workdir)) == _records(metrics.read_jsonl(tiny_run[0]))
-  assert not epath.Path(workdir, '.lease.json').exists()     # released by the last run

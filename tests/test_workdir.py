@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir as workdir_lib
 
 from irevnet_jax import train
 import train_testlib as lib
@@ -71,6 +71,29 @@ def test_config_json_changes_only_with_a_save(tiny_run, tmp_path):
   assert open(config_path).read() == before
   assert not os.path.exists(os.path.join(workdir, workdir_lib.HISTORY_FILE))
   workdir_lib.check_config_record(workdir, lib.make_config(), 24, allow_change=False)
+
+
+def test_a_config_change_killed_between_its_two_writes_is_recorded_once(tmp_path, monkeypatch):
+  """commit() writes the history, then config.json; a run killed (or stopped by the store)
+  in between leaves the old config.json, so its rerun commits the same change again: the
+  history must still hold it once."""
+  workdir = str(tmp_path / 'run')
+  workdir_lib.write_config(workdir, lib.make_config())
+  changed = lib.make_config(learning_rate=0.1)
+  record = workdir_lib.check_config_record(workdir, changed, 8, allow_change=True)
+
+  def killed(*args):
+    raise RuntimeError('killed after the history was written')
+  monkeypatch.setattr(run_config, 'write_config', killed)
+  with pytest.raises(RuntimeError, match='killed after'):
+    record.commit()
+  monkeypatch.undo()
+  for _ in range(2):   # the rerun, and a later resume that changes nothing more
+    workdir_lib.check_config_record(workdir, changed, 8, allow_change=True).commit()
+  history = [json.loads(line) for line in
+             open(os.path.join(workdir, workdir_lib.HISTORY_FILE)).read().splitlines()]
+  assert [h['changes'] for h in history] == [{'learning_rate': [0.2, 0.1]}]
+  assert workdir_lib.read_config(workdir).learning_rate == 0.1
 
 
 # --- gs:// ---------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Only process 0 writes; on other processes every method is a no-op. Each
 `write(step, scalars)` becomes one JSON line `{"step": step, **scalars}` and
 one TensorBoard scalar per key (tensorboardX's protos: no TensorFlow needed), both
 flushed before `write` returns, so a killed run loses no record it wrote. The workdir
-may be a URL (`gs://...`): both files are then written through `etils.epath`,
+may be a URL (`gs://...`): both files are then written through `paths.write_bytes`,
 each flush replacing the object whole (object stores cannot append).
 """
 import json
@@ -15,8 +15,8 @@ import time
 from typing import Dict, Optional
 
 from absl import logging
-from etils import epath
 
+from irevnet_jax.run import paths
 from irevnet_jax.run import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
@@ -25,18 +25,17 @@ _ABANDONED = set()   # workdirs (with a trailing /) whose files this process wri
 
 def read_jsonl(workdir) -> list:
   """All records of `<workdir>/metrics.jsonl` (an empty list when there is none)."""
-  path = epath.Path(workdir_lib.join(workdir_lib.resolve(workdir), METRICS_FILE))
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  text = paths.read_text(paths.join(paths.resolve(workdir), METRICS_FILE))
+  return [json.loads(line) for line in (text or '').splitlines() if line.strip()]
 
 
 class ObjectFile:
   """A file on an object store opened for appending: `write`s gather in memory and each
-  `flush` (and `close`) replaces the object with everything written so far."""
+  `flush` (and `close`) replaces the object with everything written so far
+  (`paths.write_bytes`: retried while the store fails transiently)."""
 
   def __init__(self, path: str, initial: bytes = b''):
-    self.path = epath.Path(path)
+    self.path = os.fspath(path)
     self._data = bytearray(initial)
     self._flushed = None
 
@@ -45,8 +44,8 @@ class ObjectFile:
 
   def flush(self):
     if self._flushed != len(self._data) and not any(
-        os.fspath(self.path).startswith(prefix) for prefix in _ABANDONED):
-      self.path.write_bytes(bytes(self._data))
+        self.path.startswith(prefix) for prefix in _ABANDONED):
+      paths.write_bytes(self.path, self._data)
       self._flushed = len(self._data)
 
   def close(self):
@@ -54,7 +53,7 @@ class ObjectFile:
 
 
 class _ObjectFileFactory:
-  """tensorboardX's writer factory for event files on object stores, through epath."""
+  """tensorboardX's writer factory for event files on object stores (`ObjectFile`)."""
 
   def open(self, path):
     return ObjectFile(path)
@@ -64,8 +63,8 @@ class _ObjectFileFactory:
 
 
 def _route_tensorboard(url: str):
-  """Makes tensorboardX write event files under `url`'s scheme through epath (its own
-  gs:// writer needs google-cloud-storage; epath is what Orbax and the rest use)."""
+  """Makes tensorboardX write event files under `url`'s scheme as `ObjectFile`s (its own
+  gs:// writer needs google-cloud-storage; gcsfs is what the run's other files use)."""
   from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
   record_writer.register_writer_factory(url.split('://', 1)[0], _ObjectFileFactory())
 

@@ -11,6 +11,13 @@ way. Local paths are unaffected.
 
 URLs are never made absolute; a file written locally is written atomically (a temporary
 file renamed), an object store replaces the object whole.
+
+A run's small files (config, metrics, TensorBoard events, records) are read, written and
+looked up here (`read_bytes`, `write_bytes`, `kind`, `list_names`): on an object store each
+is one request, which gcsfs retries while the store fails transiently (HTTP 408/429/5xx,
+dropped connections: 6 tries over ~30 s); should those run out, the call is tried again
+(`store_errors.retry`) and then ends in `StoreUnavailable`, one line, nothing half-written.
+A missing file is None / 'missing', never mistaken for a store error, nor one for it.
 """
 import functools
 import json
@@ -19,6 +26,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import List, Optional
 
 from etils import epath
 
@@ -142,13 +150,94 @@ def join(workdir, *names) -> str:
 
 
 def write_file(workdir: str, name: str, text: str):
-  """Writes `<workdir>/<name>`: atomically on a local disk (a temporary file renamed);
-  an object store replaces the object whole."""
-  if is_url(workdir):
-    epath.Path(join(workdir, name)).write_text(text)
+  """Writes `<workdir>/<name>` (`write_bytes`)."""
+  write_bytes(join(workdir, name), text.encode())
+
+
+def write_bytes(path: str, data: bytes):
+  """Replaces the file `path` with `data`: on a local disk atomically (a temporary file
+  renamed, folders made), on an object store in one upload (retried, module docstring)."""
+  path = os.fspath(path)
+  if is_url(path):
+    fs = filesystem(path)
+    store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, name)
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path + '.tmp', 'wb') as f:
+    f.write(data)
   os.replace(path + '.tmp', path)
+
+
+def read_bytes(path: str) -> Optional[bytes]:
+  """The content of the file `path`, or None when there is none (on an object store one
+  download, retried; module docstring)."""
+  path = os.fspath(path)
+  try:
+    if is_url(path):
+      fs = filesystem(path)
+      return store_errors.retry(lambda: fs.cat_file(path), f'Reading {path}')
+    with open(path, 'rb') as f:
+      return f.read()
+  except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+    return None
+
+
+def read_text(path: str) -> Optional[str]:
+  """`read_bytes` decoded as UTF-8 (None when there is no such file)."""
+  data = read_bytes(path)
+  return None if data is None else data.decode()
+
+
+def kind(path: str) -> str:
+  """'file', 'directory' (on an object store: a prefix with objects under it, or a bucket)
+  or 'missing'. A store that fails transiently is retried, then `StoreUnavailable`; never
+  'missing' for an unreachable store (fsspec's `isdir` says False for any OSError)."""
+  path = os.fspath(path)
+  if not is_url(path):
+    return ('directory' if os.path.isdir(path) else 'file' if os.path.exists(path)
+            else 'missing')
+  fs = filesystem(path)
+
+  def look():
+    try:
+      return 'directory' if fs.info(path)['type'] == 'directory' else 'file'
+    except FileNotFoundError:
+      return 'missing'
+  return store_errors.retry(look, f'Looking up {path}')
+
+
+def list_names(path: str) -> List[str]:
+  """The names of the files and folders directly in the folder `path` (none if missing),
+  as the store has them now (no cached listing); retried like `kind`."""
+  path = os.fspath(path)
+  if not is_url(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+  fs = filesystem(path)
+
+  def names():
+    try:
+      entries = fs.ls(path, detail=False, refresh=True)
+    except FileNotFoundError:
+      return []
+    return sorted({entry.rstrip('/').rsplit('/', 1)[-1] for entry in entries
+                   if entry.rstrip('/') != path.split('://', 1)[-1].rstrip('/')})
+  return store_errors.retry(names, f'Listing {path}')
+
+
+def files_under(path: str) -> List[str]:
+  """The paths, relative to the folder `path` ('/'-separated), of every file below it (none
+  if it is missing); a listing that fails is an error, never a shorter list (fsspec's
+  `walk` leaves out what it could not list). Retried like `kind`."""
+  path = os.fspath(path)
+  if not is_url(path):
+    def fail(error):
+      raise error
+    if not os.path.isdir(path):
+      return []
+    return sorted(os.path.relpath(os.path.join(root, name), path).replace(os.sep, '/')
+                  for root, _, names in os.walk(path, onerror=fail) for name in names)
+  fs = filesystem(path)
+  prefix = path.split('://', 1)[-1].rstrip('/') + '/'
+  return store_errors.retry(
+      lambda: sorted(key[len(prefix):] for key in fs.find(path, withdirs=False)
+                     if key.startswith(prefix)), f'Listing {path}')

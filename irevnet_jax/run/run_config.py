@@ -12,10 +12,9 @@ import datetime
 import json
 from typing import Dict, Optional, Tuple
 
-from etils import epath
 import ml_collections
 
-from irevnet_jax.run.paths import is_url, join, resolve, write_file
+from irevnet_jax.run.paths import join, read_text, resolve, write_file
 
 CONFIG_FILE = 'config.json'
 HISTORY_FILE = 'config_history.jsonl'
@@ -44,12 +43,13 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-  path = epath.Path(join(resolve(workdir), CONFIG_FILE))
-  if not path.exists():
+  path = join(resolve(workdir), CONFIG_FILE)
+  text = read_text(path)
+  if text is None:
     raise FileNotFoundError(f'No {CONFIG_FILE} in {workdir!r}: is it the workdir of a run '
                             f'(python -m experiments.main --workdir=...)?')
   try:
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    return ml_collections.ConfigDict(_tuples(json.loads(text)))
   except (ValueError, TypeError, AttributeError) as error:
     raise ValueError(f'{path} is not a valid config ({error}); restore it (earlier ones are '
                      f'in {HISTORY_FILE} if the config changed), or delete it and rerun '
@@ -75,6 +75,21 @@ def config_changes(old, new) -> Dict[str, Tuple[object, object]]:
           if old_flat[k] != new_flat[k] and k not in CHANGEABLE_FIELDS}
 
 
+def _is_last_record(history_text: str, record: dict) -> bool:
+  """Whether the history's last line is `record` but for its time: the same change,
+  written by a commit that stopped before it replaced config.json."""
+  lines = history_text.strip().splitlines()
+  try:
+    last = json.loads(lines[-1]) if lines else None
+  except ValueError:
+    return False
+  if not isinstance(last, dict):
+    return False
+  record = json.loads(json.dumps(record))    # as it reads back (lists, not tuples)
+  return ({k: v for k, v in last.items() if k != 'time'} ==
+          {k: v for k, v in record.items() if k != 'time'})
+
+
 class ConfigRecord:
   """What `check_config_record` decided: `commit()` writes it (primary process only)."""
 
@@ -88,14 +103,11 @@ class ConfigRecord:
     once."""
     if self.committed:
       return
-    if self._history is not None:
-      path = epath.Path(join(self.workdir, HISTORY_FILE))
-      line = json.dumps(self._history, sort_keys=True) + '\n'
-      if is_url(self.workdir):    # object stores cannot append: the object is replaced
-        path.write_text((path.read_text() if path.exists() else '') + line)
-      else:
-        with open(path, 'a') as f:
-          f.write(line)
+    if self._history is not None:   # rewritten whole: object stores cannot append
+      kept = read_text(join(self.workdir, HISTORY_FILE)) or ''
+      if not _is_last_record(kept, self._history):   # not yet there from a killed commit
+        write_file(self.workdir, HISTORY_FILE,
+                   kept + json.dumps(self._history, sort_keys=True) + '\n')
     write_config(self.workdir, self.config)
     self.committed = True
 
@@ -109,9 +121,12 @@ def check_config_record(workdir: str, config, resume_step: Optional[int],
   first saves, so a run that stops before leaves config.json as it was) puts the old
   config in config_history.jsonl (with the step and the changes) and replaces config.json.
   """
-  if resume_step is None or not epath.Path(join(workdir, CONFIG_FILE)).exists():
+  if resume_step is None:
     return ConfigRecord(workdir, config, resume_step, None)
-  old = read_config(workdir)
+  try:
+    old = read_config(workdir)
+  except FileNotFoundError:
+    return ConfigRecord(workdir, config, resume_step, None)
   changes = config_changes(old, config)
   if changes and not allow_change:
     listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in

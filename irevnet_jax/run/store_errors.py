@@ -17,6 +17,15 @@ TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_STATUS = ('UNAVAILABLE', 'DEADLINE_EXCEEDED', 'RESOURCE_EXHAUSTED', 'ABORTED',
                     'CANCELLED')
 CORRUPT_STATUS = ('DATA_LOSS', 'NOT_FOUND', 'OUT_OF_RANGE')
+# Dropped connections and timeouts as HTTP client libraries raise them (matched with the
+# error's base classes): a body cut short (urllib's `IncompleteRead`), requests' connection,
+# proxy (HTTP 502 in gcsfs) and timeout errors, urllib3's protocol errors.
+TRANSIENT_LIBRARY_ERRORS = frozenset({
+    ('http.client', 'IncompleteRead'),
+    ('requests.exceptions', 'ConnectionError'), ('requests.exceptions', 'Timeout'),
+    ('requests.exceptions', 'ChunkedEncodingError'),
+    ('urllib3.exceptions', 'ProtocolError'), ('urllib3.exceptions', 'TimeoutError'),
+})
 
 
 class StoreUnavailable(OSError):
@@ -46,12 +55,21 @@ def _http_code(error: BaseException):
   return None
 
 
+def _is_library_transient(error: BaseException) -> bool:
+  return any((cls.__module__, cls.__name__) in TRANSIENT_LIBRARY_ERRORS
+             for cls in type(error).__mro__)
+
+
 def is_transient(error: BaseException) -> bool:
   """True when `error` (or one it came from) says the store was unreachable, slow or busy:
-  a dropped or refused connection, a timeout, an HTTP 408/429/5xx, a TensorStore
-  UNAVAILABLE or DEADLINE_EXCEEDED. Retrying may succeed; the data is not in question."""
+  a dropped or refused connection, a body cut short, a timeout, an HTTP 408/429/5xx, a
+  TensorStore UNAVAILABLE or DEADLINE_EXCEEDED. Retrying may succeed; the data is not in
+  question. Not for `StoreUnavailable`: retries already ran out (a retry around calls that
+  retry would multiply the tries)."""
+  if isinstance(error, StoreUnavailable):
+    return False
   for link in chain(error):
-    if isinstance(link, (ConnectionError, TimeoutError)):
+    if isinstance(link, (ConnectionError, TimeoutError)) or _is_library_transient(link):
       return True
     if type(link).__module__.startswith('aiohttp') and not _http_code(link):
       return True     # aiohttp's ClientConnectionError, ServerDisconnectedError, ...

@@ -15,7 +15,9 @@ import os
 
 from etils import epath
 
-from irevnet_jax.run.paths import is_url, join, resolve, write_file
+from irevnet_jax.run import store_errors
+from irevnet_jax.run.paths import (files_under, is_url, join, kind, list_names, resolve,
+                                   write_file)
 from irevnet_jax.run.run_config import (CHANGEABLE_FIELDS, CONFIG_FILE, HISTORY_FILE,
                                         ConfigRecord, check_config_record, config_changes,
                                         read_config, write_config)
@@ -34,38 +36,42 @@ def check_workdir(workdir: str) -> str:
   """The resolved path of `workdir` (a URL or an absolute local path), created if missing;
   OSError naming the fix if it cannot be a run directory."""
   path = resolve(workdir)
-  node = epath.Path(path)
-  if node.exists() and not node.is_dir():
+  if kind(path) == 'file':
     raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory; pass a new '
                              f'or existing directory.')
+  if is_url(path):
+    return path        # object stores have no folders: the run's first object makes it
   try:
-    node.mkdir(parents=True, exist_ok=True)
+    os.makedirs(path, exist_ok=True)
   except OSError as error:
     raise OSError(f'Cannot create --workdir={workdir}: {error.strerror or error}.') from None
-  if not is_url(path) and not os.access(path, os.W_OK):
+  if not os.access(path, os.W_OK):
     raise PermissionError(f'--workdir={workdir} is not writable.')
   return path
 
 
 def state(workdir) -> str:
   """'missing', 'unused' (exists, holds nothing but lock files) or 'run'."""
-  node = epath.Path(resolve(workdir))
-  if not node.is_dir():
+  path = resolve(workdir)
+  if kind(path) != 'directory':
     return 'missing'
-  return 'run' if any(c.name not in OWNER_FILES for c in node.iterdir()) else 'unused'
+  return 'run' if any(name not in OWNER_FILES for name in list_names(path)) else 'unused'
 
 
 def clean_up_refused(workdir: str, before: str):
   """Undoes what a refused run made in `workdir` (`before`: its `state` then) if it wrote
   nothing but lock files and empty folders: a folder it created goes, a folder that was
   there keeps only what it held."""
-  node = epath.Path(workdir)
-  if before == 'run' or not node.is_dir():
+  if before == 'run' or kind(workdir) != 'directory' or any(
+      name.rsplit('/', 1)[-1] not in OWNER_FILES for name in files_under(workdir)):
     return
-  for _, _, files in node.walk():
-    if any(name not in OWNER_FILES for name in files):
-      return
-  if before == 'missing':
+  store_errors.retry(lambda: _remove(workdir, keep_folder=before == 'unused'),
+                     f'Removing what the refused run made in {workdir}')
+
+
+def _remove(workdir: str, keep_folder: bool):
+  node = epath.Path(workdir)
+  if not keep_folder:
     node.rmtree(missing_ok=True)
     return
   for child in node.iterdir():
