@@ -12,8 +12,9 @@ Each request draws, in arrival order, from one seeded random stream:
     killed     `arm_kill(pid, k)`: the k-th request from then on SIGKILLs process `pid`
                before it is forwarded (a run killed at a random point of its I/O)
 
-Forwarded requests keep their method, path, query, headers and body; answers are streamed
-back unchanged (compressed bodies stay compressed), with the emulator's URL in a
+Forwarded requests keep their method, path, query, headers and body (read whole first,
+so a delayed or reset request has fully arrived); answers are streamed back unchanged
+(compressed bodies stay compressed), with the emulator's URL in a
 resumable upload's `Location` rewritten to the proxy's. One answer is GCS's, not the
 emulator's: a resumable upload's final chunk sent again after its answer was lost (a late
 reset, then the client's retry) gets the upload's object again where fake-gcs-server, which
@@ -93,7 +94,10 @@ class FaultProxy:
       if self._kill is not None:
         self._kill[1] -= 1
         if self._kill[1] <= 0:
-          os.kill(self._kill[0], signal.SIGKILL)
+          try:
+            os.kill(self._kill[0], signal.SIGKILL)
+          except ProcessLookupError:
+            pass      # it ended by itself
           self._kill = None
           self.counts['killed'] += 1
           return 'kill', 0.0

@@ -22,10 +22,10 @@ from irevnet_jax.run import checkpoints, metrics, paths
 
 pytestmark = pytest.mark.fault_trial
 
-SEED = int(os.environ.get('FAULT_TRIAL_SEED', '27'))   # another seed: other faults, kills
+SEED = int(os.environ.get('FAULT_TRIAL_SEED', '53'))   # another seed: other faults, kills
 FAULTS = {'fail': 0.05, 'reset': 0.02, 'delay': 0.03}    # shares of all requests
 DELAY_SECONDS = (1.0, 3.0)
-KILLS = 4              # the first KILLS attempts are each killed at a random request ...
+KILLS = 5              # the first KILLS attempts are each killed at a random request ...
 KILL_REQUESTS = (1, 300)   # ... drawn from this range (a fresh tiny run makes ~390)
 LEASE_SECONDS = 6      # renewals every 1.5 s, with room for a retried one
 MAX_ATTEMPTS = 12
@@ -62,7 +62,7 @@ def faulty_gcs(monkeypatch):
   emulator.stop()
 
 
-def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_run, request):
+def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_run, capsys):
   proxy, bucket = faulty_gcs
   workdir = f'{bucket}/runs/faults'
   args = lib.flag_args() + [f'--workdir={workdir}']
@@ -94,10 +94,9 @@ def test_a_gs_run_through_faults_and_kills_ends_bit_identical(faulty_gcs, tiny_r
              f'requests: {counts.get("requests", 0)}, failed (503): {counts.get("failed", 0)}, '
              f'reset: {counts.get("reset", 0)}, delayed: {counts.get("delayed", 0)}, '
              f'forwarded: {counts.get("forwarded", 0)}')
-  report = request.config.pluginmanager.getplugin('terminalreporter')   # shown with -q too
-  for line in [f'fault trial (seed {SEED}): {summary}'] + [f'  {how}: {detail}'
-                                                          for how, detail in attempts]:
-    (report.write_line if report else print)(line)
+  with capsys.disabled():    # the figures show in every run of the trial, -q or not
+    print('\n'.join([f'\nfault trial (seed {SEED}): {summary}'] +
+                    [f'  {how}: {detail}' for how, detail in attempts]))
   assert attempts[-1][0] == 'finished', summary
   assert counts.get('killed', 0) >= 2 and counts.get('failed', 0) > 0, summary
   assert counts.get('reset', 0) > 0 and counts.get('delayed', 0) > 0, summary
