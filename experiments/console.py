@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import warnings
 
 from absl import logging as absl_logging
 
@@ -85,6 +86,10 @@ def quiet_library_logs():
   (`orbax_logs.REPORTED_FAILURES`) and Orbax's 'Event loop is closed' tracebacks after a
   failed restore. The commands' console policy: it replaces this process's exception
   hooks, which no module of irevnet_jax does."""
+  # A run that lost its lease ends without waiting for a save in flight; Orbax's coroutines of
+  # that save are then collected unawaited (a RuntimeWarning each, at exit).
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
   if REPORTED_FAILURES not in logging.getLogger('asyncio').filters:
     logging.getLogger('asyncio').addFilter(REPORTED_FAILURES)
   for handler in [absl_logging.get_absl_handler(), *logging.getLogger().handlers]:

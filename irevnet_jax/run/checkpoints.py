@@ -87,9 +87,21 @@ class Checkpointer:
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only, enable_async_checkpointing=use_async)
-    self._manager = store_errors.retry(self._open, f'Opening the checkpoints in {self.directory}')
+    self._manager = self._open_retried()
     self._pending = None    # the step of the latest save started
     self.bookkeeping = {}   # saved with the checkpoint the latest `restore` returned
+
+  def _open_retried(self):
+    """`_open`, retried while the store fails transiently, and once more when its listing
+    raises FileNotFoundError: gcsfs says so for a prefix whose last objects (a killed run's
+    uncommitted step, which Orbax cleans up) were deleted while it listed."""
+    what = f'Opening the checkpoints in {self.directory}'
+    try:
+      return store_errors.retry(self._open, what)
+    except FileNotFoundError:
+      if not paths.is_url(self.directory):
+        raise
+      return store_errors.retry(self._open, what)
 
   def _open(self):
     """The manager: the state through a PyTree handler that writes the caller's numpy arrays
@@ -189,7 +201,7 @@ class Checkpointer:
         self._manager, self.workdir, self.directory, target, step, move_corrupt)
     if moved:   # the manager lists the steps it has seen: open it again
       self._manager.close()
-      self._manager = store_errors.retry(self._open, f'Opening the checkpoints in {self.directory}')
+      self._manager = self._open_retried()
     return state, step
 
 
