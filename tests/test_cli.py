@@ -57,6 +57,7 @@ def test_bad_inputs_end_in_one_clear_line(tmp_path):
     assert len(error_lines) == 1 and expected in error_lines[0], (extra, output[-2000:])
 
 
+@pytest.mark.processes   # kills: a second step of .ci/run
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, '-c', 'import sys, time; from irevnet_jax.run import workdir; '
@@ -157,6 +158,7 @@ def test_a_failed_save_stops_the_run_with_one_line(tmp_path):
   assert 'step 24/24' not in output and 'Done' not in output    # stopped, not at the end
 
 
+@pytest.mark.processes   # signals to a running process: a second step of .ci/run
 @pytest.mark.parametrize('signal_name, exit_code', [('TERM', 143), ('INT', 130)])
 def test_a_signal_during_evaluation_stops_promptly_and_the_run_resumes(
     tmp_path, tiny_run, signal_name, exit_code):

@@ -14,6 +14,10 @@ from irevnet_jax.run import checkpoints, gcs_objects, paths, workdir_lock
 
 import train_testlib as lib
 
+# Several processes, kills and races: the second step of .ci/run (`-m processes`), off the
+# README's test command for time.
+pytestmark = pytest.mark.processes
+
 LEASE_HELPER = os.path.join(lib.REPO, 'tests', 'lease_helper.py')
 
 

@@ -9,6 +9,10 @@ from irevnet_jax.run import checkpoints, metrics
 from irevnet_jax import train
 import train_testlib as lib
 
+# Several processes, kills and races: the second step of .ci/run (`-m processes`), off the
+# README's test command for time.
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture
 def single_process(tiny_run):

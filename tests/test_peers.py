@@ -9,6 +9,10 @@ from irevnet_jax.run import store_errors, workdir as workdir_lib
 from irevnet_jax.train import peers
 import train_testlib as lib
 
+# Several processes, kills and races: the second step of .ci/run (`-m processes`), off the
+# README's test command for time.
+pytestmark = pytest.mark.processes
+
 PEER_TIMEOUT = 5   # seconds without a heartbeat after which a process counts as stopped
 C_ABORT = ('Check failure stack trace', 'Fatal Python error')
 

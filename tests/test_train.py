@@ -165,6 +165,7 @@ def _records(workdir):
   return lines, points
 
 
+@pytest.mark.processes   # a second step of .ci/run
 @pytest.mark.parametrize('store', ['local', 'gs'])
 def test_a_run_killed_during_a_save_records_what_an_uninterrupted_run_records(
     tmp_path, request, not_dividing_run, store):

@@ -111,6 +111,7 @@ def _two_processes(args):
         p.kill()
 
 
+@pytest.mark.processes   # a second step of .ci/run
 def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tiny_run, tmp_path):
   workdir = f'{gcs}/runs/tiny'
   go = tmp_path / 'go'
