@@ -56,16 +56,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv  # checked by cli.run
-  import irevnet_jax  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
   from irevnet_jax.analysis import outputs  # pylint: disable=g-import-not-at-top
-  from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
-  config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
-  logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
-  config = dataset_flag.apply(config)
-  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
-  with dataset_flag.flag_names():
-    source = evaluate_run.source_for(config)
+  config, variables, step, net, source = dataset_flag.load_run_for_analysis(FLAGS.workdir,
+                                                                         FLAGS.step)
   options = pipeline.Options(**{f.name: FLAGS[f.name].value
                                 for f in dataclasses.fields(pipeline.Options)})
   out_dir = outputs.default_dir(FLAGS.workdir, FLAGS.out_dir)

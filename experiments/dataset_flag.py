@@ -57,3 +57,23 @@ def apply(config, dtype=None, precision=None) -> ml_collections.ConfigDict:
   """A checked copy of the run's `config` with the --dataset.<field> values given."""
   from irevnet_jax.train import evaluate_run  # pylint: disable=g-import-not-at-top
   return evaluate_run.with_overrides(config, given(), dtype, precision)
+
+
+def load_run_for_analysis(workdir: str, step=None):
+  """(config, variables, step, net, source) of a run for `analyze` and `metamers`: its
+  checkpoint (`step`, default the latest), its config with the --dataset.<field> flags
+  applied, the float32 'highest' net the analyses compute with, and the data source."""
+  # pylint: disable=g-import-not-at-top
+  from absl import logging
+  import irevnet_jax
+  from irevnet_jax.analysis import pipeline
+  from irevnet_jax.run import checkpoints
+  from irevnet_jax.train import evaluate_run
+  # pylint: enable=g-import-not-at-top
+  config, variables, step = checkpoints.load_run(workdir, step)
+  logging.info('Loaded %s at step %d.', workdir, step)
+  config = apply(config)
+  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
+  with flag_names():
+    source = evaluate_run.source_for(config)
+  return config, variables, step, net, source

@@ -17,7 +17,6 @@ import json
 import os
 
 from absl import flags
-from absl import logging
 import numpy as np
 
 from experiments import cli
@@ -50,20 +49,13 @@ def _first_examples(batches, count):
 def main(argv):
   del argv  # checked by cli.run
   # pylint: disable=g-import-not-at-top
-  import irevnet_jax
   from irevnet_jax.analysis import metamer_pairs, outputs, pipeline, plots
   from irevnet_jax.data import input_pipeline
-  from irevnet_jax.run import checkpoints
-  from irevnet_jax.train import evaluate_run
   # pylint: enable=g-import-not-at-top
   if FLAGS.num_pairs < 1:
     raise ValueError(f'--num_pairs={FLAGS.num_pairs} must be >= 1, e.g. 8.')
-  config, variables, step = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
-  logging.info('Loaded %s at step %d.', FLAGS.workdir, step)
-  config = dataset_flag.apply(config)
-  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
-  with dataset_flag.flag_names():
-    source = evaluate_run.source_for(config)
+  config, variables, step, net, source = dataset_flag.load_run_for_analysis(FLAGS.workdir,
+                                                                         FLAGS.step)
   count = 4 * FLAGS.num_pairs
   x, labels = _first_examples(
       input_pipeline.normalized(source.eval_batches(min(count, 256), 0, 1), source), count)

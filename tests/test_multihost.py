@@ -24,14 +24,7 @@ def single_process(tiny_run):
 def _two_processes(workdir, script=None, extra=(), process_0_extra=(), timeout=300):
   """Runs both processes of a 2-process job to the end; returns [(returncode, output)].
   `process_0_extra`: flags for process 0 only."""
-  port = lib.free_port()
-  processes = [
-      lib.start(lib.flag_args() + [f'--workdir={workdir}',
-                                   f'--coordinator_address=localhost:{port}',
-                                   '--num_processes=2', f'--process_id={index}', *extra,
-                                   *(process_0_extra if index == 0 else ())],
-                num_devices=2, script=script)
-      for index in range(2)]
+  processes = lib.start_processes(workdir, extra, (process_0_extra, ()), script)
   try:
     return [lib.finish(p, timeout) for p in processes]
   finally:

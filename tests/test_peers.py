@@ -25,15 +25,8 @@ def short_peer_timeout(monkeypatch):
 def _run_two(workdir, extra=(), per_process=((), ()), script=None, timeout=180):
   """Runs both processes of a 2-process job to their end; returns [(returncode, output,
   seconds from the launch to its end)]."""
-  port = lib.free_port()
   started = time.monotonic()
-  processes = [
-      lib.start(lib.flag_args() + [f'--workdir={workdir}',
-                                   f'--coordinator_address=localhost:{port}',
-                                   '--num_processes=2', f'--process_id={index}', *extra,
-                                   *per_process[index]],
-                num_devices=2, script=script)
-      for index in range(2)]
+  processes = lib.start_processes(workdir, extra, per_process, script)
   results = [None, None]
 
   def wait(index):

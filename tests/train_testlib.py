@@ -76,6 +76,17 @@ def start(args, num_devices=4, script=None):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def start_processes(workdir, extra=(), per_process=((), ()), script=None):
+  """Starts the processes of one multi-process job on `workdir` (one per entry of
+  `per_process`, its own extra flags), 2 CPU devices each, with a fresh coordinator port."""
+  port = free_port()
+  return [start(flag_args() + [f'--workdir={workdir}', f'--coordinator_address=localhost:{port}',
+                               f'--num_processes={len(per_process)}', f'--process_id={index}',
+                               *extra, *own],
+                num_devices=2, script=script)
+          for index, own in enumerate(per_process)]
+
+
 def finish(process, timeout=240):
   """Waits for `process`; returns (returncode, output). Kills it on timeout."""
   try:
