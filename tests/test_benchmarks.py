@@ -3,6 +3,8 @@ models; no timing is asserted."""
 import argparse
 import os
 
+import pytest
+
 from benchmarks import common, gpu_suite, speed
 
 FAST = {'xla_backend_optimization_level': 0}   # compiles several times faster on CPU
@@ -37,6 +39,7 @@ def test_compile_only_rows_give_memory_against_depth():
   assert rows[0]['temp_x'] == rows[0]['act_x'] == 1.0 and rows[1]['temp_x'] > 1.0, rows
 
 
+@pytest.mark.processes   # a fresh process: a step of .ci/run of its own
 def test_a_side_of_trees_is_that_checkouts_speed_py_in_a_fresh_process(monkeypatch):
   monkeypatch.setenv('XLA_FLAGS', '--xla_backend_optimization_level=0')
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')

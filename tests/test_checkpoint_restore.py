@@ -149,6 +149,7 @@ def _flip_a_checksum(fs, step_dir):
   return first
 
 
+@pytest.mark.processes   # a corrupt checkpoint on the store: a step of .ci/run of its own
 def test_a_corrupt_gs_checkpoint_is_moved_aside_and_the_run_ends_bit_identical(
     gcs, tiny_run, caplog):
   workdir = f'{gcs}/copy'
@@ -178,6 +179,7 @@ class _Killed(BaseException):
   """Stands for the process dying at that point."""
 
 
+@pytest.mark.processes   # a move killed halfway: a step of .ci/run of its own
 def test_a_gs_move_killed_halfway_confuses_no_later_run(gcs, caplog):
   """Killed while copying: the rerun deletes the incomplete copy and moves the step again.
   Killed after the step was uncommitted: the rerun does not list it and deletes what is left."""

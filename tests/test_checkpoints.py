@@ -123,6 +123,7 @@ checkpointer.close()
 """
 
 
+@pytest.mark.processes   # a writer process beside the reader: a step of .ci/run of its own
 def test_readers_of_a_live_gs_run_see_its_newest_checkpoint(gcs):
   """gcsfs keeps each process's listings and Orbax its list of steps: a reader that has
   listed a run still sees the checkpoints a training process commits later."""

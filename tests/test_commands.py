@@ -88,6 +88,7 @@ def _records(workdir):
           for r in metrics.read_jsonl(str(workdir))]
 
 
+@pytest.mark.processes   # signals a running process: a step of .ci/run of its own
 def test_a_resumed_run_records_what_an_uninterrupted_run_records(tmp_path, tiny_run):
   """Item 5: SIGTERM between two train/* records, then SIGTERM during the final evaluation:
   the resumed run redoes that evaluation, and its first train/* record averages every step

@@ -69,6 +69,7 @@ def _run_in(cwd, args, env):
   return result, time.monotonic() - started
 
 
+@pytest.mark.processes   # store faults, a process a case: a step of .ci/run of its own
 @pytest.mark.parametrize('case', ['no_bucket', 'no_network', 'no_credentials'])
 def test_an_unusable_gs_workdir_is_one_line_within_30_s_creating_nothing(gcs, tmp_path, case):
   env = lib.env_with_devices(1)
@@ -98,6 +99,7 @@ def test_an_unusable_gs_workdir_is_one_line_within_30_s_creating_nothing(gcs, tm
   assert not epath.Path(f'{gcs}/runs/x').exists()                  # nor in the store
 
 
+@pytest.mark.processes   # a training process on the store: a step of .ci/run of its own
 def test_a_gs_console_shows_this_projects_lines_only(gcs, tmp_path):
   """The storage libraries' notes (gcsfs's bucket-type fallback, its experimental-features
   note, fsspec's read-ahead cache) stay off a gs:// run's console, as Orbax's do."""

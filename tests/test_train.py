@@ -118,6 +118,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   assert all(np.isfinite(a).all() for a in jax.tree_util.tree_leaves(variables))
 
 
+@pytest.mark.processes   # kills a running process: a step of .ci/run of its own
 @pytest.mark.parametrize('signal_name', ['KILL', 'TERM'])
 def test_interrupted_run_resumes_exactly(tmp_path, uninterrupted, signal_name):
   reference = uninterrupted[1].state
