@@ -54,11 +54,8 @@ class CheckpointUnreadable(RuntimeError):
 
 def short_error(error: BaseException, limit: int = 300) -> str:
   """`Type: message`, first line only and at most `limit` characters (Orbax and
-  TensorStore errors carry whole JSON specs)."""
-  text = str(error).strip().splitlines()[0] if str(error).strip() else ''
-  if len(text) > limit:
-    text = text[:limit] + '...'
-  return f'{type(error).__name__}: {text}'
+  TensorStore errors carry whole JSON specs): `store_errors.short`."""
+  return store_errors.short(error, limit)
 
 
 def _reason(error: BaseException) -> str:
