@@ -27,7 +27,6 @@ import json
 import os
 from typing import NamedTuple, Optional
 
-from etils import epath
 import numpy as np
 
 import irevnet_jax
@@ -58,17 +57,13 @@ class ExportResult(NamedTuple):
 def checkpoint_steps(workdir: str) -> list:
   """Steps of the checkpoints in `<workdir>/checkpoints` (Orbax names them by step); [] if
   none. `workdir`: a local path or a URL."""
-  directory = epath.Path(paths.join(paths.resolve(workdir), checkpoints.CHECKPOINT_DIR))
-  paths.refresh(directory)
-  if not directory.is_dir():
-    return []
-  return sorted(int(child.name) for child in directory.iterdir() if child.name.isdigit())
+  directory = paths.join(paths.resolve(workdir), checkpoints.CHECKPOINT_DIR)
+  return sorted(int(name) for name in paths.list_names(directory) if name.isdigit())
 
 
 def _check_new_run_dir(workdir: str):
   """OSError naming the fix when `workdir` cannot take an import; creates nothing."""
-  node = epath.Path(paths.resolve(workdir))
-  if node.exists() and not node.is_dir():
+  if paths.kind(paths.resolve(workdir)) == 'file':
     raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory; pass a new '
                              f'directory.')
   steps = checkpoint_steps(workdir)
@@ -150,10 +145,8 @@ def import_weights(weights_path: str, config, workdir: str,
 
 def read_import_record(workdir: str) -> Optional[dict]:
   """`<workdir>/imported_from.json`, or None for a run trained here."""
-  path = epath.Path(paths.join(paths.resolve(workdir), IMPORT_RECORD))
-  if not path.exists():
-    return None
-  return json.loads(path.read_text())
+  text = paths.read_text(paths.join(paths.resolve(workdir), IMPORT_RECORD))
+  return None if text is None else json.loads(text)
 
 
 def export_counters(workdir: str, step: int):
