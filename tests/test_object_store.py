@@ -26,6 +26,9 @@ def test_gs_run_io_takes_fsspec_whatever_is_installed(gcs, monkeypatch, tmp_path
   import importlib.util
   assert importlib.util.find_spec('tensorflow') is not None, 'the test extra installs TF'
   monkeypatch.delenv('EPATH_USE_TF', raising=False)
+  # Not a lease test: a lease long enough that a loaded machine's slow renewals do not end
+  # the in-process run (the gcs fixture's 3 s lost it once in CI's load).
+  monkeypatch.setenv('IREVNET_LEASE_SECONDS', '60')
   gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   assert paths.backend_of(f'{gcs}/x') is epath_backend.tf_backend   # etils' default here
 
@@ -119,6 +122,7 @@ def test_import_weights_and_analyze_take_a_gs_workdir(gcs, tmp_path, monkeypatch
   from authors_fixture import NPZ
   from irevnet_jax.interop import runs
   monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('IREVNET_LEASE_SECONDS', '60')    # not a lease test (see above)
   workdir = f'{gcs}/runs/imported'
   config = os.path.join(lib.REPO, 'tests', 'authors_tiny_config.py')
   import_args = [f'--config={config}', f'--weights={NPZ}', f'--workdir={workdir}']
