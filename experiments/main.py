@@ -8,12 +8,20 @@ resume with changed training fields is refused unless --allow_config_change.
 Multi-host: pass --coordinator_address, --num_processes and --process_id to
 every process, or --distributed to let JAX detect them (TPU pods, SLURM).
 If one process stops (killed, or an error), the others end within
-$IREVNET_PEER_TIMEOUT_SECONDS (default 60), each with one line naming it (if
-process 0 dies, JAX's client ends the others at once with its own fatal error).
+$IREVNET_PEER_TIMEOUT_SECONDS (default 60), each with one line naming it; if
+process 0 dies, the others end at once, each with one line naming process 0
+(each process runs as a child of experiments/supervisor.py, which turns JAX's
+C++ abort into that line; signals are forwarded, exit statuses passed through).
 Errors in your input end in one line (`--verbose` shows the traceback).
 """
 import os
 
+from experiments import supervisor
+
+if __name__ == '__main__':
+  supervisor.supervise_if_distributed()   # several processes: runs this in a child, no jax here
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 import jax

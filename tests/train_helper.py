@@ -27,6 +27,11 @@ import time
 
 sys.modules['tensorflow'] = None   # any `import tensorflow` now raises ImportError
 
+from experiments import supervisor
+
+if __name__ == '__main__':
+  supervisor.supervise_if_distributed()   # as experiments.main: the interruptions in the child
+
 from absl import flags
 from etils import epath
 import orbax.checkpoint as ocp
