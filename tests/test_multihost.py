@@ -62,12 +62,14 @@ def test_two_processes_interrupted_and_restarted_resume(tmp_path, single_process
                            extra=['--kill_at_step=12', '--wait_for_checkpoint=8'])
   assert all(code != 0 for code, _ in results), results
   assert max(steps()) == 8
-  # Restarted, then SIGTERM to process 0 only (while it prefetches the batch of step 9): JAX's
-  # preemption service makes both save at the same step after the restored one, and exit
-  # with 143.
-  results = _two_processes(workdir, script=lib.HELPER,
-                           process_0_extra=['--kill_at_step=9', '--kill_signal=TERM'])
+  # Restarted, then SIGTERM to process 0 only (while it prefetches the batch of step 9), sent
+  # to its supervisor (experiments/supervisor.py), which forwards it: JAX's preemption service
+  # makes both save at the same step after the restored one, and exit with 143.
+  results = _two_processes(workdir, script=lib.HELPER, process_0_extra=[
+      '--kill_at_step=9', '--kill_signal=TERM', '--signal_supervisor'])
   assert [code for code, _ in results] == [143, 143], results
+  for _, output in results:
+    assert 'WARNING: Stopped by SIGTERM: saved a checkpoint at step' in output, output[-3000:]
   assert 8 < max(steps()) < 24
   # Restarted again: it ends where an uninterrupted run ends.
   _assert_ok(_two_processes(workdir))

@@ -7,7 +7,8 @@ All flags of experiments.main work. When the training loop asks for the batch
 of step `kill_at_step` (steps done so far), the process waits until checkpoint
 `wait_for_checkpoint` is on disk, then sends itself `kill_signal` (KILL: dies
 at once; TERM: the runner saves after the current step and exits with 143).
-`--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
+`--signal_supervisor`: send it to the parent instead (experiments/supervisor.py of a
+multi-process run, which forwards it here). `--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
 its batch k instead. `--wait_for_file=PATH`: before interrupting, also wait until PATH
 exists (a test's signal that it has done what it needed while this run is alive).
 `--kill_during_save=S`: the commit of checkpoint S is held in Orbax's commit thread (its
@@ -43,6 +44,7 @@ from irevnet_jax.data import input_pipeline
 
 flags.DEFINE_integer('kill_at_step', -1, 'Interrupt when the batch of this step is requested.')
 flags.DEFINE_integer('wait_for_checkpoint', -1, 'Checkpoint step to wait for before that.')
+flags.DEFINE_bool('signal_supervisor', False, 'Send kill_signal to the supervising parent.')
 flags.DEFINE_integer('kill_at_eval_batch', -1, 'Interrupt when this eval batch is requested.')
 flags.DEFINE_string('wait_for_file', '', 'File to wait for before interrupting.')
 flags.DEFINE_enum('kill_signal', 'KILL', ['KILL', 'TERM', 'INT'], 'Signal to send to this process.')
@@ -67,7 +69,9 @@ def _interrupting(batches, start_step):
         if time.time() > deadline:
           break
         time.sleep(0.05)
-      os.kill(os.getpid(), getattr(signal, 'SIG' + FLAGS.kill_signal))
+      target = os.getppid() if FLAGS.signal_supervisor else os.getpid()
+      assert not FLAGS.signal_supervisor or os.environ.get(supervisor.CHILD_MARKER)
+      os.kill(target, getattr(signal, 'SIG' + FLAGS.kill_signal))
     yield batch
 
 
