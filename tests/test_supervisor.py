@@ -8,12 +8,14 @@ from experiments import supervisor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Process 1's stderr when process 0 (the coordinator) was SIGKILLed (jaxlib 0.10.2).
+# Process 1's stderr when process 0 (the coordinator) was SIGKILLed (jaxlib 0.10.2; shortened).
 COORDINATOR_GONE = b"""\
-E1206 07:29:33.187993   15696 preemption_sync_manager.cc:159] Failed to cancel preemption barrier: FAILED_PRECONDITION: Tried to cancel non-existent barrier PREEMPTION_SYNC_BARRIER.
-E1206 07:29:33.188064   15696 coordination_service_agent.cc:289] Polled an error from coordination service (this can be an error from this or another task).
-F1206 07:29:33.188069   15696 client.h:80] Terminating process because the JAX distributed service detected fatal errors. This most likely indicates that another task died; see the other task logs for more details. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task was preempted/died/restarted unexpectedly or this task is experiencing network issues.
-Additional GRPC error information from remote target coordination_service while calling /xla.coordination.CoordinationService/PollForError:
+E1206 07:29:33.187993   15696 preemption_sync_manager.cc:159] Failed to cancel preemption
+E1206 07:29:33.188064   15696 coordination_service_agent.cc:289] Polled an error from ...
+F1206 07:29:33.188069   15696 client.h:80] Terminating process because the JAX distributed \
+service detected fatal errors. ... absl::Status: UNAVAILABLE: Failed to send RPC to \
+coordination service. Either the leader task was preempted/died/restarted unexpectedly ...
+Additional GRPC error information from remote target coordination_service while calling ...
 :UNKNOWN:Error received from peer  {grpc_message:"Socket closed", grpc_status:14}
 *** Check failure stack trace: ***
     @     0x7fbcdf040634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
@@ -21,7 +23,9 @@ Fatal Python error: Aborted
 """
 # Process 0's stderr when JAX's own heartbeat found process 1 dead.
 TASK_GONE = b"""\
-F1206 07:29:45.138502   15944 client.h:80] Terminating process because the JAX distributed service detected fatal errors. absl::Status: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+F1206 07:29:45.138502   15944 client.h:80] Terminating process because the JAX distributed \
+service detected fatal errors. absl::Status: UNAVAILABLE: The following tasks are unhealthy \
+(stopped sending heartbeats):
 1
 The tasks have crashed. Check the task logs for an earlier error.
 *** Check failure stack trace: ***

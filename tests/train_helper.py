@@ -8,9 +8,10 @@ of step `kill_at_step` (steps done so far), the process waits until checkpoint
 `wait_for_checkpoint` is on disk, then sends itself `kill_signal` (KILL: dies
 at once; TERM: the runner saves after the current step and exits with 143).
 `--signal_supervisor`: send it to the parent instead (experiments/supervisor.py of a
-multi-process run, which forwards it here). `--kill_at_eval_batch=k` sends `kill_signal` when the first evaluation asks for
-its batch k instead. `--wait_for_file=PATH`: before interrupting, also wait until PATH
-exists (a test's signal that it has done what it needed while this run is alive).
+multi-process run, which forwards it here). `--kill_at_eval_batch=k` sends `kill_signal`
+when the first evaluation asks for its batch k instead. `--wait_for_file=PATH`: before
+interrupting, also wait until PATH exists (a test's signal that it has done what it needed
+while this run is alive).
 `--kill_during_save=S`: the commit of checkpoint S is held in Orbax's commit thread (its
 checksums are never written, so it never commits) and the process SIGKILLs itself when the
 loop starts its next save: the records logged after S started saving exist, S does not.

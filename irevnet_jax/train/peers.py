@@ -11,13 +11,14 @@
   line naming it and ends itself (exit status 1), instead of waiting in a collective until
   JAX's own heartbeat timeout aborts it with a C++ stack trace. A process that fails posts
   its error first, so the others end with the same line; process 0, which hosts JAX's
-  coordination service, ends last (the others abort at once when it goes).
+  coordination service, ends last (the others' JAX clients abort when it goes).
 - `timeout_seconds`: `$IREVNET_PEER_TIMEOUT_SECONDS` (default 60);
   `jax_heartbeat_timeout_seconds` keeps JAX's own detection later than ours.
 
-Nothing here does anything in a single process. JAX's client ends every other process at
-once (C++ fatal error, exit status 134) when process 0 itself dies: its only hook for that,
-`missed_heartbeat_callback`, cannot take a Python function in jaxlib 0.10.
+Nothing here does anything in a single process. When process 0 itself dies, JAX's client
+aborts every other process at once from C++ (its only hook, `missed_heartbeat_callback`,
+takes no Python function in jaxlib 0.10), before `Watch` can act; the commands'
+supervising parent (experiments/supervisor.py) shows that abort as one line naming process 0.
 """
 import atexit
 import builtins
