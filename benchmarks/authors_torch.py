@@ -71,7 +71,7 @@ def import_authors_class(repo: str):
 def build(irevnet_class, model: str, smoke: bool, device):
   """Their model with the released arguments (SMOKE's on top with smoke), channels_last."""
   kwargs = dict(MODELS[model], **(SMOKE[model] if smoke else {}), affineBN=True, mult=4)
-  with contextlib.redirect_stdout(io.StringIO()):   # their constructor prints banners
+  with device, contextlib.redirect_stdout(io.StringIO()):   # made there; their banners hidden
     net = irevnet_class(**kwargs)
   return net.to(device, memory_format=torch.channels_last).train(), kwargs
 
