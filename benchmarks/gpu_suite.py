@@ -105,7 +105,7 @@ def summary_lines(rows, smoke: bool, card: str = ''):
   lines = authors_lines(rows, prefix, card)
   measured = {_model(r) for r in rows if r['what'] == 'authors' and r.get('img_s')}
   train = [r for r in rows if r['what'] == 'train']
-  if card and ({_model(r) for r in train} - measured) & set(PYTORCH_ANCHORS):
+  if card and ({_model(r) for r in train if r.get('img_s')} - measured) & set(PYTORCH_ANCHORS):
     lines.append(f'{prefix}card: {card}; the PyTorch anchors below were measured on an H200')
   for row in train:
     model = _model(row)
@@ -171,7 +171,7 @@ def authors_lines(rows, prefix='', card=''):
       row = _fastest(rows, 'authors', model, mode)
       if row:
         lines.append(f'{prefix}{model} on {card or "this card"}, same run: ours {_said(ours)} = '
-                     f'{ours["img_s"] / row["img_s"]:.2f}x the authors\' {mode} {_said(row)}')
+                     f'{ours["img_s"] / row["img_s"]:.2f}x the authors\' {_said(row)}')
     if model == 'bijective_released':
       ratio = ours['img_s'] / theirs['img_s']
       verdict = 'met' if ratio >= TARGET_RATIO else 'NOT met'
