@@ -21,6 +21,7 @@ after each row (gpu.sh hands them to the GPU table, which prints the ratios).
 """
 import argparse
 import contextlib
+import gc
 import io
 import json
 import math
@@ -146,6 +147,7 @@ def train_row(irevnet_class, model, mode, batch, smoke, device, min_seconds):
     return dict(row, note='out of memory')
   finally:
     del step, net
+    gc.collect()   # then the cached blocks of this batch go back before the next one
     if device.type == 'cuda':
       torch.cuda.empty_cache()
   row.update(step_ms=1e3 * seconds, img_s=batch / seconds, note=f'loss {loss:.3f}')
