@@ -30,7 +30,8 @@
 # AUTHORS_REPO=<their checkout> bash benchmarks/gpu.sh --smoke` checks the logic.
 #
 # Usage, from the repository root:
-#   bash benchmarks/gpu.sh            # on the GPU machine
+#   bash benchmarks/gpu.sh            # on the GPU machine (+ the authors' rows if .authors/)
+#   AUTHORS_REPO=/path/to/pytorch-i-revnet bash benchmarks/gpu.sh
 #   bash benchmarks/gpu.sh --smoke    # the same logic on CPU with shrunken models (~5-10 min;
 #                                     # its numbers are no GPU result)
 # PYTHON=/path/to/python picks the interpreter (default python3). BUDGET_S overrides the
@@ -121,6 +122,6 @@ timeout -k 10 "$HARD_S" "$PY" -m benchmarks.speed --suite=gpu --budget_s="$BUDGE
   --max_batch="${MAX_BATCH:-4096}" --memory_gib="$MEM_GIB" --authors_rows="$AUTHORS_JSON"
 RC=$?
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then
-  echo "stopped at the 8-minute limit: the rows printed above as they finished stand; no table."
+  echo "stopped at the time limit: the rows printed above as they finished stand; no table."
 fi
 exit "$RC"
