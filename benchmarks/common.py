@@ -2,17 +2,15 @@
 way they build and time a train step: the one `experiments.main` compiles, compiled ahead
 of time so that compile seconds and XLA's memory analysis are known before a batch runs."""
 import dataclasses
-import gc
 import importlib
-import sys
 import time
-import traceback
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from benchmarks.tables import format_table, run_items  # noqa: F401  (common.*: jax-free)
 from irevnet_jax.baselines import presets as baseline_presets
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import compiler_options, presets
@@ -191,39 +189,6 @@ class TrainStep:
     return seconds, float(self.backend.to_host(metrics)['loss'])
 
 
-def run_items(items, make_rows, budget_s=float('inf'), guess_s=lambda item, costs: 0.0):
-  """The rows of `items` (kind, model, mode, ...) by `make_rows(item)`, printed as they come;
-  a failed item gets an error row, one whose `guess_s(item, {model: seconds of its last
-  item})` exceeds what is left of `budget_s` a skip row."""
-  began, rows, costs = time.perf_counter(), [], {}
-  for item in items:
-    label, needed = ' '.join(map(str, item)), guess_s(item, costs)
-    left = began + budget_s - time.perf_counter()
-    failed = {'what': item[0], 'model': item[1], 'mode': item[2] if item[0] == 'train' else None}
-    if left < needed:
-      rows.append(dict(failed, note=f'{label}: skipped, {left:.0f} s left, ~{needed:.0f} needed'))
-      print(f'[skip] {rows[-1]["note"]}', flush=True)
-      continue
-    started = time.perf_counter()
-    try:
-      new_rows = make_rows(item)
-    except Exception as e:  # noqa: BLE001  one failure must not lose the other rows
-      traceback.print_exc(file=sys.stdout)   # the whole story in the log; the row gets a line
-      message = (str(e).strip().splitlines() or [''])[0][:100]
-      new_rows = [dict(failed, note=f'{label}: error: {type(e).__name__}: {message}')]
-    gc.collect()   # free the last row's device buffers before the next row plans its memory
-    costs[item[1]] = time.perf_counter() - started
-    print(f'[{time.perf_counter() - began:4.0f} s] {label} '
-          f'({costs[item[1]]:.0f} s)', flush=True)
-    for row in new_rows:
-      print('    ' + ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
-                               for k, v in row.items()
-                               if k not in ('what', 'config_blocks') and v not in (None, '')),
-            flush=True)
-    rows += new_rows
-  return rows
-
-
 def device_memory_bytes(default_gib: Optional[float] = None) -> Optional[int]:
   """The allocator's limit on the first device, or `default_gib` where it reports none (CPU)."""
   stats = jax.devices()[0].memory_stats() or {}
@@ -238,22 +203,3 @@ def device_name() -> str:
 
 def is_out_of_memory(error: Exception) -> bool:
   return any(s in str(error) for s in ('RESOURCE_EXHAUSTED', 'Out of memory', 'out of memory'))
-
-
-def format_table(rows, columns, markdown: bool = False) -> str:
-  """rows: dicts; columns: (key, header, format spec); None prints '-'. Numbers right-
-  aligned, text (spec '') left; markdown=True pastes into benchmarks/RESULTS.md."""
-  cells = [[header for _, header, _ in columns]]
-  for row in rows:
-    cells.append(['-' if row.get(key) is None else format(row[key], spec) if spec
-                  else str(row[key]) for key, _, spec in columns])
-  widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-  out = [' | '.join(c.rjust(w) if spec else c.ljust(w)
-                    for c, w, (_, _, spec) in zip(r, widths, columns)) for r in cells]
-  if markdown:
-    out = [f'| {line} |' for line in out]
-    out.insert(1, '|' + '|'.join('-' * (w + 2) for w in widths) + '|')
-  else:
-    out = [line.rstrip() for line in out]
-    out.insert(1, '-+-'.join('-' * w for w in widths))
-  return '\n'.join(out)

@@ -1,13 +1,18 @@
 """The GPU table of benchmarks/gpu.sh: rows of `benchmarks.speed` and `.inversion` by
 importance until a time budget is spent; the table; the comparison with the authors'
-PyTorch code on an H200 and the 100-block compile goal.
+PyTorch code (their rows of the same run, from benchmarks/authors_torch.py's --json_out,
+else anchors measured on an H200 on another day) and the 100-block compile goal.
 
     python -m benchmarks.speed --suite=gpu --budget_s=390 --memory_gib=120
+    python -m benchmarks.speed --suite=gpu --authors_rows=/tmp/authors.json   # + their rows
     python -m benchmarks.speed --suite=gpu --smoke --memory_gib=0.25 --max_batch=32   # on CPU
 
 Inversion rows: dtype/prec. 'forward>inverse'; compile s: compile and run of forward +
 invert; note: ||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
 """
+import json
+import os
+
 import jax
 
 from benchmarks import common, inversion, speed
@@ -19,7 +24,7 @@ PYTORCH_ANCHORS = {   # model: (images/s, batch, what)
     'cifar10': (10190, 1024, 'eager bf16; torch.compile 12,614 after a 112 s compile'),
     'resnet50': (4677, 256, 'torchvision, eager bf16'),
 }
-TARGET_RATIO = 2.0        # issue 10: beat the authors' code by 2x
+TARGET_RATIO = 2.0        # issues 10, 29: bijective_released at 2x the authors' code
 COMPILE_GOAL_S = 60.0     # issue 10: the 100-block models compile in under a minute
 # Training's forward with the exact inverse; the exact net both ways; TF32-like float32.
 INVERSION_SETTINGS = ('bfloat16>float32/highest', 'float32/highest', 'float32/default')
@@ -50,10 +55,20 @@ def _guess_seconds(item, costs, smoke):
   return 10.0 if smoke else 60.0 if item[1].startswith(('bijective', 'injective')) else 30.0
 
 
+def load_authors_rows(path: str):
+  """The rows benchmarks/authors_torch.py wrote to `path` (what='authors'); [] where it
+  wrote none (their run failed or was stopped before its first row)."""
+  if not path or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)['rows']
+
+
 def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, cap=4096,
-              train_dtype='bfloat16', inversion_batch=8):
+              train_dtype='bfloat16', inversion_batch=8, authors_rows=''):
   """Runs `gpu_plan` until `budget_s` is spent (`common.run_items`), then prints the table
-  and `summary_lines`. Returns the rows."""
+  (with the authors' rows read from `authors_rows`, a path) and `summary_lines`. Returns
+  the rows."""
   limit = common.device_memory_bytes(memory_gib)
   if limit is None:
     raise ValueError('this device reports no memory limit; pass --memory_gib (e.g. 2 on CPU)')
@@ -76,6 +91,7 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
 
   rows = common.run_items(gpu_plan(smoke), make_rows, budget_s,
                          lambda item, costs: _guess_seconds(item, costs, smoke))
+  rows += load_authors_rows(authors_rows)
   print('\n' + common.format_table(rows, speed.COLUMNS, markdown=True) + '\n')
   for line in summary_lines(rows, smoke, jax.devices()[0].device_kind):
     print(line)
@@ -83,13 +99,17 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
 
 
 def summary_lines(rows, smoke: bool, card: str = ''):
-  """The comparison with the PyTorch anchors, the batch ratios and the 100-block goal."""
+  """Ours against the authors' rows of the same run (`authors_lines`), else against the
+  PyTorch anchors; the batch ratios and the 100-block goal."""
   prefix = 'SMOKE, not comparable: ' if smoke else ''
-  lines = [f'{prefix}card: {card}; the PyTorch anchors below were measured on an H200'] * bool(card)
+  lines = authors_lines(rows, prefix, card)
+  measured = {_model(r) for r in rows if r['what'] == 'authors' and r.get('img_s')}
   train = [r for r in rows if r['what'] == 'train']
+  if card and ({_model(r) for r in train if r.get('img_s')} - measured) & set(PYTORCH_ANCHORS):
+    lines.append(f'{prefix}card: {card}; the PyTorch anchors below were measured on an H200')
   for row in train:
-    model = row['model'].replace(' (smoke)', '')
-    if model in PYTORCH_ANCHORS and row.get('img_s'):
+    model = _model(row)
+    if model in PYTORCH_ANCHORS and model not in measured and row.get('img_s'):
       anchor, anchor_batch, how = PYTORCH_ANCHORS[model]
       lines.append(
           f'{prefix}{model} {row["setting"]} {row["mode"]} batch {row["batch"]}: '
@@ -115,3 +135,46 @@ def summary_lines(rows, smoke: bool, card: str = ''):
                   f'{worst["compile_s"]:.1f} s ({worst["model"]} {worst["mode"]} batch '
                   f'{worst["batch"]}, {worst["blocks"]} blocks) of {len(big)} rows; goal < '
                   f'{COMPILE_GOAL_S:.0f} s: {verdict}']
+
+
+def _model(row):
+  return row['model'].replace(' (smoke)', '')
+
+
+def _fastest(rows, what, model, mode=None):
+  """The row of `what` ('train' or 'authors') and `model` (and `mode`) with the most
+  images/s, or None."""
+  timed = [r for r in rows if r['what'] == what and _model(r) == model and r.get('img_s')
+           and mode in (None, r['mode'])]
+  return max(timed, key=lambda r: r['img_s']) if timed else None
+
+
+def _said(row):
+  return f'{row["img_s"]:,.0f} images/s ({row["mode"]}, batch {row["batch"]})'
+
+
+def authors_lines(rows, prefix='', card=''):
+  """Issue 29 item 1: the best of our rows against the best of the authors' rows of the
+  same run, per model (bijective_released against TARGET_RATIO), and against each of their
+  modes (eager, compile)."""
+  lines = []
+  for model in ('bijective_released', 'cifar10'):
+    theirs = _fastest(rows, 'authors', model)
+    if theirs is None:
+      continue
+    ours = _fastest(rows, 'train', model)
+    if ours is None:
+      lines.append(f'{prefix}{model}: no timed row of ours in this run (against the authors\' '
+                   f'{theirs["img_s"]:,.0f} images/s)')
+      continue
+    for mode in ('eager', 'compile'):
+      row = _fastest(rows, 'authors', model, mode)
+      if row:
+        lines.append(f'{prefix}{model} on {card or "this card"}, same run: ours {_said(ours)} = '
+                     f'{ours["img_s"] / row["img_s"]:.2f}x the authors\' {_said(row)}')
+    if model == 'bijective_released':
+      ratio = ours['img_s'] / theirs['img_s']
+      verdict = 'met' if ratio >= TARGET_RATIO else 'NOT met'
+      lines.append(f'{prefix}{model}: best of ours / best of theirs = {ratio:.2f}x; target '
+                   f'{TARGET_RATIO:.1f}x: {verdict}')
+  return lines

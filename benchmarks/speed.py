@@ -215,13 +215,14 @@ def main(argv=None):
   parser.add_argument('--cache_dir', default='', help='persistent compilation cache directory')
   parser.add_argument('--suite', default='', choices=['', 'gpu'], help='gpu: benchmarks/gpu.sh')
   parser.add_argument('--budget_s', type=float, default=420.0, help='--suite: no row after it')
+  parser.add_argument('--authors_rows', default='', help="--suite: authors_torch.py's JSON")
   parser.add_argument('--trees', default='', help='checkouts to compare, one process a side')
   parser.add_argument('--json', action='store_true', help='print the rows as one JSON line')
   args = parser.parse_args(argv)
   if args.suite:
     from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top  (imports speed)
     gpu_suite.run_suite(args.budget_s, args.smoke, args.memory_gib, args.min_seconds,
-                        args.max_batch)
+                        args.max_batch, authors_rows=args.authors_rows)
     return
   sides = [(model, dtype, mode) for model in args.models.split(',')
            for dtype in args.dtypes.split(',') for mode in args.modes.split(',')]

@@ -30,6 +30,30 @@ def test_train_row_times_the_runner_step_and_steps_down_to_a_batch_that_fits():
   assert '100-block models: no train row' in lines[-1], lines
 
 
+def test_the_authors_rows_of_the_same_run_replace_the_anchors_in_the_ratios():
+  ours = lambda model, mode, batch, img_s: {'what': 'train', 'model': model, 'mode': mode,
+                                            'setting': 'bfloat16/default', 'batch': batch,
+                                            'img_s': img_s}
+  theirs = lambda model, mode, batch, img_s: dict(ours(model, mode, batch, img_s), what='authors')
+  rows = [ours('bijective_released', 'autodiff', 256, 3000.0),
+          ours('bijective_released', 'autodiff', 1024, 3500.0),
+          theirs('bijective_released', 'eager', 512, 1600.0),
+          theirs('bijective_released', 'eager', 768, 1750.0),
+          ours('cifar10', 'autodiff', 1024, 30000.0),
+          theirs('cifar10', 'eager', 1024, 10000.0), theirs('cifar10', 'compile', 1024, 12000.0),
+          ours('resnet50', 'autodiff', 256, 6000.0)]
+  lines = gpu_suite.summary_lines(rows, smoke=False, card='H200')
+  text = '\n'.join(lines)
+  assert ('3,500 images/s (autodiff, batch 1024) = 2.00x the authors\' 1,750 images/s (eager, '
+          'batch 768)') in text, text
+  assert 'best of ours / best of theirs = 2.00x; target 2.0x: met' in text, text
+  assert '= 3.00x the authors\' 10,000' in text and '= 2.50x the authors\' 12,000' in text, text
+  anchored = [l for l in lines if 'PyTorch\'s' in l]   # anchors only for resnet50 here
+  assert len(anchored) == 1 and anchored[0].startswith('resnet50'), lines
+  rows[1]['img_s'] = 3400.0
+  assert 'target 2.0x: NOT met' in '\n'.join(gpu_suite.summary_lines(rows, smoke=False))
+
+
 def test_compile_only_rows_give_memory_against_depth():
   rows = speed.add_depth_ratios([speed.train_row(
       'cifar10', 'autodiff', 4, train_dtype='float32', smoke=True, blocks=(depth,) * 3,
