@@ -88,10 +88,11 @@ def command(module: str, *args: str):
 
 
 def _run_as_main(module: str):
-  """What `if __name__ == '__main__': cli.run(main, ...)` of `module` does."""
+  """What the last `if __name__ == '__main__': cli.run(main, ...)` of `module` does (an
+  earlier one, as in experiments/main.py, hands several processes to the supervisor)."""
   source = sys.modules[module]
   text = open(source.__file__).read()
-  call = text[text.index("if __name__ == '__main__':"):].split(':', 1)[1].strip()
+  call = text[text.rindex("if __name__ == '__main__':"):].split(':', 1)[1].strip()
   assert call.startswith('cli.run(main'), (module, call)
   app._run_init.done = False   # pylint: disable=protected-access  (parse this argv afresh)
   app._register_and_parse_flags_with_usage.done = False   # pylint: disable=protected-access
