@@ -34,6 +34,9 @@
 #   AUTHORS_REPO=/path/to/pytorch-i-revnet bash benchmarks/gpu.sh
 #   bash benchmarks/gpu.sh --smoke    # the same logic on CPU with shrunken models (~5-10 min;
 #                                     # its numbers are no GPU result)
+#   bash benchmarks/gpu.sh --options  # instead of the table: the step's options against the
+#                                     # baseline of the same run (benchmarks/gpu_options.py:
+#                                     # block scans, CUDA graphs), 9 minutes at most
 # PYTHON=/path/to/python picks the interpreter (default python3). BUDGET_S overrides the
 # time budget of the rows (seconds).
 #
@@ -51,7 +54,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
 SMOKE=0
+OPTIONS=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; fi
+if [ "${1:-}" = "--options" ]; then OPTIONS=1; fi
 PY="${PYTHON:-python3}"
 AUTHORS="${AUTHORS_REPO:-}"
 if [ -z "$AUTHORS" ] && [ -f .authors/models/iRevNet.py ]; then AUTHORS=.authors; fi
@@ -90,6 +95,11 @@ print(f'python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxli
       f'flax {flax.__version__}, optax {optax.__version__}')
 print('devices:', jax.devices())
 EOF
+
+if [ "$OPTIONS" = 1 ]; then
+  timeout -k 10 540 "$PY" -m benchmarks.gpu_options --timeout_s=120
+  exit $?
+fi
 
 if [ -n "$AUTHORS" ]; then
   # Theirs first, in a process of its own that ends before ours starts (the card's memory

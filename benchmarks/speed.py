@@ -28,6 +28,7 @@ fresh process (a loaded machine slows every side alike), with its peak RSS. --mi
 times exactly 3 steps (after 3): the losses compare. --cache_dir: a persistent cache.
 """
 import argparse
+import ast
 import dataclasses
 import json
 import math
@@ -98,8 +99,10 @@ _LAST_COMPILE = {}   # row key -> numbers of its last compile: the probe of a la
 def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
               limit_bytes=None, cap=4096, min_seconds=2.0, blocks=None, parallel='pmap',
               compiler_options=None, real_data=False, feed=False, input_size=0,
-              block_scan='', compile_only=False):
+              block_scan='', compile_only=False, model_fields=None):
   """One row (a dict, see COLUMNS), or None if `model` has no `mode`.
+
+  model_fields: {field: value} set in the config's `model` (e.g. {'block_scan': 'unroll:4'}).
 
   batch: an integer, or 'max' for the largest that fits in `limit_bytes` (up to `cap`);
   an integer that XLA plans to need more than `limit_bytes` for is lowered to fit.
@@ -113,8 +116,10 @@ def train_row(model: str, mode: str, batch, *, train_dtype='auto', smoke=False,
     config.model.input_shape = (input_size, input_size, config.model.input_shape[-1])
   if block_scan:
     config.model.block_scan = block_scan
+  config.model.update(model_fields or {})
   step = common.TrainStep(config, compiler_options=compiler_options)
-  key = (model, mode, step.train_dtype, smoke, blocks, parallel, input_size, block_scan)
+  key = (model, mode, step.train_dtype, smoke, blocks, parallel, input_size, block_scan,
+         tuple(sorted((model_fields or {}).items())))
   notes, estimate = [], None
   if batch == 'max':
     if limit_bytes is None:
@@ -181,6 +186,21 @@ def tree_rows(tree, model, dtype, mode, args):
   return [{'model': model, 'mode': mode, 'note': f'error: {error}'}]
 
 
+def parse_fields(assignments):
+  """['a=1', 'b=rolled'] -> {'a': 1, 'b': 'rolled'}: each value a Python literal, else a
+  string."""
+  fields = {}
+  for assignment in assignments:
+    name, sep, text = assignment.partition('=')
+    if not sep:
+      raise SystemExit(f'--model_field={assignment!r}: expected FIELD=VALUE')
+    try:
+      fields[name] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      fields[name] = text
+  return fields
+
+
 def add_depth_ratios(rows):
   """Adds each row's temp (and temp-grads) bytes as a multiple of the first row of the same
   model, setting and mode: memory against depth. Returns the rows."""
@@ -211,7 +231,11 @@ def main(argv=None):
   parser.add_argument('--real_data', action='store_true', help="the config's own data set")
   parser.add_argument('--feed', action='store_true', help='a new prefetched batch per step')
   parser.add_argument('--input', type=int, default=0, help='input x input images (0: config)')
-  parser.add_argument('--block_scan', default='', help="model.block_scan: auto|unrolled|rolled")
+  parser.add_argument('--block_scan', default='',
+                      help="model.block_scan: auto|unrolled|rolled|unroll:<k>")
+  parser.add_argument('--model_field', action='append', default=[],
+                      help='FIELD=VALUE set in the config\'s model (a Python literal, else a '
+                           'string); repeatable')
   parser.add_argument('--cache_dir', default='', help='persistent compilation cache directory')
   parser.add_argument('--suite', default='', choices=['', 'gpu'], help='gpu: benchmarks/gpu.sh')
   parser.add_argument('--budget_s', type=float, default=420.0, help='--suite: no row after it')
@@ -252,7 +276,8 @@ def main(argv=None):
           limit_bytes=limit and int(limit * SAFETY), cap=args.max_batch,
           min_seconds=args.min_seconds, blocks=blocks(item[4]), parallel=args.parallel,
           real_data=args.real_data, feed=args.feed, input_size=args.input,
-          block_scan=args.block_scan, compile_only=args.compile_only)] if r])
+          block_scan=args.block_scan, compile_only=args.compile_only,
+          model_fields=parse_fields(args.model_field))] if r])
   best = {}   # the fastest of the repeats
   for row in rows:
     key = (row['model'], row.get('setting'), row['mode'], row.get('blocks'))

@@ -124,3 +124,32 @@ def test_auto_block_scan_is_decided_for_the_platform_it_is_lowered_for():
   assert _exported_whiles('auto', ('cpu', 'cuda'), 'invert') == 1
   assert _exported_whiles('auto', ('cuda',), 'grad') == 2      # the forward's and the backward's
   assert _exported_whiles('auto', ('cpu',), 'grad') == _exported_whiles('unrolled', ('cpu',), 'grad')
+
+
+def test_partly_unrolled_block_scan_loops_fewer_times_with_the_same_numbers():
+  """block_scan='unroll:2' on a stage scanning 4 alike blocks: for cuda one while loop whose
+  body runs two blocks' F (rolled: one); on this CPU the same inversion as 'rolled',
+  bit for bit. A malformed value is refused naming the form."""
+  def net(block_scan):
+    c = presets.base()
+    c.input_shape, c.blocks, c.strides, c.widths = (8, 8, 3), (1, 5), (1, 2), (8, 32)
+    c.num_classes, c.block_scan = 5, block_scan
+    return irevnet_jax.build(c)
+
+  rolled, unrolled = net('rolled'), net('unroll:2')
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, *rolled.input_shape))
+  variables = rolled.init(jax.random.PRNGKey(0), x)
+  z = jax.random.normal(jax.random.PRNGKey(2), (2, *rolled.z_shape))
+  assert (rolled.invert(variables, z) == unrolled.invert(variables, z)).all()
+
+  def while_loops_and_block_calls(model):
+    spec = jax.ShapeDtypeStruct(z.shape, jnp.float32)
+    text = jax.export.export(jax.jit(model.invert), platforms=('cuda',))(variables, spec)
+    text = text.mlir_module()
+    return text.count('stablehlo.while'), text.count('call @closed_call(')   # a block's F
+
+  (loops, calls), (loops_2, calls_2) = map(while_loops_and_block_calls, (rolled, unrolled))
+  assert loops == loops_2 == 1
+  assert (calls, calls_2) == (1, 2)   # the loop's body runs one F, then two
+  with pytest.raises(ValueError, match=r"'unroll:<k>'"):
+    net('unroll:one')

@@ -27,7 +27,7 @@ from typing import Tuple
 import ml_collections
 
 from irevnet_jax.model import validation
-from irevnet_jax.model.validation import BLOCK_SCANS, DTYPES, PRECISIONS
+from irevnet_jax.model.validation import DTYPES, PRECISIONS
 
 ARCHS = ('resnet', 'revnet')
 STEMS = ('imagenet', 'small')
@@ -172,7 +172,7 @@ def layout(config) -> BaselineArch:
   hint = (" (reversible backprop needs invertible units: use arch='revnet')"
           if kind == 'resnet' else '')
   validation.check_choice(config, 'backprop', BACKPROP_MODES[kind], f' for arch={kind!r}{hint}')
-  block_scan = validation.check_choice(config, 'block_scan', BLOCK_SCANS)
+  block_scan = validation.block_scan(config)
 
   arch = BaselineArch(
       kind=kind, input_shape=(h, w, c), num_classes=int(config.num_classes), stem=config.stem,

@@ -39,7 +39,8 @@ def base() -> ml_collections.ConfigDict:
   c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
   # How each stage's scan over its alike blocks compiles: 'auto' unrolls it on CPU
   # (XLA:CPU runs convolution gradients in a loop ~12x slower) and keeps it rolled
-  # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it.
+  # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it;
+  # 'unroll:<k>' runs k blocks per loop iteration.
   c.block_scan = 'auto'
   return c
 
@@ -146,7 +147,7 @@ def layout(config) -> Architecture:
   validation.check_choice(config, 'precision', PRECISIONS,
                           "; 'highest' is needed for exact inversion in float32")
   validation.check_choice(config, 'backprop', BACKPROP_MODES)
-  block_scan = validation.check_choice(config, 'block_scan', BLOCK_SCANS)
+  block_scan = validation.block_scan(config)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
     raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 

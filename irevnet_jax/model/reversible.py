@@ -34,8 +34,9 @@ from irevnet_jax.model.layout import BlockSpec
 
 
 def scan_unroll(block_scan: str):
-  """`lax.scan`'s `unroll` for 'unrolled' (True) or 'rolled' (1). 'auto' is unrolled in a
-  program lowered for CPU and rolled for GPU/TPU (`_scan` decides it per platform).
+  """`lax.scan`'s `unroll` for 'unrolled' (True), 'rolled' (1) or 'unroll:<k>' (k blocks per
+  loop iteration). 'auto' is unrolled in a program lowered for CPU and rolled for GPU/TPU
+  (`_scan` decides it per platform).
 
   XLA's CPU backend runs convolution gradients inside a while loop far slower
   than straight-line code (inside the loop it keeps the transposed kernel's
@@ -46,6 +47,8 @@ def scan_unroll(block_scan: str):
   memory on CPU when compiled with `compiler_options.for_platform('cpu')`, which
   keeps their optimization barriers.
   """
+  if block_scan.startswith('unroll:'):
+    return int(block_scan.split(':', 1)[1])
   return True if block_scan == 'unrolled' else 1
 
 

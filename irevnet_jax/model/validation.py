@@ -8,7 +8,8 @@ from typing import Optional, Sequence, Tuple
 
 PRECISIONS = ('default', 'high', 'highest')
 DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
-# How a stage's scan over alike blocks is compiled (`reversible.scan_unroll`).
+# How a stage's scan over alike blocks is compiled (`reversible.scan_unroll`); also
+# 'unroll:<k>', k >= 2: k blocks per loop iteration.
 BLOCK_SCANS = ('auto', 'unrolled', 'rolled')
 # Fields that configs written before they existed lack, with the value they then had.
 OPTIONAL_FIELDS = {'block_scan': 'auto'}
@@ -49,6 +50,18 @@ def check_choice(config, field: str, choices: Sequence[str], hint: str = '') -> 
   value = get(config, field)
   if value not in choices:
     raise ValueError(f'model.{field}={value!r} is not one of {tuple(choices)}{hint}.')
+  return value
+
+
+def block_scan(config) -> str:
+  """model.block_scan: one of BLOCK_SCANS, or 'unroll:<k>' with an integer k >= 2."""
+  value = get(config, 'block_scan')
+  if value in BLOCK_SCANS:
+    return value
+  k = value.split(':', 1)[1] if isinstance(value, str) and value.startswith('unroll:') else ''
+  if not (k.isdigit() and int(k) >= 2):
+    raise ValueError(f"model.block_scan={value!r} is not one of {BLOCK_SCANS} or 'unroll:<k>' "
+                     "(k >= 2 blocks per loop iteration, e.g. 'unroll:4').")
   return value
 
 
