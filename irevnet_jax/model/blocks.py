@@ -33,6 +33,14 @@ def param_dtype(dtype: str):
   return jnp.float64 if dtype == 'float64' else jnp.float32
 
 
+def stream_dtype(arch):
+  """dtype of the coupling streams of `arch` (an `Architecture`): bfloat16 where it computes
+  in bfloat16 and asks for bfloat16 streams, its parameter dtype otherwise."""
+  if arch.dtype == 'bfloat16' and arch.stream_dtype == 'bfloat16':
+    return jnp.bfloat16
+  return param_dtype(arch.dtype)
+
+
 def centred_padding(kernel_size: int):
   """Explicit padding of a k x k convolution: Flax's 'SAME' pads stride-2 convs asymmetrically."""
   p = kernel_size // 2

@@ -45,6 +45,7 @@ class Architecture:
   num_classes: int
   backprop: str
   block_scan: str = 'auto'
+  stream_dtype: str = 'float32'   # 'bfloat16': bfloat16 streams where dtype is bfloat16
   invertible = True
 
   @property

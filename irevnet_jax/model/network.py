@@ -102,22 +102,23 @@ class IRevNet(nn.Module):
   def __call__(self, x, train: bool = False):
     """x (N, H, W, C) -> (logits (N, num_classes), z (N, H', W', C')).
 
-    logits are float32 (float64 in a float64 model) whatever F computes in.
+    logits are float32 (float64 in a float64 model) whatever F computes in; z has the
+    coupling streams' dtype (`blocks.stream_dtype`: float32 unless model.stream_dtype asks
+    for bfloat16 in a bfloat16 model).
     """
     validation.check_array_shape(x, self.arch.input_shape, 'x', self.arch.input_shape)
-    stream = blocks.param_dtype(self.arch.dtype)
-    pair = ops.split(ops.psi(jnp.asarray(x, stream), self.arch.init_ds))
+    pair = ops.split(ops.psi(jnp.asarray(x, blocks.stream_dtype(self.arch)), self.arch.init_ds))
     for stage in self.stages:
       pair = stage(pair, train)
     z = ops.merge(*pair)
     h = nn.relu(self.head_norm(z, use_running_average=not train))
     logits = self.classifier(jnp.mean(h, axis=(1, 2)))
-    return logits.astype(stream), z
+    return logits.astype(blocks.param_dtype(self.arch.dtype)), z
 
   def invert(self, z, train: bool = False):
     """z (N, H', W', C') -> x (N, H, W, C). Exact up to float rounding."""
     validation.check_array_shape(z, self.arch.z_shape, 'z', self.arch.input_shape)
-    pair = ops.split(jnp.asarray(z, blocks.param_dtype(self.arch.dtype)))
+    pair = ops.split(jnp.asarray(z, blocks.stream_dtype(self.arch)))
     for stage in reversed(self.stages):
       pair = stage.inverse(pair, train)
     return ops.psi_inverse(ops.merge(*pair), self.arch.init_ds)

@@ -31,6 +31,10 @@ def base() -> ml_collections.ConfigDict:
   c.bottleneck_mult = 4           # F's hidden width = width // bottleneck_mult
   c.dropout_rate = 0.0
   c.dtype = 'float32'             # compute dtype of F and the head; coupling streams stay float32
+  # 'bfloat16': the coupling streams too are bfloat16 where the model computes in bfloat16
+  # (training with train_dtype bfloat16); half the stream bytes, at a cost in gradient and
+  # reconstruction accuracy (benchmarks/RESULTS.md). A float32 model streams in float32.
+  c.stream_dtype = 'float32'
   # Precision of F's convolutions, the same in forward and inverse. 'highest'
   # keeps float32 convolutions in true float32: on GPUs the default is
   # TF32-like, and a network run that way inverts with ~3e-4 relative error
@@ -148,6 +152,7 @@ def layout(config) -> Architecture:
                           "; 'highest' is needed for exact inversion in float32")
   validation.check_choice(config, 'backprop', BACKPROP_MODES)
   block_scan = validation.block_scan(config)
+  stream_dtype = validation.check_choice(config, 'stream_dtype', validation.STREAM_DTYPES)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
     raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 
@@ -193,4 +198,4 @@ def layout(config) -> Architecture:
       input_shape=(h, w, c), init_ds=ds, stages=tuple(stages), kernel_sizes=kernels,
       bottleneck_mult=mult, dropout_rate=float(config.dropout_rate), dtype=config.dtype,
       precision=config.precision, num_classes=int(config.num_classes),
-      backprop=config.backprop, block_scan=block_scan)
+      backprop=config.backprop, block_scan=block_scan, stream_dtype=stream_dtype)

@@ -11,8 +11,10 @@ DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
 # How a stage's scan over alike blocks is compiled (`reversible.scan_unroll`); also
 # 'unroll:<k>', k >= 2: k blocks per loop iteration.
 BLOCK_SCANS = ('auto', 'unrolled', 'rolled')
+# Dtype of the coupling streams (`blocks.stream_dtype`).
+STREAM_DTYPES = ('float32', 'bfloat16')
 # Fields that configs written before they existed lack, with the value they then had.
-OPTIONAL_FIELDS = {'block_scan': 'auto'}
+OPTIONAL_FIELDS = {'block_scan': 'auto', 'stream_dtype': 'float32'}
 
 
 def int_tuple(config, field: str, length: Optional[int] = None) -> Tuple[int, ...]:
