@@ -2,11 +2,14 @@
 import json
 import math
 import os
+import shutil
 import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
@@ -226,3 +229,50 @@ def test_imagenet_config_runs_on_synthetic_data(tmp_path):
   assert [r['step'] for r in records if 'train/loss' in r] == [1, 2]
   assert all(math.isfinite(r['train/loss']) for r in records if 'train/loss' in r)
   assert records[-1]['eval/inversion_rel_error'] < 1e-5
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_momentum_restarts_at_each_epoch_start(nesterov):
+  """restart_momentum_each_epoch: the update at each epoch's first step is a fresh SGD's
+  first update from the same parameters and gradients (the trace zeroed, the rate's count
+  kept); every other update is plain SGD's; the state tree is plain SGD's (checkpoints
+  restore either way)."""
+  config = lib.make_config(momentum=0.9, nesterov=nesterov, weight_decay=1e-3,
+                           warmup_epochs=1.0, lr_boundaries=(2.0,), lr_decay_factor=0.5,
+                           restart_momentum_each_epoch=True)
+  starts = optimizer.epoch_starts(total_steps=8, steps_per_epoch=2.4)
+  assert starts == (2, 5, 7)     # round(2.4 e)
+  # warm-up over steps 0-1, halved from step 5 on: the count must survive the restarts
+  schedule, restarting = optimizer.schedule_and_optimizer(config, 8, steps_per_epoch=2.4)
+  plain = optimizer.make_optimizer(config, schedule)
+  keys = iter(jax.random.split(jax.random.PRNGKey(0), 20))
+  params = {'w': jax.random.normal(next(keys), (3, 4)), 'b': jax.random.normal(next(keys), (4,))}
+  state = restarting.init(params)
+  assert (jax.tree_util.tree_structure(state) ==
+          jax.tree_util.tree_structure(plain.init(params)))
+  update, plain_update = jax.jit(restarting.update), jax.jit(plain.update)
+  for step in range(8):
+    grads = jax.tree_util.tree_map(lambda p: jax.random.normal(next(keys), p.shape), params)
+    if step in starts:   # what a new SGD, created for this epoch, does
+      reference = optax.tree_utils.tree_set(plain.init(params), count=jnp.int32(step))
+    else:
+      reference = state
+    expected, expected_state = plain_update(grads, reference, params)
+    updates, state = update(grads, state, params)
+    lib.assert_trees_close(updates, expected, rtol=0, atol=0)
+    lib.assert_trees_close(state, expected_state, rtol=0, atol=0)
+    params = optax.apply_updates(params, updates)
+
+
+def test_momentum_restarts_resume_exactly_across_an_epoch_start(tmp_path):
+  """restart_momentum_each_epoch: a run resumed at step 4 restarts at step 6 as the
+  uninterrupted run does (2.8 steps an epoch: restarts at 3 and 6) and ends equal to it."""
+  config = lib.make_config(batch_size=512, num_train_steps=8, checkpoint_every_steps=4,
+                           log_every_steps=4, eval_inversion_examples=0,
+                           restart_momentum_each_epoch=True)
+  whole = train.train_and_evaluate(config, str(tmp_path / 'whole'))
+  shutil.copytree(tmp_path / 'whole', tmp_path / 'resumed')
+  shutil.rmtree(tmp_path / 'resumed' / 'checkpoints' / '8')
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed.step == 8
+  lib.assert_trees_close(resumed.state, whole.state, rtol=0, atol=0)

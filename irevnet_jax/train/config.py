@@ -45,6 +45,9 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.warmup_epochs = 0.0            # linear warm-up from ~0 to learning_rate
   c.momentum = 0.9
   c.nesterov = False
+  c.restart_momentum_each_epoch = False  # True: the momentum starts afresh at each
+                                   # epoch's first step, as in the authors' CIFAR script (a
+                                   # new SGD every epoch); docs/training.md
   c.weight_decay = 1e-4            # L2 on all parameters, as in the paper
 
   c.train_dtype = 'auto'           # compute dtype of training: 'auto' = bfloat16 on GPU/TPU,
@@ -113,6 +116,9 @@ def check_config(config):
   if config.momentum >= 1:
     _fail(f'momentum={config.momentum} must be in [0, 1), e.g. 0.9.')
   _finite_number(config, 'weight_decay', 0, example=', e.g. 1e-4')
+  if not isinstance(config.restart_momentum_each_epoch, bool):
+    _fail(f'restart_momentum_each_epoch={config.restart_momentum_each_epoch!r} must be True '
+          f'or False.')
   _finite_number(config, 'warmup_epochs', 0, example=', e.g. 1.0')
   _finite_number(config, 'lr_decay_factor', 0, low_inclusive=False, example=', e.g. 0.1')
   if not isinstance(config.seed, int) or not 0 <= config.seed < 2**31:

@@ -45,8 +45,7 @@ def build_program(config, num_train_examples: int, normalization: steps.Normaliz
   if train_net.invertible:
     exact_net = irevnet_jax.build(config_lib.exact_model_config(config.model))
   total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
-  schedule = optimizer.learning_rate_schedule(config, total_steps, steps_per_epoch)
-  tx = optimizer.make_optimizer(config, schedule)
+  schedule, tx = optimizer.schedule_and_optimizer(config, total_steps, steps_per_epoch)
   backend = parallel.make_backend(config.parallel, devices)
   common = {'normalize': normalization, 'ordered': bool(config.ordered_reductions)}
   train_step = backend.compile(
