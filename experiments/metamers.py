@@ -13,7 +13,6 @@ and prints one summary line. `experiments.analyze` writes the same as its sectio
 Only the first 4 x num_pairs eval examples are read. --dataset.<field> as in
 experiments.analyze. Errors end in one line (--verbose: traceback).
 """
-import json
 import os
 
 from absl import flags
@@ -49,7 +48,7 @@ def _first_examples(batches, count):
 def main(argv):
   del argv  # checked by cli.run
   # pylint: disable=g-import-not-at-top
-  from irevnet_jax.analysis import metamer_pairs, outputs, pipeline, plots
+  from irevnet_jax.analysis import metamer_pairs, outputs, pipeline, plots, report
   from irevnet_jax.data import input_pipeline
   # pylint: enable=g-import-not-at-top
   if FLAGS.num_pairs < 1:
@@ -70,8 +69,7 @@ def main(argv):
       raise ValueError(f'{result["skipped"]} Use a run with at least two classes in its '
                        f'first {count} eval examples.')
     result['run'] = {'workdir': FLAGS.workdir, 'step': step, 'dataset': config.dataset.name}
-    with open(os.path.join(local, 'metamers.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    report.write_json(result, os.path.join(local, 'metamers.json'))
   print(metamer_pairs.summary_line(result))
   print(f'Wrote metamers.png and metamers.json to {out_dir}.')
 

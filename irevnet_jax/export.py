@@ -99,20 +99,15 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
       call="weights = dict(np.load('weights.npz')); "
            "fn = jax.export.deserialize(open('<name>.jax_export', 'rb').read()); "
            "fn.call(weights, array)")
+  from irevnet_jax.run import paths  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
   for name, data in serialized.items():
-    _write_whole(os.path.join(directory, name), lambda f, data=data: f.write(data))
-  _write_whole(os.path.join(directory, WEIGHTS_FILE), lambda f: np.savez(f, **weights))
-  _write_whole(os.path.join(directory, MANIFEST_FILE),
-               lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+    paths.write_local(os.path.join(directory, name), lambda f, data=data: f.write(data))
+  paths.write_local(os.path.join(directory, WEIGHTS_FILE), lambda f: np.savez(f, **weights))
+  paths.write_local(os.path.join(directory, MANIFEST_FILE),
+                    lambda f: f.write(json.dumps(manifest, indent=2).encode()))
   return manifest
 
-
-def _write_whole(path: str, write):
-  """`write(binary file)` into `path + '.tmp'`, then renamed to `path`."""
-  with open(path + '.tmp', 'wb') as f:
-    write(f)
-  os.replace(path + '.tmp', path)
 
 
 def _describe(aval) -> str:

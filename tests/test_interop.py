@@ -293,6 +293,25 @@ class TestClearErrors:
       authors.save_state_dict(tmp_path / 'export.h5', state_dict)
     assert os.listdir(tmp_path) == []
 
+  def test_a_write_that_fails_midway_leaves_the_earlier_file(self, tmp_path, state_dict,
+                                                             monkeypatch):
+    """experiments.export_weights' file appears whole or not at all: a serializer that
+    fails after writing part leaves the earlier export as it was and no temporary file."""
+    path = tmp_path / 'export.npz'
+    authors.save_state_dict(path, state_dict)
+    before = path.read_bytes()
+
+    def savez_then_fail(file, **arrays):
+      file.write(b'PK\x03\x04 half an archive')
+      raise OSError('No space left on device')
+    monkeypatch.setattr(np, 'savez', savez_then_fail)
+    with pytest.raises(OSError, match='No space left'):
+      authors.save_state_dict(path, {k: np.asarray(v) + 1 for k, v in state_dict.items()})
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ['export.npz']
+    with pytest.raises(OSError, match='No space left'):
+      authors.save_state_dict(tmp_path / 'new.npz', state_dict)
+    assert os.listdir(tmp_path) == ['export.npz']
+
 
 def test_released_config_in_shapes_only(tmp_path):
   """presets.bijective_released() <-> the released file's layout, without allocating weights."""

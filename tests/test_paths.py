@@ -141,3 +141,16 @@ def test_local_writes_are_atomic_and_reads_of_missing_files_none(tmp_path):
   assert paths.files_under(str(tmp_path)) == ['new/folder/file.json']
   assert paths.list_names(str(tmp_path / 'new')) == ['folder']
   assert paths.files_under(str(tmp_path / 'none')) == [] == paths.list_names(path + 'x')
+
+
+def test_a_local_write_that_fails_midway_changes_nothing(tmp_path):
+  path = str(tmp_path / 'report.json')
+  paths.write_bytes(path, b'old')
+
+  def half_then_fail(f):
+    f.write(b'{"half": ')
+    raise RuntimeError('serializer failed')
+  for target in (path, str(tmp_path / 'new.png')):
+    with pytest.raises(RuntimeError, match='serializer failed'):
+      paths.write_local(target, half_then_fail)
+  assert paths.read_text(path) == 'old' and os.listdir(tmp_path) == ['report.json']

@@ -25,8 +25,6 @@ def local_dir(out_dir: str):
   paths.use_fsspec_for_urls()
   with tempfile.TemporaryDirectory(prefix='irevnet_analysis_') as tmp:
     yield tmp
-    target = epath.Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    for name in sorted(os.listdir(tmp)):
-      with open(os.path.join(tmp, name), 'rb') as f:
-        target.joinpath(name).write_bytes(f.read())
+    epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(tmp)):   # each object replaced whole, uploads retried
+      paths.write_bytes(paths.join(out_dir, name), paths.read_bytes(os.path.join(tmp, name)))

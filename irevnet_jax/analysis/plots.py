@@ -14,6 +14,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from irevnet_jax.run import paths  # noqa: E402
+
 DPI = 100
 TILE_IN = 0.8          # inches per image tile
 LABEL_IN = 1.6         # left margin for row labels
@@ -82,9 +84,7 @@ def image_grid(rows: Sequence[np.ndarray], labels: Sequence[str], path: str, tit
       ax.set_yticks([])
       if j == 0:
         ax.set_ylabel(label, rotation=0, ha='right', va='center', fontsize=8)
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def reconstruction_grid(x, x_hat, path: str, rel_error: float,
@@ -165,9 +165,7 @@ def depth_plot(names: List[str], blocks: List[int], linear: List[float], nn1: Li
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def pca_plot(curve: dict, path: str, depth_name: str) -> str:
@@ -193,9 +191,7 @@ def pca_plot(curve: dict, path: str, depth_name: str) -> str:
     ax.grid(alpha=0.3)
   ax1.legend(fontsize=8, loc='lower right')
   fig.tight_layout()
-  fig.savefig(path, dpi=DPI)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def read_png_size(path: str):
@@ -203,3 +199,11 @@ def read_png_size(path: str):
   image = plt.imread(path)
   return image.shape[:2]
 
+
+def _save(fig, path: str) -> str:
+  """Writes `fig` as a PNG to `path`, whole or not at all (`paths.write_local`), and closes it."""
+  try:
+    paths.write_local(path, lambda f: fig.savefig(f, format='png', dpi=DPI))
+  finally:
+    plt.close(fig)
+  return path

@@ -3,6 +3,8 @@ import json
 import math
 import os
 
+from irevnet_jax.run import paths
+
 
 def _finite(value):
   """JSON has no inf/nan: write them as strings."""
@@ -16,8 +18,8 @@ def _finite(value):
 
 
 def write_json(report: dict, path: str) -> str:
-  with open(path, 'w') as f:
-    json.dump(_finite(report), f, indent=2)
+  """Writes `report` as JSON (inf / nan as strings), whole or not at all."""
+  paths.write_bytes(path, json.dumps(_finite(report), indent=2).encode())
   return path
 
 
@@ -112,8 +114,7 @@ def _metamers(meta: dict, plots: dict) -> list:
 
 
 def write_markdown(report: dict, path: str) -> str:
-  with open(path, 'w') as f:
-    f.write(markdown(report))
+  paths.write_bytes(path, markdown(report).encode())
   return path
 
 

@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from irevnet_jax.interop import pickled_classes
+from irevnet_jax.run import paths
 
 TORCH_EXTRA = "pip install -e '.[torch]'"
 NPZ_SNIPPET = (
@@ -167,18 +168,6 @@ def _as_arrays(state_dict) -> 'collections.OrderedDict[str, np.ndarray]':
   return arrays
 
 
-def _write_atomically(path, write):
-  """Writes through `<path>.tmp`, renamed when complete: no half-written file at `path`."""
-  temporary = path + '.tmp'
-  try:
-    with open(temporary, 'wb') as f:
-      write(f)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-
-
 def authors_checkpoint(torch, arrays, epoch=0, best_prec1=0.0, arch='irevnet') -> dict:
   """The checkpoint dict the authors' ImageNet script saves and `--resume`s from.
 
@@ -212,11 +201,11 @@ def save_state_dict(path, state_dict: Mapping, *, epoch: int = 0, best_prec1: fl
                      "(the authors' checkpoint dict) or .pth / .pt (a bare state dict).")
   arrays = _as_arrays(state_dict)
   if path.endswith('.npz'):
-    _write_atomically(path, lambda f: np.savez(f, **arrays))
+    paths.write_local(path, lambda f: np.savez(f, **arrays))
     return
   torch = _import_torch(path, reading=False)
   if path.endswith('.pth.tar'):
     obj = authors_checkpoint(torch, arrays, epoch, best_prec1)
   else:
     obj = collections.OrderedDict((k, torch.from_numpy(np.array(v))) for k, v in arrays.items())
-  _write_atomically(path, lambda f: torch.save(obj, f))
+  paths.write_local(path, lambda f: torch.save(obj, f))

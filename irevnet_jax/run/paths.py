@@ -26,7 +26,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import List, Optional
+from typing import BinaryIO, Callable, List, Optional
 
 from etils import epath
 
@@ -163,9 +163,21 @@ def write_bytes(path: str, data: bytes):
     store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
     return
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.tmp', path)
+  write_local(path, lambda f: f.write(data))
+
+
+def write_local(path: str, write: Callable[[BinaryIO], object]):
+  """Replaces the local file `path` with what `write(binary file)` writes, atomically: into
+  `<path>.tmp` in the same folder, renamed when complete; if `write` raises, the temporary
+  file is removed and `path` is as it was (a command's output appears whole or not at all)."""
+  temporary = os.fspath(path) + '.tmp'
+  try:
+    with open(temporary, 'wb') as f:
+      write(f)
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def read_bytes(path: str) -> Optional[bytes]:
