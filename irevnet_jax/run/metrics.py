@@ -139,9 +139,7 @@ class MetricWriter:
     else:
       os.makedirs(workdir, exist_ok=True)
       if not append:
-        with open(self._path + '.tmp', 'w') as f:
-          f.write(text)
-        os.replace(self._path + '.tmp', self._path)
+        paths.write_bytes(self._path, text.encode())
       self._file = open(self._path, 'a')
     self._tb = _EventFile(workdir_lib.join(workdir, 'tensorboard'),
                           purge_step=None if append else int(resume_step) + 1)
