@@ -1,8 +1,11 @@
 """The benchmarks' logic (what benchmarks/gpu.sh and the RESULTS.md commands run) on tiny
 models; no timing is asserted."""
 import argparse
+import math
 import os
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from benchmarks import common, gpu_suite, speed
@@ -73,3 +76,21 @@ def test_a_side_of_trees_is_that_checkouts_speed_py_in_a_fresh_process(monkeypat
   [row] = speed.tree_rows(repo, 'cifar10', 'float32', 'reversible', args)
   assert row['note'] == '' and row['batch'] == 4 and row['setting'] == 'float32/default', row
   assert row['temp_gib'] > 0 and row['rss_gib'] > 0 and row['loss'] > 0, row
+
+
+def test_recipe_differences_count_epochs_as_the_runner_and_the_authors_do():
+  from benchmarks import recipe_differences
+  cifar = {row['config']: row for row in recipe_differences.schedule_table()}['cifar10']
+  first_here, first_theirs = round(60 * 50_000 / 128), 60 * math.ceil(50_000 / 128)
+  assert cifar['phase starts here / theirs (offset)'].startswith(
+      f'{first_here} / {first_theirs} ({first_here - first_theirs:+d})'), cifar
+  # one (H, W) per BatchNorm layer of the model: as many as its variables hold
+  import irevnet_jax
+  from irevnet_jax.model import presets
+  model = presets.cifar10()
+  shapes = jax.eval_shape(irevnet_jax.build(model).init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  layers = sum(v.shape[0] if v.ndim == 2 else 1
+               for path, v in jax.tree_util.tree_flatten_with_path(shapes['batch_stats'])[0]
+               if path[-1].key == 'var')
+  assert len(recipe_differences._bn_inputs(presets.layout(model))) == layers == 162
