@@ -13,7 +13,8 @@
   next k updates with and without the restart: || sum of the k updates' difference || /
   || sum of the k updates without restart ||.
 - `restart_cost`: one jitted SGD update of the cifar10 model's 6.3M parameters with and
-  without the restart (its 200 epoch starts compared with the count), sides alternating.
+  without the restart (its 200 epoch starts compared with the count): XLA's bytes and flops,
+  and the fastest time, sides alternating.
 - `bn_variance`: PyTorch updates BN's running variance with the unbiased batch variance
   (n / (n - 1), n = examples per device x H x W of the layer), Flax and this port with the
   biased one; in the steady state the running variances differ by 1 / (n - 1). Per recipe:
@@ -130,9 +131,10 @@ def momentum_table(epochs=(1, 10, 20), ks=(1, 3, 10, None)):
   return rows
 
 
-def restart_cost_table(repeats=20):
-  """Seconds of one jitted SGD update (+ apply) of the cifar10 model's parameters, with and
-  without `restart_momentum_each_epoch` (200 epoch starts), sides alternating."""
+def restart_cost_table(repeats=50):
+  """One jitted SGD update (+ apply) of the cifar10 model's parameters, with and without
+  `restart_momentum_each_epoch` (200 epoch starts): XLA's cost analysis of the compiled
+  update (bytes accessed, flops) and the fastest of `repeats` runs, sides alternating."""
   config = cifar10.get_config()
   net = irevnet_jax.build(config.model)
   params = jax.jit(net.init)(jax.random.PRNGKey(0),
@@ -144,23 +146,28 @@ def restart_cost_table(repeats=20):
            'restart each epoch': optimizer.make_optimizer(
                config, schedule, optimizer.epoch_starts(total, per_epoch))}
   grads = jax.tree_util.tree_map(lambda p: jnp.full_like(p, 1e-3), params)
-  steps, times = {}, {name: [] for name in sides}
+  compiled, states, times = {}, {}, {name: [] for name in sides}
   for name, tx in sides.items():
     def step(params, state, tx=tx):
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
-    steps[name] = (jax.jit(step, donate_argnums=(0, 1)), tx.init(params))
-  states = {name: (jax.tree_util.tree_map(jnp.copy, params), s)
-            for name, (_, s) in steps.items()}
-  for _ in range(repeats + 1):
-    for name, (fn, _) in steps.items():
+    states[name] = (params, tx.init(params))
+    compiled[name] = jax.jit(step).lower(*states[name]).compile()
+  for _ in range(repeats):
+    for name, fn in compiled.items():
       start = time.perf_counter()
       states[name] = jax.block_until_ready(fn(*states[name]))
       times[name].append(time.perf_counter() - start)
-  count = sum(p.size for p in jax.tree_util.tree_leaves(params))
-  return [{'optimizer': name, 'parameters': f'{count:,}',
-           'ms per update (median)': f'{1e3 * np.median(t[1:]):.2f}'}
-          for name, t in times.items()]
+  rows = []
+  for name, fn in compiled.items():
+    cost = fn.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    rows.append({'optimizer': name,
+                 'parameters': f'{sum(p.size for p in jax.tree_util.tree_leaves(params)):,}',
+                 'MB accessed (XLA)': f'{cost["bytes accessed"] / 2**20:.1f}',
+                 'Mflop (XLA)': f'{cost["flops"] / 1e6:.1f}',
+                 'ms per update (fastest)': f'{1e3 * min(times[name]):.2f}'})
+  return rows
 
 
 def _bn_inputs(arch):
