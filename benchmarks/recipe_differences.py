@@ -1,6 +1,6 @@
 """How far this port's training is from the authors' recipes, one table per known difference.
 
-    python -m benchmarks.recipe_differences                       # all tables, ~2 min on 2 CPU cores
+    python -m benchmarks.recipe_differences                       # all tables, ~4 min on 2 CPU cores
     python -m benchmarks.recipe_differences --tables=schedule,bn_variance
 
 - `schedule`: the configs count an epoch as N / B steps of full batches; the authors'
