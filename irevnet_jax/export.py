@@ -109,7 +109,6 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
   return manifest
 
 
-
 def _describe(aval) -> str:
   return f'{aval.dtype}[{", ".join(str(d) for d in aval.shape)}]'
 
