@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
 
 from irevnet_jax import train
-from irevnet_jax.train import optimizer, parallel
+from irevnet_jax.train import config as config_lib, evaluate_run, optimizer, parallel
+from experiments.configs import digits
 import in_process
 import tensorboard_events
 import train_testlib as lib
@@ -276,3 +278,16 @@ def test_momentum_restarts_resume_exactly_across_an_epoch_start(tmp_path):
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed.step == 8
   lib.assert_trees_close(resumed.state, whole.state, rtol=0, atol=0)
+
+
+def test_an_older_runs_config_without_the_fields_added_since_still_evaluates():
+  """A config.json written before `restart_momentum_each_epoch` existed is checked as the
+  run trained (the field False); a field that was always there, missing, is still refused."""
+  old = digits.get_config().to_dict()
+  for field in config_lib.ADDED_FIELDS:
+    del old[field]
+  config = evaluate_run.with_overrides(ml_collections.ConfigDict(old))
+  assert config.restart_momentum_each_epoch is False
+  del old['seed']
+  with pytest.raises(ValueError, match="missing field.*'seed'"):
+    evaluate_run.with_overrides(ml_collections.ConfigDict(old))

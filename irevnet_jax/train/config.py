@@ -75,6 +75,18 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 CONFIG_FIELDS = frozenset(base_config(ml_collections.ConfigDict()).keys())
+# Fields that the config.json of runs written before they existed lacks, with the value that
+# those runs trained with (`with_added_fields`).
+ADDED_FIELDS = {'restart_momentum_each_epoch': False}
+
+
+def with_added_fields(config) -> ml_collections.ConfigDict:
+  """A copy of a run's `config` with the ADDED_FIELDS it lacks (an older run's config.json)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for field, value in ADDED_FIELDS.items():
+    if field not in config:
+      config[field] = value
+  return config
 
 
 def _fail(message):

@@ -50,8 +50,9 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
                    precision: Optional[str] = None) -> ml_collections.ConfigDict:
   """A copy of the run's `config` with dataset fields (None values skipped), train_dtype
   and train_precision replaced, checked like a training config. Synthetic images get the
-  model's num_classes unless dataset.num_classes says otherwise."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  model's num_classes unless dataset.num_classes says otherwise. An older run's config
+  gets the fields added since (`config.ADDED_FIELDS`)."""
+  config = config_lib.with_added_fields(config)
   for field, value in (dataset or {}).items():
     if value is not None:
       config.dataset[field] = value
