@@ -39,6 +39,8 @@ import numpy as np
 
 import irevnet_jax
 
+from irevnet_jax.errors import UserError
+
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 FUNCTIONS = ('forward', 'invert')
 WEIGHTS_FILE = 'weights.npz'
@@ -64,8 +66,8 @@ def export_net(net, variables, platforms: Sequence[str] = PLATFORMS
   platforms = tuple(platforms)
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown or not platforms:
-    raise ValueError(f'platforms={platforms}: choose from {PLATFORMS}, e.g. '
-                     f'platforms=("cpu", "cuda").')
+    raise UserError(f'platforms={platforms}: choose from {PLATFORMS}, e.g. '
+                    f'platforms=("cpu", "cuda").')
   batch, = jax_export.symbolic_shape('b')
   weights = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                    flat_weights(variables))
@@ -125,8 +127,8 @@ def export_run(workdir: str, directory: str, step: Optional[int] = None,
   Returns the manifest."""
   from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(directory, MANIFEST_FILE)) and not overwrite:
-    raise FileExistsError(f'{directory} already holds an export: choose another --output '
-                          f'or pass --overwrite.')
+    raise UserError(f'{directory} already holds an export: choose another --output '
+                    f'or pass --overwrite.')
   config, variables, step = checkpoints.load_run(workdir, step)
   net = irevnet_jax.build(config.model).exact()
   artifacts = export_net(net, variables, platforms)

@@ -13,6 +13,7 @@ import pytest
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 
 from irevnet_jax import train
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import state as state_lib
 import train_testlib as lib
 
@@ -140,7 +141,7 @@ def test_infinite_batch_norm_statistics_stop_the_run_without_being_saved(tmp_pat
 
   monkeypatch.setattr(state_lib, 'create_state', with_infinite_variance)
   config = lib.make_config(num_train_steps=4, log_every_steps=1, checkpoint_every_steps=1)
-  with pytest.raises(FloatingPointError, match=r"Non-finite values in the state \("
+  with pytest.raises(UserError, match=r"Non-finite values in the state \("
                      r"batch_stats/head_norm/var\) at step 1; stopping, no checkpoint was saved"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps()

@@ -10,6 +10,7 @@ import pytest
 
 import irevnet_jax
 from irevnet_jax import baselines, export
+from irevnet_jax.errors import UserError
 
 # The consumer: jax and numpy only; irevnet_jax, flax and ml_collections cannot be imported.
 from irevnet_jax.run import checkpoints
@@ -70,7 +71,7 @@ def test_the_manifest_says_what_was_exported(exported):
 
 def test_an_export_is_not_overwritten_and_platforms_are_checked(exported, tmp_path):
   workdir, directory, _ = exported
-  with pytest.raises(FileExistsError, match='--overwrite'):
+  with pytest.raises(UserError, match='--overwrite'):
     export.export_run(str(workdir), directory)
   net = irevnet_jax.build(irevnet_jax.presets.digits())
   variables = net.init(jax.random.PRNGKey(0), np.zeros((1, *net.input_shape), np.float32))

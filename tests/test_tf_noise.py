@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from irevnet_jax.data import input_pipeline, tfds_options, tfds_records
+from irevnet_jax.errors import UserError
 import train_testlib as lib
 
 
@@ -26,7 +27,7 @@ def start(module, *args, **env):
 
 def test_the_missing_folder_is_found_from_the_file_system(tmp_path):
   fields = {'name': 'imagenet', 'data_dir': str(tmp_path)}
-  with pytest.raises(FileNotFoundError) as info:
+  with pytest.raises(UserError) as info:
     input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3))
   assert f'Error: {info.value}\n' == guide(str(tmp_path))
   with pytest.raises(ValueError, match='model.input_shape'):   # the shape's error comes first

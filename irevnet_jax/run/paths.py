@@ -30,6 +30,7 @@ from typing import List, Optional
 
 from etils import epath
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import store_errors
 
 PROBE_TIMEOUT_SECONDS = 10
@@ -88,7 +89,7 @@ def resolve(workdir) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
-class StoreRefused(OSError):
+class StoreRefused(UserError, OSError):
   """The object store of a run directory cannot be used: no network, no credentials, or
   no such bucket. The message names the cause and the fix."""
 

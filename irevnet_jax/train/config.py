@@ -20,6 +20,8 @@ import math
 import jax
 import ml_collections
 
+from irevnet_jax.errors import UserError
+
 TRAIN_DTYPES = ('auto', 'float32', 'bfloat16')
 PRECISIONS = ('default', 'high', 'highest')
 LR_SCHEDULES = ('step', 'cosine')
@@ -75,7 +77,7 @@ CONFIG_FIELDS = frozenset(base_config(ml_collections.ConfigDict()).keys())
 
 
 def _fail(message):
-  raise ValueError(message)
+  raise UserError(message)
 
 
 def _finite_number(config, field, low=None, low_inclusive=True, example=''):

@@ -20,6 +20,7 @@ import ml_collections
 import irevnet_jax
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
@@ -35,7 +36,7 @@ class Result(NamedTuple):
 def _divisible(field, value, by, what, min_per_device=1):
   if value % by:
     suggestion = config_lib.suggested_batch_size(value, by, min_per_device)
-    raise ValueError(
+    raise UserError(
         f'{field}={value} is not divisible by the {by} {what}; use a multiple of {by}, '
         f'e.g. {field}={suggestion}.')
 
@@ -117,8 +118,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
-    raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
-                     f'set model.num_classes={source.num_classes}.')
+    raise UserError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
+                    f'set model.num_classes={source.num_classes}.')
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
 
   # Model, optimizer and the compiled steps.
@@ -172,8 +173,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
     pending.clear()
     for s, m in fetched:
       if not m['finite']:
-        raise FloatingPointError(_non_finite_message(s, m, backend.to_host(state), last_saved,
-                                                     checkpointer.directory))
+        raise UserError(_non_finite_message(s, m, backend.to_host(state), last_saved,
+                                            checkpointer.directory))
     unlogged.extend(fetched)
     return fetched
 

@@ -32,6 +32,8 @@ from typing import Callable, Dict, Optional, TypeVar
 from absl import logging
 import jax
 
+from irevnet_jax.errors import UserError
+
 T = TypeVar('T')
 PREFIX = 'irevnet_jax/peers'
 CHIEF_WAIT_SECONDS = 600      # how long the others wait for process 0's check
@@ -58,8 +60,10 @@ def _client():
 
 
 def _encode(error: BaseException) -> str:
-  """'<its nearest built-in class>\n<message>' (OSError for store_errors.StoreUnavailable)."""
-  kind = next(k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k)
+  """'UserError\n<message>' for a UserError (any subclass), else '<its nearest built-in
+  class>\n<message>'."""
+  kind = UserError if isinstance(error, UserError) else next(
+      k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k)
   message = str(error) or ('Interrupted (Ctrl-C).' if isinstance(error, KeyboardInterrupt)
                            else kind.__name__)
   return f'{kind.__name__}\n{message}'
@@ -68,7 +72,7 @@ def _encode(error: BaseException) -> str:
 def _decode(text: str) -> BaseException:
   """The error `_encode` wrote (RuntimeError for one that is not an Exception)."""
   name, message = text.split('\n', 1)
-  kind = getattr(builtins, name)
+  kind = UserError if name == UserError.__name__ else getattr(builtins, name)
   if not issubclass(kind, Exception) or issubclass(kind, KeyError):
     kind = RuntimeError   # KeyboardInterrupt; KeyError would quote the message again
   error = kind(message)
@@ -96,8 +100,8 @@ def chief_decides(work: Callable[[], T]) -> Optional[T]:
   try:
     answer = client.blocking_key_value_get(key, CHIEF_WAIT_SECONDS * 1000)
   except jax.errors.JaxRuntimeError:
-    raise TimeoutError(f'Process 0 did not answer in {CHIEF_WAIT_SECONDS} s (it checks and '
-                       f'locks the workdir); see its log.') from None
+    raise UserError(f'Process 0 did not answer in {CHIEF_WAIT_SECONDS} s (it checks and '
+                    f'locks the workdir); see its log.') from None
   if answer:
     raise _decode(answer)
   return None
