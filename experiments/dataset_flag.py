@@ -63,8 +63,8 @@ def load_run_for_analysis(workdir: str, step=None):
   # pylint: enable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(workdir, step)
   logging.info('Loaded %s at step %d.', workdir, step)
-  config = apply(config)
-  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
   with flag_names():
+    config = apply(config)
+    net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
     source = evaluate_run.source_for(config)
   return config, variables, step, net, source

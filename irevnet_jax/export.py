@@ -38,8 +38,8 @@ from jax import export as jax_export
 import numpy as np
 
 import irevnet_jax
-
 from irevnet_jax.errors import UserError
+from irevnet_jax.run import paths
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 FUNCTIONS = ('forward', 'invert')
@@ -85,8 +85,13 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
   """Writes `artifacts` (from `export_net`), weights.npz and manifest.json to `directory`.
   Everything is serialised before anything is written, and each file is written under a
   temporary name and renamed: a failure leaves no file half-written."""
-  serialized = {f'{name}.jax_export': exported.serialize()
-                for name, exported in artifacts.items()}
+  try:
+    serialized = {f'{name}.jax_export': exported.serialize()
+                  for name, exported in artifacts.items()}
+  except ImportError as error:   # jax declares flatbuffers in an extra only
+    raise UserError(f"jax.export's serialisation needs flatbuffers ({error}): "
+                    f'pip install flatbuffers (or this package again: pip install -e .).'
+                    ) from error
   weights = flat_weights(variables)
   manifest = dict(info or {})
   manifest.update(
@@ -101,7 +106,10 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
       call="weights = dict(np.load('weights.npz')); "
            "fn = jax.export.deserialize(open('<name>.jax_export', 'rb').read()); "
            "fn.call(weights, array)")
-  os.makedirs(directory, exist_ok=True)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as error:
+    raise paths.cannot_write(directory, error) from error
   for name, data in serialized.items():
     _write_whole(os.path.join(directory, name), lambda f, data=data: f.write(data))
   _write_whole(os.path.join(directory, WEIGHTS_FILE), lambda f: np.savez(f, **weights))
@@ -111,10 +119,14 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
 
 
 def _write_whole(path: str, write):
-  """`write(binary file)` into `path + '.tmp'`, then renamed to `path`."""
-  with open(path + '.tmp', 'wb') as f:
-    write(f)
-  os.replace(path + '.tmp', path)
+  """`write(binary file)` into `path + '.tmp'`, then renamed to `path`; a full disk or
+  a folder without permission is a `paths.CannotWrite`."""
+  try:
+    with open(path + '.tmp', 'wb') as f:
+      write(f)
+    os.replace(path + '.tmp', path)
+  except OSError as error:
+    raise paths.cannot_write(path, error) from error
 
 
 def _describe(aval) -> str:

@@ -79,6 +79,16 @@ def test_an_export_is_not_overwritten_and_platforms_are_checked(exported, tmp_pa
     export.export_net(net, variables, platforms=('gpu',))
 
 
+def test_serialisation_without_flatbuffers_names_the_install(tmp_path):
+  class WithoutFlatbuffers:   # jax.export's serialize where flatbuffers is not installed
+    def serialize(self):
+      raise ImportError("Please install 'flatbuffers' in order to use Exported serialization")
+  with pytest.raises(UserError, match='needs flatbuffers .*: pip install flatbuffers') as error:
+    export.save_artifacts({'forward': WithoutFlatbuffers()}, {}, str(tmp_path / 'out'))
+  assert isinstance(error.value.__cause__, ImportError)
+  assert not os.path.exists(tmp_path / 'out')   # nothing written
+
+
 def test_a_baseline_exports_its_forward_only():
   config = baselines.resnet50()
   config.update(dict(input_shape=(8, 8, 1), stem='small', stem_width=8, units=(1, 1),

@@ -146,7 +146,7 @@ class BaselineArch:
 
 
 def layout(config) -> BaselineArch:
-  """Validates a baseline model config; a ValueError names the field and a value that works."""
+  """Validates a baseline model config; a UserError names the field and a value that works."""
   kind = config.get('arch', 'irevnet')
   if kind not in ARCHS:
     raise UserError(f'model.arch={kind!r} is not a baseline; use one of {ARCHS} '

@@ -235,7 +235,7 @@ def _tfds_mismatches(name, input_shape, num_classes):
 
 
 def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
-  """A ValueError naming every model field that does not fit the TFDS dataset named by
+  """A UserError naming every model field that does not fit the TFDS dataset named by
   `dataset_config.name` (input_shape and num_classes together), before TensorFlow loads."""
   name = dataset_config.get('name', None)
   if name not in TFDS_NAMES:
@@ -249,7 +249,7 @@ def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
 
 
 def refuse_missing_imagenet(tfds_fields, model_input_shape):
-  """FileNotFoundError with the guide that prepares ImageNet when the file system alone shows
+  """A UserError with the guide that prepares ImageNet when the file system alone shows
   it is not there: a local data dir without an `<data_dir>/imagenet2012` folder.
 
   Checked before TensorFlow is imported: its import prints C++ log lines (oneDNN, absl's
@@ -273,7 +273,7 @@ TFDS_EXTRA = "pip install -e '.[tfds]'"
 
 
 def _check_tfds_installed(name: str):
-  """ImportError naming the extra to install when TensorFlow Datasets' packages are missing."""
+  """A UserError naming the extra to install when TensorFlow Datasets' packages are missing."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   missing = [package for package in ('tensorflow', 'tensorflow_datasets', 'array_record')
              if importlib.util.find_spec(package) is None]

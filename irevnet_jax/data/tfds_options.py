@@ -98,7 +98,7 @@ def _get(dataset_config, field, default):
 
 
 def parse_options(dataset_config) -> Options:
-  """Reads the `dataset` config (ConfigDict or dict) into `Options`; ValueError on bad fields."""
+  """Reads the `dataset` config (ConfigDict or dict) into `Options`; UserError on bad fields."""
   name = ALIASES.get(dataset_config.get('name', None), dataset_config.get('name', None))
   if name not in SPECS:
     raise UserError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
@@ -129,7 +129,7 @@ def parse_options(dataset_config) -> Options:
 
 
 def _check_options(opts: Options) -> None:
-  """ValueError naming the first bad field and a value that works."""
+  """A UserError naming the first bad field and a value that works."""
   if opts.normalization not in ('unit', 'mean_std'):
     raise UserError(f'dataset.normalization={opts.normalization!r}: use "unit" ([0, 1], '
                     'as in the paper) or "mean_std" (per-channel mean/std).')
@@ -161,7 +161,7 @@ def _path_or_none(path):
 
 
 def check_input_shape(name: str, spec: Spec, input_shape) -> Tuple[int, int, int]:
-  """The model's (H, W, C) if this dataset can feed it, else a ValueError naming the field."""
+  """The model's (H, W, C) if this dataset can feed it, else a UserError naming the field."""
   shape = tuple(int(v) for v in input_shape)
   if spec.image_shape is not None:
     if shape != spec.image_shape:

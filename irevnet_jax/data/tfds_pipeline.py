@@ -163,8 +163,8 @@ def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
   """The data source for `dataset_config` (fields: `tfds_options.FIELDS`; see
   docs/data_and_launch.md).
 
-  Raises ValueError if `model_input_shape` (model.input_shape) does not fit the dataset,
-  FileNotFoundError if the dataset is not prepared (with the steps that prepare it).
+  Raises UserError if `model_input_shape` (model.input_shape) does not fit the dataset,
+  or if the dataset is not prepared (with the steps that prepare it).
   """
   opts = parse_options(dataset_config)
   shape = check_input_shape(opts.name, SPECS[opts.name], model_input_shape)

@@ -149,7 +149,7 @@ def to_variables(state_dict: Mapping, model_config) -> dict:
   Returns numpy arrays in the model's parameter dtype (float64 for
   model.dtype='float64' with jax_enable_x64, else float32).
 
-  Raises `StateDictMismatchError` (a ValueError) naming the missing and
+  Raises `StateDictMismatchError` (a UserError) naming the missing and
   unexpected keys or the shapes that differ, and the config fields to change.
   """
   config = _model_config(model_config)

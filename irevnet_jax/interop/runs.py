@@ -63,7 +63,7 @@ def checkpoint_steps(workdir: str) -> list:
 
 
 def _check_new_run_dir(workdir: str):
-  """OSError naming the fix when `workdir` cannot take an import; creates nothing."""
+  """A UserError naming the fix when `workdir` cannot take an import; creates nothing."""
   if paths.kind(paths.resolve(workdir)) == 'file':
     raise UserError(f'--workdir={workdir} is a file, not a directory; pass a new '
                     f'directory.')
@@ -162,7 +162,8 @@ def export_counters(workdir: str, step: int):
 
 
 def _check_output(output: str, overwrite: bool):
-  """ValueError / ImportError / FileExistsError before anything is read or written."""
+  """A UserError (PyTorchMissingError: also an ImportError) before anything is read or
+  written."""
   if not output.endswith(('.npz',) + state_dict_files.TORCH_SUFFIXES):
     raise UserError(f'--output={output}: use a name ending in .npz (no PyTorch needed), '
                     f".pth.tar (the authors' checkpoint format) or .pth / .pt (a bare state "

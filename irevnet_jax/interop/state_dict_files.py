@@ -13,6 +13,7 @@ import numpy as np
 
 from irevnet_jax.errors import UserError
 from irevnet_jax.interop import pickled_classes
+from irevnet_jax.run import paths
 
 TORCH_EXTRA = "pip install -e '.[torch]'"
 NPZ_SNIPPET = (
@@ -148,8 +149,8 @@ def load_state_dict(path, *, weights_only: bool = True) -> 'collections.OrderedD
   `torch.load(path, map_location='cpu', weights_only=...)`. Keys are returned
   as stored ('module.' prefixes kept).
 
-  Raises `CheckpointFormatError` (a ValueError) for a file that is none of
-  these, `PyTorchMissingError` (an ImportError) for a PyTorch file without PyTorch.
+  Raises `CheckpointFormatError` (a UserError) for a file that is none of
+  these, `PyTorchMissingError` (a UserError and ImportError) for a PyTorch file without PyTorch.
   """
   path = os.fspath(path)
   if _format_of(path) == 'npz':
@@ -175,6 +176,8 @@ def _write_atomically(path, write):
     with open(temporary, 'wb') as f:
       write(f)
     os.replace(temporary, path)
+  except OSError as error:
+    raise paths.cannot_write(path, error) from error
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)

@@ -4,7 +4,7 @@ A model config is an `ml_collections.ConfigDict` (the `model` field of an
 experiment config). `layout(config)` checks it and returns a frozen
 `Architecture` (`model/layout.py`): the per-block channel plan that the network module is built
 from. Every config that cannot be invertible is rejected here with a
-`ValueError` naming the field and a value that would work.
+`UserError` naming the field and a value that would work.
 """
 from typing import Optional, Tuple
 

@@ -1,6 +1,6 @@
 """The checks that every model config goes through, i-RevNet's and the baselines'.
 
-Each check raises a `ValueError` that names the field (`model.<field>`) and,
+Each check raises a `UserError` that names the field (`model.<field>`) and,
 where there is one, a value that works. `presets.layout` and
 `baselines.layout` add the checks that only their architecture needs.
 """

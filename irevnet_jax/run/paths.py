@@ -155,18 +155,35 @@ def write_file(workdir: str, name: str, text: str):
   write_bytes(join(workdir, name), text.encode())
 
 
+class CannotWrite(UserError, OSError):
+  """A file that cannot be written: a full disk, no permission, a read-only file system."""
+
+
+def cannot_write(path: str, error: OSError) -> CannotWrite:
+  """The UserError for `error` of writing `path`, naming the cause (raise it `from error`)."""
+  cause = error.strerror or store_errors.short(error)
+  return CannotWrite(f'Cannot write {path} ({cause}); free space on its disk or fix its '
+                     f'permissions, or write elsewhere.')
+
+
 def write_bytes(path: str, data: bytes):
   """Replaces the file `path` with `data`: on a local disk atomically (a temporary file
-  renamed, folders made), on an object store in one upload (retried, module docstring)."""
+  renamed, folders made), on an object store in one upload (retried, module docstring).
+  `CannotWrite` when the disk is full or the path not writable."""
   path = os.fspath(path)
-  if is_url(path):
-    fs = filesystem(path)
-    store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
-    return
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path + '.tmp', 'wb') as f:
-    f.write(data)
-  os.replace(path + '.tmp', path)
+  try:
+    if is_url(path):
+      fs = filesystem(path)
+      store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
+      return
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path + '.tmp', 'wb') as f:
+      f.write(data)
+    os.replace(path + '.tmp', path)
+  except UserError:
+    raise    # StoreUnavailable: the store was unreachable
+  except OSError as error:
+    raise cannot_write(path, error) from error
 
 
 def read_bytes(path: str) -> Optional[bytes]:

@@ -35,7 +35,7 @@ __all__ = [
 
 def check_workdir(workdir: str) -> str:
   """The resolved path of `workdir` (a URL or an absolute local path), created if missing;
-  OSError naming the fix if it cannot be a run directory."""
+  a UserError naming the fix if it cannot be a run directory."""
   path = resolve(workdir)
   if kind(path) == 'file':
     raise UserError(f'--workdir={workdir} is a file, not a directory; pass a new '

@@ -52,9 +52,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> Result:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Raises `Preempted` after saving on SIGTERM / Ctrl-C, FloatingPointError (naming
+  Raises `Preempted` after saving on SIGTERM / Ctrl-C, UserError (naming
   the step) on a non-finite loss or state without saving that state, and
-  ValueError when resuming with changed training fields (unless
+  when resuming with changed training fields (unless
   `allow_config_change`: then config_history.jsonl keeps the old config).
   """
   config_lib.check_config(config)

@@ -22,7 +22,7 @@ KEPT = AVERAGED + ('learning_rate',)
 
 
 def check_same_step(restored_step: Optional[int]):
-  """Raises ValueError unless every process restored `restored_step` (None: none)."""
+  """Raises UserError unless every process restored `restored_step` (None: none)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     steps_found = multihost_utils.process_allgather(
