@@ -21,6 +21,7 @@ import numpy as np
 
 from experiments import cli
 from experiments import dataset_flag
+from irevnet_jax import UserError
 
 flags.DEFINE_string('workdir', None, 'Run directory (config.json + checkpoints).', required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')

@@ -63,7 +63,11 @@ def filesystem(url: str):
   since (seen: an async save failing on 'Checkpoint directory does not exist')."""
   use_fsspec_for_urls()
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  fs = backend.fsspec_backend.fs(url)
+  try:
+    fs = backend.fsspec_backend.fs(url)
+  except ImportError as error:   # fsspec's: the scheme's file system package is missing
+    raise UserError(f'{url} needs a file system package that is not installed ({error}): '
+                    f'e.g. `pip install gcsfs` for gs://, or pass a local path.') from error
   if fs.dircache.use_listings_cache:
     fs.dircache.use_listings_cache = False
     fs.dircache.clear()
