@@ -11,8 +11,9 @@ is the user's doing is caught where it happens and raised again as a `UserError`
 cause (`raise UserError(...) from error`).
 
 Where callers catch a built-in kind, a subclass derives from both (e.g.
-`StoreUnavailable(UserError, OSError)`, retried as an OSError). This module imports nothing
-of the package: every layer may raise it.
+`run.workdir_lock.WorkdirInUse(UserError, BlockingIOError)`, which `experiments.evaluate`
+catches as an OSError to report without recording). This module imports nothing of the
+package: every layer may raise it.
 """
 
 
