@@ -120,7 +120,7 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
 
 def _write_whole(path: str, write):
   """`write(binary file)` into `path + '.tmp'`, then renamed to `path`; a full disk or
-  a folder without permission is a `paths.CannotWrite`."""
+  a folder without permission is a `paths.AccessError`."""
   try:
     with open(path + '.tmp', 'wb') as f:
       write(f)

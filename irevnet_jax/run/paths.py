@@ -159,21 +159,31 @@ def write_file(workdir: str, name: str, text: str):
   write_bytes(join(workdir, name), text.encode())
 
 
-class CannotWrite(UserError, OSError):
-  """A file that cannot be written: a full disk, no permission, a read-only file system."""
+class AccessError(UserError, OSError):
+  """A file that cannot be read or written for good: a full disk, no permission, a read-only
+  file system. The message names the path and the cause."""
 
 
-def cannot_write(path: str, error: OSError) -> CannotWrite:
-  """The UserError for `error` of writing `path`, naming the cause (raise it `from error`)."""
-  cause = error.strerror or store_errors.short(error)
-  return CannotWrite(f'Cannot write {path} ({cause}); free space on its disk or fix its '
-                     f'permissions, or write elsewhere.')
+def cannot_write(path: str, error: OSError) -> AccessError:
+  """The UserError for `error` of writing `path` (raise it `from error`)."""
+  return AccessError(f'Cannot write {path} ({_cause(error)}); free space on its disk or fix '
+                     f'its permissions, or write elsewhere.')
+
+
+def cannot_read(path: str, error: OSError) -> AccessError:
+  """The UserError for `error` of reading `path` (raise it `from error`)."""
+  return AccessError(f'Cannot read {path} ({_cause(error)}); fix its permissions or pass '
+                     f'another path.')
+
+
+def _cause(error: OSError) -> str:
+  return error.strerror or store_errors.short(error)
 
 
 def write_bytes(path: str, data: bytes):
   """Replaces the file `path` with `data`: on a local disk atomically (a temporary file
   renamed, folders made), on an object store in one upload (retried, module docstring).
-  `CannotWrite` when the disk is full or the path not writable."""
+  `AccessError` when the disk is full or the path not writable."""
   path = os.fspath(path)
   try:
     if is_url(path):
@@ -192,7 +202,7 @@ def write_bytes(path: str, data: bytes):
 
 def read_bytes(path: str) -> Optional[bytes]:
   """The content of the file `path`, or None when there is none (on an object store one
-  download, retried; module docstring)."""
+  download, retried; module docstring); `AccessError` when it cannot be read."""
   path = os.fspath(path)
   try:
     if is_url(path):
@@ -202,6 +212,10 @@ def read_bytes(path: str) -> Optional[bytes]:
       return f.read()
   except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
     return None
+  except UserError:
+    raise    # StoreUnavailable: the store was unreachable
+  except OSError as error:
+    raise cannot_read(path, error) from error
 
 
 def read_text(path: str) -> Optional[str]:
