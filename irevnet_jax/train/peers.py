@@ -5,7 +5,8 @@
       ...
 
 - `chief_decides`: process 0 runs a check (the workdir check and lock) and every process
-  ends the same way: its error is raised on every process, same type and message.
+  ends the same way: its error is raised on every process with the same message, as a
+  UserError if it was one (one line everywhere), else as its nearest built-in type.
 - `Watch`: a thread that heartbeats through JAX's distributed key-value store and reads the
   others'. When a process stops answering (killed, hung) or fails, every other one logs one
   line naming it and ends itself (exit status 1), instead of waiting in a collective until
@@ -82,8 +83,8 @@ def _decode(text: str) -> BaseException:
 
 def chief_decides(work: Callable[[], T]) -> Optional[T]:
   """Runs `work` on process 0 and returns its result there (None on the others); if it
-  raises, every process raises the same error type with the same message, so a refused
-  launch ends in the same line everywhere. The others wait for process 0's answer."""
+  raises, every process raises it with the same message (a UserError as a UserError), so a
+  refused launch ends in the same line everywhere. The others wait for process 0's answer."""
   client = _client()
   if client is None:
     return work()
