@@ -4,10 +4,11 @@
 
 A user error ends the process with exit status 1 and without a traceback
 (`--verbose` shows it): a bad flag, config file or config field with absl's two
-lines `FATAL Flags parsing error: ...`; a value that cannot work, a missing
-file or a run that cannot go on with `Error: <message>` on stderr. Errors that
-are not the user's (bugs) keep their traceback. Log lines print plain (no absl
-prefix) unless --verbose or --log_dir (a log file with absl's format).
+lines `FATAL Flags parsing error: ...`; an `irevnet_jax.UserError` (a value that
+cannot work, a missing file or data set, a run that cannot go on) with
+`Error: <message>` on stderr. Every other exception is a bug and keeps its
+traceback. Log lines print plain (no absl prefix) unless --verbose or --log_dir
+(a log file with absl's format).
 """
 import os
 import re
@@ -18,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from experiments import console
+from irevnet_jax.errors import UserError
 
 flags.DEFINE_bool('verbose', False, 'Show the Python traceback of errors in your input too.')
 flags.DEFINE_bool('compilation_cache', True,
@@ -28,20 +30,8 @@ flags.DEFINE_string('compilation_cache_dir', None,
                     'else ~/.cache/irevnet_jax/jax_cache).')
 FLAGS = flags.FLAGS
 
-PACKAGE_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  name) + os.sep for name in ('irevnet_jax', 'experiments'))
-# Exceptions that this project raises on purpose, with a message that names the fix.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, RuntimeError)
-
-
-def _raised_here(error: BaseException) -> bool:
-  """True when the innermost frame that raised `error` is this project's code."""
-  tb = error.__traceback__
-  if tb is None:
-    return False
-  while tb.tb_next is not None:
-    tb = tb.tb_next
-  return tb.tb_frame.f_code.co_filename.startswith(PACKAGE_DIRS)
+# The config-file flags that `define_config_flag` defined: loaded while flags are parsed.
+_config_file_flags = set()
 
 
 def _missing_field_message(error, argv):
@@ -63,14 +53,7 @@ def _flag_error_message(error, argv) -> str:
   unknown = _missing_field_message(error, argv)
   if unknown:
     return unknown
-  text = str(error)
-  if 'Failed loading config file' in text or 'earlier failure to load' in text:
-    paths = [a.split('=', 1)[1] for a in argv if a.startswith('--config=')]
-    path = paths[-1] if paths else '?'   # the last one counts, as for any flag
-    reason = re.search(r'\[Errno \d+\] ([^\n]+)', text)
-    cause = reason.group(1) if reason else text.strip().splitlines()[-1].strip()
-    return f'--config={path}: cannot load the config file ({cause}).'
-  return ' '.join(text.split())
+  return ' '.join(str(error).split())
 
 
 def _fatal(message):
@@ -79,6 +62,8 @@ def _fatal(message):
   sys.exit(1)
 
 
+# What a bad flag value, config file or override raises while flags are parsed (absl,
+# ml_collections and the config file's own code); UserError is a ValueError.
 FLAG_ERRORS = (flags.Error, AttributeError, OSError, TypeError, ValueError, KeyError, SyntaxError)
 
 
@@ -97,6 +82,7 @@ def define_config_flag(name: str, default: str, help_string: str):
   """`config_flags.DEFINE_config_file` (locked config): --<name>=FILE, --<name>.<field>=..."""
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   _define(config_flags.DEFINE_config_file, name, default, help_string, lock_config=True)
+  _config_file_flags.add(name)
 
 
 def define_config_dict_flag(name: str, default, help_string: str):
@@ -106,15 +92,31 @@ def define_config_dict_flag(name: str, default, help_string: str):
   _define(config_flags.DEFINE_config_dict, name, default, help_string, lock_config=True)
 
 
+def _load_config_file(name: str):
+  """Loads the config file of flag --<name> now (ml_collections defers a failed load to the
+  first use of the config); a UserError naming the file and the cause if it cannot."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  flag = FLAGS[name]
+  try:
+    flag.value.keys()
+  except OSError as error:
+    path = config_flags.get_config_filename(flag)
+    try:   # ml_collections keeps only the text of the file system's error: ask it again
+      with open(path.split(':', 1)[0], 'rb'):
+        cause = ' '.join(str(error.__cause__ or error).split())
+    except OSError as file_error:
+      cause = file_error.strerror
+    raise UserError(f'--{name}={path}: cannot load the config file ({cause}).') from error
+
+
 def _parse_flags(argv):
   """absl's flag parsing, plus config files loaded here, so that a bad flag, a missing
   config file or an unknown config field ends in absl's two lines
   (`FATAL Flags parsing error: ...`) instead of a traceback."""
   try:
     rest = FLAGS(argv)
-    for name in FLAGS:
-      if type(FLAGS[name]).__name__ == '_ConfigFlag':
-        FLAGS[name].value.keys()   # loads the config file, or raises its error
+    for name in sorted(_config_file_flags & set(FLAGS)):
+      _load_config_file(name)
     return rest
   except FLAG_ERRORS as error:
     if '--verbose' in argv:
@@ -186,8 +188,8 @@ def _guarded(main, argv, flag_example):
   except KeyboardInterrupt:
     print('Interrupted (Ctrl-C).', file=sys.stderr)
     sys.exit(130)
-  except USER_ERRORS as error:
-    if FLAGS.verbose or not _raised_here(error):
+  except UserError as error:   # meant for the user; anything else is a bug: traceback
+    if FLAGS.verbose:
       raise
     logging.flush()
     print(f'Error: {console.plain(str(error))}', file=sys.stderr)

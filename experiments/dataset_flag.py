@@ -8,8 +8,6 @@
 --config.dataset.<field> in experiments.main); the others keep the run's values, e.g.
 its preprocessing: `--dataset.name=synthetic` evaluates or analyses a run without its data.
 """
-import contextlib
-
 from absl import flags
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -38,19 +36,12 @@ def given() -> dict:
   return dict(FLAGS.dataset.items())
 
 
-@contextlib.contextmanager
 def flag_names():
-  """Errors raised inside say --dataset.<field> where the library says
-  --config.dataset.<field> (e.g. the 'ImageNet not prepared' guide's synthetic route)."""
-  try:
-    yield
-  except (ValueError, OSError) as error:
-    text = str(error)
-    if '--config.dataset.' not in text:
-      raise
-    renamed = text.replace('train on random images', 'use random images')
-    renamed = renamed.replace('--config.dataset.', '--dataset.')
-    raise type(error)(renamed) from error
+  """Inside, errors name dataset fields as this command's --dataset.<field> flags, where
+  experiments.main's say --config.dataset.<field> (e.g. the 'ImageNet not prepared' guide's
+  `--dataset.name=synthetic`)."""
+  from irevnet_jax.data import tfds_options  # pylint: disable=g-import-not-at-top
+  return tfds_options.flag_prefix('--dataset.')
 
 
 def apply(config, dtype=None, precision=None) -> ml_collections.ConfigDict:
@@ -72,8 +63,8 @@ def load_run_for_analysis(workdir: str, step=None):
   # pylint: enable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(workdir, step)
   logging.info('Loaded %s at step %d.', workdir, step)
-  config = apply(config)
-  net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
   with flag_names():
+    config = apply(config)
+    net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
     source = evaluate_run.source_for(config)
   return config, variables, step, net, source

@@ -20,6 +20,7 @@ import numpy as np
 
 from experiments import cli
 from experiments import dataset_flag
+from irevnet_jax import UserError
 
 flags.DEFINE_string('workdir', None, 'Run directory (config.json + checkpoints).', required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
@@ -41,7 +42,7 @@ def _first_examples(batches, count):
     if n >= count:
       break
   if not n:
-    raise ValueError('The eval split is empty: no metamers (check --dataset.*).')
+    raise UserError('The eval split is empty: no metamers (check --dataset.*).')
   return np.concatenate(images)[:count], np.concatenate(labels)[:count]
 
 
@@ -52,7 +53,7 @@ def main(argv):
   from irevnet_jax.data import input_pipeline
   # pylint: enable=g-import-not-at-top
   if FLAGS.num_pairs < 1:
-    raise ValueError(f'--num_pairs={FLAGS.num_pairs} must be >= 1, e.g. 8.')
+    raise UserError(f'--num_pairs={FLAGS.num_pairs} must be >= 1, e.g. 8.')
   config, variables, step, net, source = dataset_flag.load_run_for_analysis(FLAGS.workdir,
                                                                          FLAGS.step)
   count = 4 * FLAGS.num_pairs
@@ -66,8 +67,8 @@ def main(argv):
                                        FLAGS.num_pairs, os.path.join(local, 'metamers.png'),
                                        pixel_space)
     if result.get('skipped'):
-      raise ValueError(f'{result["skipped"]} Use a run with at least two classes in its '
-                       f'first {count} eval examples.')
+      raise UserError(f'{result["skipped"]} Use a run with at least two classes in its '
+                      f'first {count} eval examples.')
     result['run'] = {'workdir': FLAGS.workdir, 'step': step, 'dataset': config.dataset.name}
     report.write_json(result, os.path.join(local, 'metamers.json'))
   print(metamer_pairs.summary_line(result))

@@ -10,11 +10,15 @@ drops the engine's optimization barriers; autodiff steps run ~2.7x slower):
 
     jax.jit(train_step, compiler_options=irevnet_jax.compiler_options())
 
+Errors meant for the user (bad config, missing data, ...) are `irevnet_jax.UserError`, a
+ValueError whose message names the fix.
+
 Importing this package does not import TensorFlow.
 """
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import presets
 from irevnet_jax.model.compiler_options import for_platform as compiler_options
 from irevnet_jax.model.network import IRevNet
 from irevnet_jax.nets import Net, build, count_params
 
-__all__ = ['build', 'compiler_options', 'count_params', 'presets', 'Net', 'IRevNet']
+__all__ = ['build', 'compiler_options', 'count_params', 'presets', 'Net', 'IRevNet', 'UserError']

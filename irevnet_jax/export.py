@@ -38,6 +38,8 @@ from jax import export as jax_export
 import numpy as np
 
 import irevnet_jax
+from irevnet_jax.errors import UserError
+from irevnet_jax.run import paths
 
 PLATFORMS = ('cpu', 'cuda', 'tpu')
 FUNCTIONS = ('forward', 'invert')
@@ -64,8 +66,8 @@ def export_net(net, variables, platforms: Sequence[str] = PLATFORMS
   platforms = tuple(platforms)
   unknown = sorted(set(platforms) - set(PLATFORMS))
   if unknown or not platforms:
-    raise ValueError(f'platforms={platforms}: choose from {PLATFORMS}, e.g. '
-                     f'platforms=("cpu", "cuda").')
+    raise UserError(f'platforms={platforms}: choose from {PLATFORMS}, e.g. '
+                    f'platforms=("cpu", "cuda").')
   batch, = jax_export.symbolic_shape('b')
   weights = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                                    flat_weights(variables))
@@ -83,8 +85,13 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
   """Writes `artifacts` (from `export_net`), weights.npz and manifest.json to `directory`.
   Everything is serialised before anything is written, and each file is written under a
   temporary name and renamed: a failure leaves no file half-written."""
-  serialized = {f'{name}.jax_export': exported.serialize()
-                for name, exported in artifacts.items()}
+  try:
+    serialized = {f'{name}.jax_export': exported.serialize()
+                  for name, exported in artifacts.items()}
+  except ImportError as error:   # jax declares flatbuffers in an extra only
+    raise UserError(f"jax.export's serialisation needs flatbuffers ({error}): "
+                    f'pip install flatbuffers (or this package again: pip install -e .).'
+                    ) from error
   weights = flat_weights(variables)
   manifest = dict(info or {})
   manifest.update(
@@ -99,8 +106,10 @@ def save_artifacts(artifacts, variables, directory: str, info: Optional[dict] = 
       call="weights = dict(np.load('weights.npz')); "
            "fn = jax.export.deserialize(open('<name>.jax_export', 'rb').read()); "
            "fn.call(weights, array)")
-  from irevnet_jax.run import paths  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as error:
+    raise paths.cannot_write(directory, error) from error
   for name, data in serialized.items():
     paths.write_local(os.path.join(directory, name), lambda f, data=data: f.write(data))
   paths.write_local(os.path.join(directory, WEIGHTS_FILE), lambda f: np.savez(f, **weights))
@@ -119,8 +128,8 @@ def export_run(workdir: str, directory: str, step: Optional[int] = None,
   Returns the manifest."""
   from irevnet_jax.run import checkpoints  # pylint: disable=g-import-not-at-top
   if os.path.exists(os.path.join(directory, MANIFEST_FILE)) and not overwrite:
-    raise FileExistsError(f'{directory} already holds an export: choose another --output '
-                          f'or pass --overwrite.')
+    raise UserError(f'{directory} already holds an export: choose another --output '
+                    f'or pass --overwrite.')
   config, variables, step = checkpoints.load_run(workdir, step)
   net = irevnet_jax.build(config.model).exact()
   artifacts = export_net(net, variables, platforms)

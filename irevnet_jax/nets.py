@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from irevnet_jax import baselines
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import presets
 from irevnet_jax.model.network import IRevNet
 
@@ -76,7 +77,7 @@ class Net:
       return _one_or_batch(lambda xs: self.module.apply(variables, xs, train=False),
                            x, self.input_shape, train)
     if self.arch.dropout_rate > 0 and not (rngs and 'dropout' in rngs):
-      raise ValueError("This model uses dropout: pass rngs={'dropout': key} to forward(train=True).")
+      raise UserError("This model uses dropout: pass rngs={'dropout': key} to forward(train=True).")
     return self.module.apply(variables, x, train=True, rngs=rngs, mutable=['batch_stats'])
 
   def invert(self, variables, z, train: bool = False, rngs=None):
@@ -100,8 +101,8 @@ def _one_or_batch(fn, a, example_shape, train):
   if jnp.ndim(a) != len(example_shape):
     return fn(a)
   if train:
-    raise ValueError(f'train=True needs a batch (N, {", ".join(map(str, example_shape))}), '
-                     f'got one example of shape {jnp.shape(a)}: batch statistics need a batch.')
+    raise UserError(f'train=True needs a batch (N, {", ".join(map(str, example_shape))}), '
+                    f'got one example of shape {jnp.shape(a)}: batch statistics need a batch.')
   return jax.tree_util.tree_map(lambda out: out[0], fn(jnp.asarray(a)[None]))
 
 

@@ -8,6 +8,7 @@ counts. The layers (WORKSPACE.md states the same rule):
     nets, the package root         one build and one Net above both networks
     train/                         steps, parallel back ends, the loop
     interop/, analysis/, export    users of a trained run
+    errors                         below everything: UserError, which every layer raises
 """
 import ast
 import pathlib
@@ -16,6 +17,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'irevnet_jax'
 LAYERS = {
+    'errors': -1,
     'model': 0, 'data': 0, 'run': 0,
     'baselines': 1,
     'nets': 2,

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import checkpoints, workdir as workdir_lib
 import train_testlib as lib
 
@@ -105,7 +106,7 @@ def test_load_run(tmp_path):
   assert step == 5 and variables['batch_stats']['bn']['mean'][0] == -5.0
   with pytest.raises(ValueError, match='available steps'):
     checkpoints.load_run(workdir, step=7)
-  with pytest.raises(FileNotFoundError, match='config.json'):
+  with pytest.raises(UserError, match='config.json'):
     checkpoints.load_run(str(tmp_path / 'nothing'))
 
 

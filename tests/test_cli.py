@@ -13,6 +13,7 @@ import pytest
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 
 from irevnet_jax import train
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import state as state_lib
 import train_testlib as lib
 
@@ -23,7 +24,8 @@ BAD_INPUTS = [
     (['--config.batchsize=3'], "--config.batchsize: the config has no field 'batchsize'. "
                                "Did you mean 'batch_size'?"),
     (['--config.model.blokcs=(1,1)'], "'blokcs'. Did you mean 'blocks'?"),
-    (['--config=/nonexistent/config.py'], '--config=/nonexistent/config.py: cannot load'),
+    (['--config=/nonexistent/config.py'], '--config=/nonexistent/config.py: cannot load the '
+                                          'config file (No such file or directory).'),
     (['--config.batch_size=abc'], '--config.batch_size=abc'),
     (['--config.lr_schedule=linear'], "lr_schedule='linear'"),
     (['--config.learning_rate=nan'], 'learning_rate=nan must be a finite number'),
@@ -35,6 +37,7 @@ BAD_INPUTS = [
     (['--config.model.input_shape=(30,30,1)'], 'model.input_shape=(30, 30, 1)'),
     (['--config.train_dtype=float16'], 'float16 needs loss scaling'),
     (['--workdir=WORKDIR_FILE'], 'is a file, not a directory'),
+    (['--workdir=WORKDIR_FILE/run'], 'Cannot create --workdir=WORKDIR_FILE/run: Not a directory.'),
     (['unexpected_argument'], "Unexpected arguments: ['unexpected_argument']"),
 ]
 
@@ -54,7 +57,44 @@ def test_bad_inputs_end_in_one_clear_line(tmp_path):
     assert code != 0, (extra, output[-2000:])
     assert 'Traceback' not in output, (extra, output[-3000:])
     error_lines = [l for l in output.splitlines() if l.startswith(('Error:', 'FATAL'))]
+    expected = expected.replace('WORKDIR_FILE', str(a_file))
     assert len(error_lines) == 1 and expected in error_lines[0], (extra, output[-2000:])
+
+
+# A command whose main ends in a UserError raised deep in the package (a directory that is no
+# run), or in a ValueError of a bug (numpy's, in no UserError).
+ERRORS_COMMAND = """
+from absl import flags
+import numpy as np
+from experiments import cli
+from irevnet_jax.run import run_config
+
+flags.DEFINE_enum('case', None, ['user', 'bug'], '')
+
+def main(argv):
+  if flags.FLAGS.case == 'user':
+    run_config.read_config('/nonexistent/run')
+  np.zeros(3).reshape(2)
+
+cli.run(main)
+"""
+
+
+def test_a_user_error_ends_in_one_line_and_a_bug_in_its_traceback(tmp_path):
+  script = tmp_path / 'command.py'
+  script.write_text(ERRORS_COMMAND)
+  cases = [['--case=user'], ['--case=user', '--verbose'], ['--case=bug']]
+  processes = [lib.start(args, num_devices=1, script=str(script)) for args in cases]
+  (user, one_line), (verbose, user_traceback), (bug, bug_traceback) = map(lib.finish, processes)
+  assert user == 1 and one_line.strip().splitlines()[-1] == (
+      "Error: No config.json in '/nonexistent/run': is it the workdir of a run "
+      "(python -m experiments.main --workdir=...)?"), one_line[-2000:]
+  assert 'Traceback' not in one_line, one_line[-2000:]
+  assert verbose == 1 and 'Traceback' in user_traceback, user_traceback[-2000:]
+  assert 'irevnet_jax.errors.UserError: No config.json' in user_traceback
+  assert bug == 1 and 'Traceback' in bug_traceback and 'Error: ' not in bug_traceback.replace(
+      'ValueError: ', ''), bug_traceback[-2000:]
+  assert bug_traceback.strip().splitlines()[-1].startswith('ValueError: cannot reshape')
 
 
 @pytest.mark.processes   # kills: a second step of .ci/run
@@ -140,7 +180,7 @@ def test_infinite_batch_norm_statistics_stop_the_run_without_being_saved(tmp_pat
 
   monkeypatch.setattr(state_lib, 'create_state', with_infinite_variance)
   config = lib.make_config(num_train_steps=4, log_every_steps=1, checkpoint_every_steps=1)
-  with pytest.raises(FloatingPointError, match=r"Non-finite values in the state \("
+  with pytest.raises(UserError, match=r"Non-finite values in the state \("
                      r"batch_stats/head_norm/var\) at step 1; stopping, no checkpoint was saved"):
     train.train_and_evaluate(config, str(tmp_path))
   assert not checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps()

@@ -10,6 +10,7 @@ import pytest
 
 import irevnet_jax
 from irevnet_jax import baselines, export
+from irevnet_jax.errors import UserError
 
 # The consumer: jax and numpy only; irevnet_jax, flax and ml_collections cannot be imported.
 from irevnet_jax.run import checkpoints
@@ -70,12 +71,22 @@ def test_the_manifest_says_what_was_exported(exported):
 
 def test_an_export_is_not_overwritten_and_platforms_are_checked(exported, tmp_path):
   workdir, directory, _ = exported
-  with pytest.raises(FileExistsError, match='--overwrite'):
+  with pytest.raises(UserError, match='--overwrite'):
     export.export_run(str(workdir), directory)
   net = irevnet_jax.build(irevnet_jax.presets.digits())
   variables = net.init(jax.random.PRNGKey(0), np.zeros((1, *net.input_shape), np.float32))
   with pytest.raises(ValueError, match='choose from'):
     export.export_net(net, variables, platforms=('gpu',))
+
+
+def test_serialisation_without_flatbuffers_names_the_install(tmp_path):
+  class WithoutFlatbuffers:   # jax.export's serialize where flatbuffers is not installed
+    def serialize(self):
+      raise ImportError("Please install 'flatbuffers' in order to use Exported serialization")
+  with pytest.raises(UserError, match='needs flatbuffers .*: pip install flatbuffers') as error:
+    export.save_artifacts({'forward': WithoutFlatbuffers()}, {}, str(tmp_path / 'out'))
+  assert isinstance(error.value.__cause__, ImportError)
+  assert not os.path.exists(tmp_path / 'out')   # nothing written
 
 
 def test_a_baseline_exports_its_forward_only():

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import metrics, paths, run_config, store_errors
 from irevnet_jax.run import workdir as workdir_lib
 
@@ -120,6 +121,25 @@ def test_other_store_errors_are_not_retried(store):
   with pytest.raises(PermissionError):
     paths.kind(URL)
   assert store.calls == 1 and not store.pauses
+
+
+def test_a_read_or_write_that_fails_for_good_is_one_user_error_naming_the_cause(store, tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  with pytest.raises(paths.AccessError, match=r'a_file/run/config.json \(Not a directory\); '
+                                              'free space') as error:
+    paths.write_bytes(str(a_file / 'run' / 'config.json'), b'{}')
+  assert isinstance(error.value, UserError) and isinstance(error.value, OSError)
+  assert isinstance(error.value.__cause__, NotADirectoryError)
+  store.error, store.failures = PermissionError('Forbidden: bucket/run'), 1
+  with pytest.raises(paths.AccessError, match='Cannot write .*config.json \\(PermissionError: '
+                                              'Forbidden'):
+    paths.write_bytes(URL + '/config.json', b'{}')
+  store.failures = 2
+  with pytest.raises(paths.AccessError, match='Cannot read .*config.json \\(PermissionError: '
+                                              'Forbidden'):
+    paths.read_text(URL + '/config.json')
+  assert store.calls == 2   # neither retried
 
 
 def test_dropped_connections_of_http_clients_are_transient():

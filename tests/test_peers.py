@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from irevnet_jax.run import store_errors, workdir as workdir_lib
+from irevnet_jax.errors import UserError
+from irevnet_jax.run import store_errors, workdir as workdir_lib, workdir_lock
 from irevnet_jax.train import peers
 import train_testlib as lib
 
@@ -112,9 +113,11 @@ def test_when_process_0_dies_process_1_ends_at_once_in_one_line_naming_it(tmp_pa
   assert end_1 - end_0 < 120, (end_0, end_1)   # measured: 0.1-0.5 s
 
 
-def test_an_error_crosses_to_the_other_processes_as_its_built_in_type():
+def test_an_error_crosses_to_the_other_processes_as_user_error_or_its_built_in_type():
   for error, kind in [(BlockingIOError('in use'), BlockingIOError),
-                      (store_errors.StoreUnavailable('gs://b unreachable'), OSError),
+                      (store_errors.StoreUnavailable('gs://b unreachable'), UserError),
+                      (workdir_lock.WorkdirInUse('in use'), UserError),
+                      (UserError('set model.num_classes=10.'), UserError),
                       (type('Refused', (ValueError,), {})('changed'), ValueError),
                       (KeyboardInterrupt('Ctrl-C'), RuntimeError)]:
     received = peers._decode(peers._encode(error))   # pylint: disable=protected-access

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from irevnet_jax.data import input_pipeline, tfds_options, tfds_records
+from irevnet_jax.errors import UserError
 import train_testlib as lib
 
 
@@ -26,9 +27,13 @@ def start(module, *args, **env):
 
 def test_the_missing_folder_is_found_from_the_file_system(tmp_path):
   fields = {'name': 'imagenet', 'data_dir': str(tmp_path)}
-  with pytest.raises(FileNotFoundError) as info:
+  with pytest.raises(UserError) as info:
     input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3))
   assert f'Error: {info.value}\n' == guide(str(tmp_path))
+  assert str(info.value).endswith('use random images instead: --config.dataset.name=synthetic.')
+  with tfds_options.flag_prefix('--dataset.'):   # evaluate, analyze: experiments/dataset_flag.py
+    with pytest.raises(UserError, match=r'instead: --dataset\.name=synthetic\.$'):
+      input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3))
   with pytest.raises(ValueError, match='model.input_shape'):   # the shape's error comes first
     input_pipeline.refuse_missing_imagenet(fields, (8, 8, 1))
   os.mkdir(tmp_path / 'imagenet2012')             # something is there: TFDS decides

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from irevnet_jax.data import data_order, tfds_options, tfds_pipeline
+from irevnet_jax.errors import UserError
 
 tfds = pytest.importorskip('tensorflow_datasets')
 tf = pytest.importorskip('tensorflow')
@@ -261,7 +262,7 @@ def test_array_record_reads_the_training_shards_from_gs(tiny_imagenet, gcs_bucke
 def test_tfrecord_dataset_is_refused_until_prepare_adds_array_record(tiny_imagenet):
   config, labels, root = tiny_imagenet
   old = dict(config, data_dir=str(root / 'tfrecord'))
-  with pytest.raises(FileNotFoundError, match='TFRecord only.*launch/prepare_data.py'):
+  with pytest.raises(UserError, match='TFRecord only.*launch/prepare_data.py'):
     tfds_pipeline.get_tfds_source(old, SHAPE)
   builder = tfds_pipeline.prepare('imagenet2012', old['data_dir'])
   assert tfds_prepare.file_formats(builder) == {'tfrecord', 'array_record'}
@@ -288,18 +289,18 @@ def test_small_copy_shrinks_the_jpegs_and_keeps_the_examples(tiny_imagenet):
 def test_missing_imagenet_explains_the_manual_download(tmp_path):
   config = {'name': 'imagenet2012', 'data_dir': str(tmp_path / 'data'),
             'manual_dir': str(tmp_path / 'manual')}
-  with pytest.raises(FileNotFoundError) as error:
+  with pytest.raises(UserError) as error:
     tfds_pipeline.get_tfds_source(config, (224, 224, 3))
   message = str(error.value)
   for needle in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar', str(tmp_path / 'manual'),
                  'download_and_prepare', 'tfds build imagenet2012', 'launch/prepare_data.py'):
     assert needle in message
-  with pytest.raises(FileNotFoundError, match='ILSVRC2012_img_val.tar'):
+  with pytest.raises(UserError, match='ILSVRC2012_img_val.tar'):
     tfds_pipeline.prepare('imagenet2012', str(tmp_path / 'data'), str(tmp_path / 'manual'))
 
 
 def test_missing_cifar_without_download_says_how_to_prepare(tmp_path):
-  with pytest.raises(FileNotFoundError, match='prepare_data.py --dataset=cifar10'):
+  with pytest.raises(UserError, match='prepare_data.py --dataset=cifar10'):
     tfds_pipeline.get_tfds_source(
         {'name': 'cifar10', 'data_dir': str(tmp_path), 'download': False}, SHAPE)
 

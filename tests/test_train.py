@@ -16,6 +16,7 @@ import pytest
 from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
 
 from irevnet_jax import train
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import config as config_lib, evaluate_run, optimizer, parallel
 from experiments.configs import digits
 import in_process
@@ -113,7 +114,7 @@ def test_four_devices_match_one_device(tmp_path):
 def test_non_finite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   config = lib.make_config(learning_rate=1e9, warmup_epochs=0.0, lr_schedule='step',
                            num_train_steps=40, log_every_steps=1, checkpoint_every_steps=1)
-  with pytest.raises(FloatingPointError, match=r'Non-finite .* at step (\d+)') as e:
+  with pytest.raises(UserError, match=r'Non-finite .* at step (\d+)') as e:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(e.value.args[0].split('at step ')[1].split(';')[0])
   steps = checkpoints.Checkpointer(str(tmp_path), keep=3).all_steps()

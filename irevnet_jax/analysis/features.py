@@ -21,6 +21,7 @@ import numpy as np
 
 from irevnet_jax.model import ops, reversible
 from irevnet_jax.analysis.progress import Progress
+from irevnet_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +62,8 @@ def plan_reduction(shape, pool_size: int = 0, max_feature_dim: int = 4096):
   means no limit.
   """
   if pool_size < 0 or max_feature_dim < 0:
-    raise ValueError(f'pool_size={pool_size} and max_feature_dim={max_feature_dim} must be '
-                     f'>= 0 (0 = automatic / no limit), e.g. pool_size=0, max_feature_dim=4096.')
+    raise UserError(f'pool_size={pool_size} and max_feature_dim={max_feature_dim} must be '
+                    f'>= 0 (0 = automatic / no limit), e.g. pool_size=0, max_feature_dim=4096.')
   limit = max_feature_dim or math.inf
   if len(shape) == 1:
     return None, (max_feature_dim if shape[0] > limit else None)
@@ -89,7 +90,7 @@ def irevnet_depths(arch, every_k: int = 0, pool_size: int = 0,
   """Depth points of an i-RevNet `Architecture`: the input, then after every
   `every_k` blocks (0: none) and at the end of every stage."""
   if every_k < 0:
-    raise ValueError(f'every_k={every_k} must be >= 0 (0 = stage outputs only), e.g. 2.')
+    raise UserError(f'every_k={every_k} must be >= 0 (0 = stage outputs only), e.g. 2.')
   def make(name, blocks, shape):
     grid, channels = plan_reduction(shape, pool_size, max_feature_dim)
     return Depth(name, blocks, tuple(shape), grid, channels)
@@ -218,8 +219,8 @@ def make_batch_fn(net, depths: List[Depth], with_inverse: bool = False, seed: in
   reduce = reduce_fn(depths, seed)
   if not net.invertible:
     if with_inverse:
-      raise ValueError(f'{type(net).__name__} is not invertible (net.invertible is False): '
-                       f'use with_inverse=False.')
+      raise UserError(f'{type(net).__name__} is not invertible (net.invertible is False): '
+                      f'use with_inverse=False.')
 
     def baseline_fn(variables, x):
       logits, feats = net.forward(variables, x)
@@ -263,7 +264,7 @@ def extract(batch_fn, variables, batches: Iterable[dict], depths: List[Depth],
   as host arrays (e.g. to accumulate reconstruction errors).
   """
   if max_examples < 1:
-    raise ValueError(f'max_examples={max_examples} must be >= 1, e.g. 10000.')
+    raise UserError(f'max_examples={max_examples} must be >= 1, e.g. 10000.')
   goal = min(max_examples, total) if total else max_examples
   progress = Progress(goal, desc)
   feats = [[] for _ in depths]
@@ -290,6 +291,6 @@ def extract(batch_fn, variables, batches: Iterable[dict], depths: List[Depth],
     progress.update(len(index))
   progress.close()
   if not count:
-    raise ValueError(f'No examples came out of the {desc} batches (all masked or empty).')
+    raise UserError(f'No examples came out of the {desc} batches (all masked or empty).')
   return FeatureSet(depths, [np.concatenate(f) for f in feats], np.concatenate(labels),
                     np.concatenate(logits))

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irevnet_jax.errors import UserError
+
 
 def pick_pairs(labels, num_pairs: int):
   """Index pairs (i, j) of examples with different labels, each example used once
@@ -34,10 +36,10 @@ def make_path_fn(net, num_steps: int):
   path_logits (P, num_steps, classes): the head's logits along the z path.
   """
   if not net.invertible:
-    raise ValueError(f'Interpolation needs an invertible network; {type(net).__name__} '
-                     f'has net.invertible == False.')
+    raise UserError(f'Interpolation needs an invertible network; {type(net).__name__} '
+                    f'has net.invertible == False.')
   if num_steps < 2:
-    raise ValueError(f'num_steps={num_steps} must be >= 2 (both end points), e.g. 8.')
+    raise UserError(f'num_steps={num_steps} must be >= 2 (both end points), e.g. 8.')
 
   def fn(variables, x_a, x_b):
     t = jnp.linspace(0.0, 1.0, num_steps)

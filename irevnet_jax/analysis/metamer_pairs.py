@@ -21,6 +21,7 @@ import numpy as np
 
 from irevnet_jax.analysis import metamers
 from irevnet_jax.analysis.progress import Progress
+from irevnet_jax.errors import UserError
 
 TOLERANCE = 1e-3    # the goal for the logits' relative difference from a's
 REFINE_TARGET = 1e-4   # where the injective networks' refinement stops
@@ -37,8 +38,8 @@ def make_pair_fn(net, max_iterations: int = 30, refine_steps: int = 30):
   units, iterations and pattern are then those of the last solve).
   """
   if not net.invertible:
-    raise ValueError(f'Metamers need an invertible network; {type(net).__name__} has '
-                     f'net.invertible == False.')
+    raise UserError(f'Metamers need an invertible network; {type(net).__name__} has '
+                    f'net.invertible == False.')
   injective = math.prod(net.z_shape) > math.prod(net.input_shape)
 
   def fn(variables, x_a, x_b):

@@ -47,6 +47,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import norm
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -84,8 +85,8 @@ class Metamer(NamedTuple):
 def head_of(net, variables) -> Head:
   """The head of an i-RevNet's variables, in float32 (float64 in a float64 model)."""
   if not getattr(net, 'invertible', False):
-    raise ValueError(f'Metamers need an invertible i-RevNet; this net has '
-                     f'net.invertible == False ({type(net.module).__name__}).')
+    raise UserError(f'Metamers need an invertible i-RevNet; this net has '
+                    f'net.invertible == False ({type(net.module).__name__}).')
   params, stats = variables['params'], variables['batch_stats']
   dtype = jnp.float64 if net.arch.dtype == 'float64' else jnp.float32
   bn = {k: jnp.asarray(v, dtype) for k, v in params['head_norm'].items()}
@@ -165,8 +166,8 @@ def metamer(net, variables, z_a, z_b, max_iterations: int = 30,
 
   z_a, z_b = jnp.asarray(z_a, head.scale.dtype), jnp.asarray(z_b, head.scale.dtype)
   if z_a.shape != z_b.shape or z_a.ndim not in (3, 4):
-    raise ValueError(f'z_a {z_a.shape} and z_b {z_b.shape} must have one shape, '
-                     f'(H, W, C) or (N, H, W, C), e.g. both from net.forward.')
+    raise UserError(f'z_a {z_a.shape} and z_b {z_b.shape} must have one shape, '
+                    f'(H, W, C) or (N, H, W, C), e.g. both from net.forward.')
   return solve(z_a, z_b) if z_a.ndim == 3 else jax.vmap(solve)(z_a, z_b)
 
 

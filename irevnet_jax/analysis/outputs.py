@@ -19,7 +19,10 @@ def local_dir(out_dir: str):
   """Yields a local folder to write into; for a URL, a temporary one whose files are
   copied to `out_dir` when the block ends without an error."""
   if not paths.is_url(out_dir):
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+    except OSError as error:
+      raise paths.cannot_write(out_dir, error) from error
     yield out_dir
     return
   paths.use_fsspec_for_urls()

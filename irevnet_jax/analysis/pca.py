@@ -9,6 +9,7 @@ then narrowed down by bisection between grid points.
 import numpy as np
 
 from irevnet_jax.analysis import probes
+from irevnet_jax.errors import UserError
 
 
 def components(train_x):
@@ -27,7 +28,7 @@ def components(train_x):
     evals, vecs = evals[::-1], vecs[:, ::-1]
   rank = int(np.sum(evals > max(evals[0], 0.0) * max(n, d) * 1e-12)) if evals[0] > 0 else 0
   if rank == 0:
-    raise ValueError('PCA of constant features: the train features have no variance.')
+    raise UserError('PCA of constant features: the train features have no variance.')
   evals = evals[:rank]
   if n < d:
     vecs = (x.T @ u[:, :rank]) / np.sqrt(evals)     # right singular vectors
@@ -55,7 +56,7 @@ def pca_curve(train_x, train_y, test_x, test_y, fraction: float = 0.99, refine: 
   points that the bisection visited.
   """
   if not 0 < fraction <= 1:
-    raise ValueError(f'fraction={fraction} must be in (0, 1], e.g. 0.99.')
+    raise UserError(f'fraction={fraction} must be in (0, 1], e.g. 0.99.')
   mean, comps, var = components(train_x)
   rank = len(var)
   ratio = var / var.sum()

@@ -19,6 +19,7 @@ import numpy as np
 from irevnet_jax.train.config import exact_model_config
 from irevnet_jax.analysis import (features, interpolation, metamer_pairs, pca, plots,
                                   probes, reconstruction, report)
+from irevnet_jax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -44,12 +45,12 @@ class Options:
     for name in ('max_train_examples', 'max_eval_examples', 'max_contraction_examples',
                  'num_images', 'num_pairs'):
       if getattr(self, name) < 1:
-        raise ValueError(f'{name}={getattr(self, name)} must be >= 1.')
+        raise UserError(f'{name}={getattr(self, name)} must be >= 1.')
     if self.num_steps < 2:
-      raise ValueError(f'num_steps={self.num_steps} must be >= 2, e.g. 8.')
+      raise UserError(f'num_steps={self.num_steps} must be >= 2, e.g. 8.')
     if self.every_k_blocks < 0 or self.blas_threads < 0 or self.num_metamers < 0:
-      raise ValueError('every_k_blocks, blas_threads and num_metamers must be >= 0 '
-                       '(0 = off / default).')
+      raise UserError('every_k_blocks, blas_threads and num_metamers must be >= 0 '
+                      '(0 = off / default).')
 
 
 # The model config that computes in true float32 (float64 stays float64) at precision

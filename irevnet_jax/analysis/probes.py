@@ -13,6 +13,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from irevnet_jax.errors import UserError
+
 
 def normalise(train, test):
   """(train - mean) / s and (test - mean) / s, s = RMS norm of the centred train rows."""
@@ -72,7 +74,7 @@ def contraction(x, y, chunk: int = 512) -> dict:
     inter_sum += float(d[diff].sum())
     inter_n += int(diff.sum())
   if not intra_n or not inter_n:
-    raise ValueError(f'contraction needs two examples of some class and two classes; got '
-                     f'{len(y)} examples of {len(np.unique(y))} class(es).')
+    raise UserError(f'contraction needs two examples of some class and two classes; got '
+                    f'{len(y)} examples of {len(np.unique(y))} class(es).')
   intra, inter = intra_sum / intra_n, inter_sum / inter_n
   return {'intra': intra, 'inter': inter, 'ratio': intra / inter}

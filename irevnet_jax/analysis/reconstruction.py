@@ -11,6 +11,8 @@ import math
 import jax
 import numpy as np
 
+from irevnet_jax.errors import UserError
+
 
 class ReconstructionStats:
   """`update(x, x_hat)` per batch (N, H, W, C); `result()` gives the dict above."""
@@ -29,7 +31,7 @@ class ReconstructionStats:
     x = np.asarray(x, np.float64)
     err = np.asarray(x_hat, np.float64) - x
     if err.shape != x.shape:
-      raise ValueError(f'x_hat has shape {err.shape}, expected the input shape {x.shape}.')
+      raise UserError(f'x_hat has shape {err.shape}, expected the input shape {x.shape}.')
     if not len(x):
       return
     self.sum_sq_err += float(np.sum(err * err))
@@ -45,7 +47,7 @@ class ReconstructionStats:
 
   def result(self) -> dict:
     if not self.examples:
-      raise ValueError('ReconstructionStats saw no examples; call update(x, x_hat) first.')
+      raise UserError('ReconstructionStats saw no examples; call update(x, x_hat) first.')
     mse = self.sum_sq_err / self.values
     data_range = self.hi - self.lo
     return {

@@ -26,6 +26,7 @@ from typing import Tuple
 
 import ml_collections
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import validation
 from irevnet_jax.model.validation import DTYPES, PRECISIONS
 
@@ -145,11 +146,11 @@ class BaselineArch:
 
 
 def layout(config) -> BaselineArch:
-  """Validates a baseline model config; a ValueError names the field and a value that works."""
+  """Validates a baseline model config; a UserError names the field and a value that works."""
   kind = config.get('arch', 'irevnet')
   if kind not in ARCHS:
-    raise ValueError(f'model.arch={kind!r} is not a baseline; use one of {ARCHS} '
-                     f"(or 'irevnet' through irevnet_jax.build).")
+    raise UserError(f'model.arch={kind!r} is not a baseline; use one of {ARCHS} '
+                    f"(or 'irevnet' through irevnet_jax.build).")
   validation.check_fields(config, base(kind).keys(), f'arch={kind!r}',
                           'irevnet_jax.baselines.resnet50() / revnet56()')
   h, w, c = validation.input_shape(config)
@@ -160,13 +161,13 @@ def layout(config) -> BaselineArch:
   validation.check_stages('units', units, strides, widths)
   min_width = 2 if kind == 'revnet' else 1
   if min(widths) < min_width:
-    raise ValueError(f'model.widths={widths}: each width must be >= {min_width} '
-                     f'(RevNet\'s F and G have width // 2 hidden channels).')
+    raise UserError(f'model.widths={widths}: each width must be >= {min_width} '
+                    f'(RevNet\'s F and G have width // 2 hidden channels).')
   if stem_width < 2:
-    raise ValueError(f'model.stem_width={stem_width} must be >= 2, e.g. 64.')
+    raise UserError(f'model.stem_width={stem_width} must be >= 2, e.g. 64.')
   validation.check_choice(config, 'stem', STEMS)
   if int(config.num_classes) < 1:
-    raise ValueError(f'model.num_classes={config.num_classes} must be >= 1.')
+    raise UserError(f'model.num_classes={config.num_classes} must be >= 1.')
   validation.check_choice(config, 'dtype', DTYPES)
   validation.check_choice(config, 'precision', PRECISIONS)
   hint = (" (reversible backprop needs invertible units: use arch='revnet')"

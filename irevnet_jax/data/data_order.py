@@ -18,6 +18,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from irevnet_jax.errors import UserError
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -63,8 +65,8 @@ class TrainOrder:
 
   def __init__(self, num_records: int, seed: int, global_batch: int):
     if num_records < 1 or global_batch < 1:
-      raise ValueError(f'num_records={num_records} and global_batch={global_batch} must '
-                       'be >= 1.')
+      raise UserError(f'num_records={num_records} and global_batch={global_batch} must '
+                      'be >= 1.')
     self.num_records = int(num_records)
     self.seed = int(seed)
     self.global_batch = int(global_batch)

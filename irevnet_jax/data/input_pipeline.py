@@ -22,6 +22,7 @@ from typing import Iterator, Protocol, Tuple
 import numpy as np
 
 from irevnet_jax.data import tfds_options   # names and checks only: no TensorFlow
+from irevnet_jax.errors import UserError
 
 # Names served by `irevnet_jax.data.tfds_pipeline` (imported lazily: it needs TensorFlow).
 TFDS_NAMES = (*tfds_options.SPECS, *tfds_options.ALIASES)
@@ -210,7 +211,7 @@ def _check_fields(dataset_config):
   allowed, so that `--config.dataset.name=synthetic` works on an ImageNet config."""
   unknown = sorted(set(dataset_config.keys()) - set(DATASET_FIELDS))
   if unknown:
-    raise ValueError(
+    raise UserError(
         f'dataset has no field(s) {unknown}; dataset fields are {sorted(DATASET_FIELDS)}.')
 
 
@@ -234,7 +235,7 @@ def _tfds_mismatches(name, input_shape, num_classes):
 
 
 def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
-  """A ValueError naming every model field that does not fit the TFDS dataset named by
+  """A UserError naming every model field that does not fit the TFDS dataset named by
   `dataset_config.name` (input_shape and num_classes together), before TensorFlow loads."""
   name = dataset_config.get('name', None)
   if name not in TFDS_NAMES:
@@ -242,13 +243,13 @@ def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
   wrong, fits = _tfds_mismatches(name, tuple(int(d) for d in model_input_shape),
                                  model_num_classes)
   if wrong:
-    raise ValueError(f'dataset.name={name!r} does not fit the model: {" and ".join(wrong)}; '
-                     f'set {" and ".join(fits)}, or start from a config made for it '
-                     '(experiments/configs/).')
+    raise UserError(f'dataset.name={name!r} does not fit the model: {" and ".join(wrong)}; '
+                    f'set {" and ".join(fits)}, or start from a config made for it '
+                    '(experiments/configs/).')
 
 
 def refuse_missing_imagenet(tfds_fields, model_input_shape):
-  """FileNotFoundError with the guide that prepares ImageNet when the file system alone shows
+  """A UserError with the guide that prepares ImageNet when the file system alone shows
   it is not there: a local data dir without an `<data_dir>/imagenet2012` folder.
 
   Checked before TensorFlow is imported: its import prints C++ log lines (oneDNN, absl's
@@ -265,21 +266,21 @@ def refuse_missing_imagenet(tfds_fields, model_input_shape):
   if '://' in root or os.path.isdir(folder):
     return
   from irevnet_jax.data import tfds_records  # pylint: disable=g-import-not-at-top  (no TF at import)
-  raise FileNotFoundError(tfds_records.imagenet_missing_message(opts, folder))
+  raise UserError(tfds_records.imagenet_missing_message(opts, folder))
 
 
 TFDS_EXTRA = "pip install -e '.[tfds]'"
 
 
 def _check_tfds_installed(name: str):
-  """ImportError naming the extra to install when TensorFlow Datasets' packages are missing."""
+  """A UserError naming the extra to install when TensorFlow Datasets' packages are missing."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   missing = [package for package in ('tensorflow', 'tensorflow_datasets', 'array_record')
              if importlib.util.find_spec(package) is None]
   if missing:
-    raise ImportError(f'dataset.name={name!r} reads TensorFlow Datasets, which needs '
-                      f'{", ".join(missing)} (not installed): install the extra with '
-                      f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
+    raise UserError(f'dataset.name={name!r} reads TensorFlow Datasets, which needs '
+                    f'{", ".join(missing)} (not installed): install the extra with '
+                    f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
 
 
 def get_source(dataset_config, model_input_shape) -> DataSource:
@@ -305,11 +306,11 @@ def get_source(dataset_config, model_input_shape) -> DataSource:
     refuse_missing_imagenet(tfds_fields, model_input_shape)
     return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
   else:
-    raise ValueError(
+    raise UserError(
         f'Unknown dataset.name={name!r}; known names are {list(LOCAL_NAMES + TFDS_NAMES)} '
-        f"(e.g. --config.dataset.name=digits).")
+        f'(e.g. {tfds_options.flag("name=digits")}).')
   if source.input_shape != model_input_shape:
-    raise ValueError(
+    raise UserError(
         f'dataset.name={name!r} yields images of shape {source.input_shape}, but '
         f'model.input_shape={model_input_shape}; set model.input_shape={source.input_shape}.')
   return source

@@ -1,17 +1,41 @@
 """What a TFDS `dataset` config asks for: the datasets known, their fields, defaults and checks.
 
 `parse_options(dataset_config)` turns the `dataset` sub-config into checked `Options`
-(a ValueError names the field and a value that works); `SPECS` holds what the pipeline
+(a UserError names the field and a value that works); `SPECS` holds what the pipeline
 knows of each dataset (classes, image size, normalisation constants, default recipe).
+`flag('name=synthetic')` names a dataset field as the running command's flag.
 No TensorFlow here: `irevnet_jax.data.input_pipeline` reads the names without importing it.
 """
+import contextlib
+import contextvars
 import dataclasses
 import os
 from typing import Optional, Tuple
 
+from irevnet_jax.errors import UserError
+
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 CROP_SAMPLERS = ('inception', 'torchvision')   # keys of tfds_augment.CROP_SAMPLERS
 JITTER_FIELDS = ('jitter_brightness', 'jitter_contrast', 'jitter_saturation', 'jitter_hue')
+# How the running command spells a dataset field's flag: experiments.main's
+# --config.dataset.<field>, or --dataset.<field> (evaluate, analyze: `flag_prefix`).
+_FLAG_PREFIX = contextvars.ContextVar('dataset_flag_prefix', default='--config.dataset.')
+
+
+def flag(assignment: str) -> str:
+  """'name=synthetic' -> '--config.dataset.name=synthetic', or with the prefix that
+  `flag_prefix` set: what an error message tells the user to pass."""
+  return _FLAG_PREFIX.get() + assignment
+
+
+@contextlib.contextmanager
+def flag_prefix(prefix: str):
+  """Inside, `flag` names dataset fields with `prefix` (e.g. '--dataset.')."""
+  token = _FLAG_PREFIX.set(prefix)
+  try:
+    yield
+  finally:
+    _FLAG_PREFIX.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +98,15 @@ def _get(dataset_config, field, default):
 
 
 def parse_options(dataset_config) -> Options:
-  """Reads the `dataset` config (ConfigDict or dict) into `Options`; ValueError on bad fields."""
+  """Reads the `dataset` config (ConfigDict or dict) into `Options`; UserError on bad fields."""
   name = ALIASES.get(dataset_config.get('name', None), dataset_config.get('name', None))
   if name not in SPECS:
-    raise ValueError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
-                     f'use one of {sorted(SPECS)} (or "digits" / "synthetic").')
+    raise UserError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
+                    f'use one of {sorted(SPECS)} (or "digits" / "synthetic").')
   unknown = sorted(set(dataset_config.keys()) - set(FIELDS))
   if unknown:
-    raise ValueError(f'dataset.name={name!r} has no field(s) {unknown}; its fields are '
-                     f'{list(FIELDS)}.')
+    raise UserError(f'dataset.name={name!r} has no field(s) {unknown}; its fields are '
+                    f'{list(FIELDS)}.')
   spec = SPECS[name]
   get = lambda field, default: _get(dataset_config, field, default)  # noqa: E731
   opts = Options(
@@ -105,31 +129,31 @@ def parse_options(dataset_config) -> Options:
 
 
 def _check_options(opts: Options) -> None:
-  """ValueError naming the first bad field and a value that works."""
+  """A UserError naming the first bad field and a value that works."""
   if opts.normalization not in ('unit', 'mean_std'):
-    raise ValueError(f'dataset.normalization={opts.normalization!r}: use "unit" ([0, 1], '
-                     'as in the paper) or "mean_std" (per-channel mean/std).')
+    raise UserError(f'dataset.normalization={opts.normalization!r}: use "unit" ([0, 1], '
+                    'as in the paper) or "mean_std" (per-channel mean/std).')
   if opts.crop_sampler not in CROP_SAMPLERS:
-    raise ValueError(f'dataset.crop_sampler={opts.crop_sampler!r}: use "inception" (the '
-                     'paper\'s) or "torchvision" (RandomResizedCrop, the released script\'s).')
+    raise UserError(f'dataset.crop_sampler={opts.crop_sampler!r}: use "inception" (the '
+                    'paper\'s) or "torchvision" (RandomResizedCrop, the released script\'s).')
   area, aspect = opts.crop_area_range, opts.crop_aspect_range
   if len(area) != 2 or not 0 < area[0] <= area[1] <= 1:
-    raise ValueError(f'dataset.crop_area_range={area} must be (lo, hi) with '
-                     '0 < lo <= hi <= 1, e.g. (0.05, 1.0).')
+    raise UserError(f'dataset.crop_area_range={area} must be (lo, hi) with '
+                    '0 < lo <= hi <= 1, e.g. (0.05, 1.0).')
   if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-    raise ValueError(f'dataset.crop_aspect_range={aspect} must be (lo, hi) '
-                     'with 0 < lo <= hi, e.g. (0.75, 1.333).')
+    raise UserError(f'dataset.crop_aspect_range={aspect} must be (lo, hi) '
+                    'with 0 < lo <= hi, e.g. (0.75, 1.333).')
   for field, value in zip(JITTER_FIELDS, opts.jitter):
     limit = 0.5 if field == 'jitter_hue' else float('inf')
     if not 0 <= value <= limit:
-      raise ValueError(f'dataset.{field}={value} must be in [0, {limit}] (0 turns it off), '
-                       'e.g. 0.2.')
+      raise UserError(f'dataset.{field}={value} must be in [0, {limit}] (0 turns it off), '
+                      'e.g. 0.2.')
   if not 0 < opts.eval_crop_fraction <= 1:
-    raise ValueError(f'dataset.eval_crop_fraction={opts.eval_crop_fraction} must be in '
-                     '(0, 1], e.g. 0.875.')
+    raise UserError(f'dataset.eval_crop_fraction={opts.eval_crop_fraction} must be in '
+                    '(0, 1], e.g. 0.875.')
   if opts.cpu_threads < 0:
-    raise ValueError(f'dataset.cpu_threads={opts.cpu_threads} must be >= 0 (0: all cores), '
-                     'e.g. 8.')
+    raise UserError(f'dataset.cpu_threads={opts.cpu_threads} must be >= 0 (0: all cores), '
+                    'e.g. 8.')
 
 
 def _path_or_none(path):
@@ -137,17 +161,17 @@ def _path_or_none(path):
 
 
 def check_input_shape(name: str, spec: Spec, input_shape) -> Tuple[int, int, int]:
-  """The model's (H, W, C) if this dataset can feed it, else a ValueError naming the field."""
+  """The model's (H, W, C) if this dataset can feed it, else a UserError naming the field."""
   shape = tuple(int(v) for v in input_shape)
   if spec.image_shape is not None:
     if shape != spec.image_shape:
-      raise ValueError(
+      raise UserError(
           f'model.input_shape={shape} does not fit dataset.name={name!r}, whose images are '
           f'{spec.image_shape} and are not resized: set model.input_shape={spec.image_shape} '
           '(e.g. irevnet_jax.presets.cifar10()).')
     return shape
   if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < 8:
-    raise ValueError(
+    raise UserError(
         f'model.input_shape={shape} does not fit dataset.name={name!r}: its RGB images are '
         'cropped and resized to (H, W, 3) with H, W >= 8, e.g. model.input_shape=(224, 224, 3).')
   return shape

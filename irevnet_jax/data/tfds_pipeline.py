@@ -31,6 +31,7 @@ import numpy as np
 from irevnet_jax.data import data_order
 from irevnet_jax.data.tfds_options import SPECS, Options, check_input_shape, parse_options, pixel_stats
 from irevnet_jax.data.tfds_records import TfdsRecords, import_tf, prepare
+from irevnet_jax.errors import UserError
 
 __all__ = ['TfdsSource', 'get_tfds_source', 'prepare']
 
@@ -61,10 +62,10 @@ class TfdsSource:
 
   def _check_process(self, local_batch_size, process_index, process_count):
     if process_count < 1 or not 0 <= process_index < process_count:
-      raise ValueError(f'process_index={process_index} must be in [0, process_count='
-                       f'{process_count}).')
+      raise UserError(f'process_index={process_index} must be in [0, process_count='
+                      f'{process_count}).')
     if local_batch_size < 1:
-      raise ValueError(f'local_batch_size={local_batch_size} must be >= 1.')
+      raise UserError(f'local_batch_size={local_batch_size} must be >= 1.')
 
   def _augment(self, encoded, seed):
     """Encoded image, stateless seed -> training image, uint8 input_shape."""
@@ -84,11 +85,11 @@ class TfdsSource:
     self._check_process(local_batch_size, process_index, process_count)
     global_batch = local_batch_size * process_count
     if global_batch > self.num_train_examples:
-      raise ValueError(
+      raise UserError(
           f'batch_size: the global batch {global_batch} is larger than the '
           f'{self.num_train_examples} {self.name} training examples.')
     if start_step < 0:
-      raise ValueError(f'start_step={start_step} must be >= 0.')
+      raise UserError(f'start_step={start_step} must be >= 0.')
     tf, _ = import_tf()
     order = data_order.TrainOrder(self.num_train_examples, seed, global_batch)
     first_row = process_index * local_batch_size
@@ -162,8 +163,8 @@ def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
   """The data source for `dataset_config` (fields: `tfds_options.FIELDS`; see
   docs/data_and_launch.md).
 
-  Raises ValueError if `model_input_shape` (model.input_shape) does not fit the dataset,
-  FileNotFoundError if the dataset is not prepared (with the steps that prepare it).
+  Raises UserError if `model_input_shape` (model.input_shape) does not fit the dataset,
+  or if the dataset is not prepared (with the steps that prepare it).
   """
   opts = parse_options(dataset_config)
   shape = check_input_shape(opts.name, SPECS[opts.name], model_input_shape)

@@ -18,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from irevnet_jax.data.tfds_options import IMAGENET_TARS, SPECS, Options, parse_options
+from irevnet_jax.data.tfds_options import IMAGENET_TARS, SPECS, Options, flag, parse_options
+from irevnet_jax.errors import UserError
 
 
 def import_tf():
@@ -31,9 +32,9 @@ def import_tf():
     except (RuntimeError, ValueError):
       # TF's runtime already started: it must not have claimed an accelerator.
       if tf.config.get_visible_devices(kind):
-        raise RuntimeError(f'TensorFlow was initialised with a visible {kind} before '
-                           'irevnet_jax.data.tfds_records could hide it; it would compete with JAX '
-                           'for the accelerator. Import this module before using TensorFlow.')
+        raise UserError(f'TensorFlow was initialised with a visible {kind} before '
+                        'irevnet_jax.data.tfds_records could hide it; it would compete with JAX '
+                        'for the accelerator. Import this module before using TensorFlow.')
   return tf, tfds
 
 
@@ -58,8 +59,8 @@ def imagenet_missing_message(opts: Options, builder_data_dir: str, detail: str =
       f'equivalent is `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual} '
       '--file_format=array_record` (TFDS 4.9 needs apache-beam installed for its CLI).\n'
       '  4. Train with dataset.data_dir set to that data dir (see docs/data_and_launch.md).\n'
-      'To try the model and the runner without ImageNet, train on random images instead: '
-      '--config.dataset.name=synthetic.')
+      'To try the model and the runner without ImageNet, use random images instead: '
+      f'{flag("name=synthetic")}.')
 
 
 def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str] = None):
@@ -77,7 +78,7 @@ def prepare(name: str, data_dir: Optional[str] = None, manual_dir: Optional[str]
     if SPECS[opts.name].kind == 'imagenet':
       _, tfds = import_tf()
       data_dir = tfds.builder(opts.name, data_dir=opts.data_dir).data_dir
-      raise FileNotFoundError(imagenet_missing_message(opts, data_dir)) from e
+      raise UserError(imagenet_missing_message(opts, data_dir)) from e
     raise
 
 
@@ -107,7 +108,7 @@ class TfdsRecords:
     try:
       return tfds_prepare.prepare(opts.name, opts.data_dir, None)
     except Exception as e:
-      raise RuntimeError(
+      raise UserError(
           f'Could not download and prepare {opts.name} into '
           f'{tfds.builder(opts.name, data_dir=opts.data_dir).data_dir}: {e}. On a machine '
           f'without internet access, run `python launch/prepare_data.py --dataset={opts.name} '
@@ -120,7 +121,7 @@ class TfdsRecords:
       return self._builder.as_data_source(
           split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     except NotImplementedError as e:   # no ArrayRecord files: not prepared, or TFRecord only
-      raise FileNotFoundError(self._not_prepared_message()) from e
+      raise UserError(self._not_prepared_message()) from e
     except (ValueError, KeyError) as e:
       raise self._missing_split(split, field) from e
 
@@ -145,8 +146,8 @@ class TfdsRecords:
     if self.spec.kind == 'imagenet':
       hint = (f' ImageNet splits exist only for the tars that were in the manual dir when it '
               f'was prepared ({", ".join(IMAGENET_TARS)}).')
-    return ValueError(f'{field}={split!r} is not a split of {self.opts.name} in '
-                      f'{self._builder.data_dir}; available: {available}.{hint}')
+    return UserError(f'{field}={split!r} is not a split of {self.opts.name} in '
+                     f'{self._builder.data_dir}; available: {available}.{hint}')
 
   def num_examples(self, split: str) -> int:
     return len(self.data_sources[split])

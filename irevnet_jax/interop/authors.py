@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irevnet_jax import nets
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import presets
 from irevnet_jax.interop import authors_layout
 from irevnet_jax.interop.state_dict_files import (  # noqa: F401  (part of this API)
@@ -35,7 +36,7 @@ PREFIX = 'module.'   # what nn.DataParallel puts before every key
 SHOWN = 5            # keys listed in an error message before '... and N more'
 
 
-class StateDictMismatchError(ValueError):
+class StateDictMismatchError(UserError):
   """A state dict (or variables) does not fit a model config: keys or shapes."""
 
 
@@ -49,8 +50,8 @@ def _model_config(config):
   if 'model' in config and 'blocks' not in config:
     config = config.model
   if config.get('arch', 'irevnet') != 'irevnet':
-    raise ValueError(f"The authors' i-RevNet layout needs an i-RevNet model config "
-                     f"(model.arch='irevnet'), got model.arch={config.arch!r}.")
+    raise UserError(f"The authors' i-RevNet layout needs an i-RevNet model config "
+                    f"(model.arch='irevnet'), got model.arch={config.arch!r}.")
   return config
 
 
@@ -148,7 +149,7 @@ def to_variables(state_dict: Mapping, model_config) -> dict:
   Returns numpy arrays in the model's parameter dtype (float64 for
   model.dtype='float64' with jax_enable_x64, else float32).
 
-  Raises `StateDictMismatchError` (a ValueError) naming the missing and
+  Raises `StateDictMismatchError` (a UserError) naming the missing and
   unexpected keys or the shapes that differ, and the config fields to change.
   """
   config = _model_config(model_config)

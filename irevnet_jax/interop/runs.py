@@ -30,6 +30,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 import irevnet_jax
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import checkpoints, paths, workdir as workdir_lib
 from irevnet_jax.interop import authors, state_dict_files
 from irevnet_jax.train import config as config_lib
@@ -62,13 +63,13 @@ def checkpoint_steps(workdir: str) -> list:
 
 
 def _check_new_run_dir(workdir: str):
-  """OSError naming the fix when `workdir` cannot take an import; creates nothing."""
+  """A UserError naming the fix when `workdir` cannot take an import; creates nothing."""
   if paths.kind(paths.resolve(workdir)) == 'file':
-    raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory; pass a new '
-                             f'directory.')
+    raise UserError(f'--workdir={workdir} is a file, not a directory; pass a new '
+                    f'directory.')
   steps = checkpoint_steps(workdir)
   if steps:
-    raise FileExistsError(
+    raise UserError(
         f'--workdir={workdir} already holds checkpoints (steps {steps}); import into a new '
         f'--workdir, or delete {paths.join(workdir, checkpoints.CHECKPOINT_DIR)} to replace '
         f'that run.')
@@ -116,7 +117,7 @@ def import_weights(weights_path: str, config, workdir: str,
   """
   weights_path = os.fspath(weights_path)
   if not os.path.isfile(weights_path):
-    raise FileNotFoundError(f'--weights={weights_path}: no such file.')
+    raise UserError(f'--weights={weights_path}: no such file.')
   config_lib.check_config(config)
   _check_new_run_dir(workdir)
   state_dict = authors.load_state_dict(weights_path, weights_only=weights_only)
@@ -161,11 +162,12 @@ def export_counters(workdir: str, step: int):
 
 
 def _check_output(output: str, overwrite: bool):
-  """ValueError / ImportError / FileExistsError before anything is read or written."""
+  """A UserError (PyTorchMissingError: also an ImportError) before anything is read or
+  written."""
   if not output.endswith(('.npz',) + state_dict_files.TORCH_SUFFIXES):
-    raise ValueError(f'--output={output}: use a name ending in .npz (no PyTorch needed), '
-                     f".pth.tar (the authors' checkpoint format) or .pth / .pt (a bare state "
-                     f'dict).')
+    raise UserError(f'--output={output}: use a name ending in .npz (no PyTorch needed), '
+                    f".pth.tar (the authors' checkpoint format) or .pth / .pt (a bare state "
+                    f'dict).')
   if output.endswith(state_dict_files.TORCH_SUFFIXES) and importlib.util.find_spec(
       'torch') is None:
     raise state_dict_files.PyTorchMissingError(
@@ -173,8 +175,8 @@ def _check_output(output: str, overwrite: bool):
         f'the optional extra: {state_dict_files.TORCH_EXTRA} (the CPU build suffices), or '
         f'write a .npz instead (no PyTorch needed).')
   if os.path.exists(output) and not overwrite:
-    raise FileExistsError(f'--output={output} exists; pass --overwrite to replace it, or '
-                          f'choose another --output.')
+    raise UserError(f'--output={output} exists; pass --overwrite to replace it, or '
+                    f'choose another --output.')
 
 
 def export_weights(workdir: str, output: str, step: Optional[int] = None,

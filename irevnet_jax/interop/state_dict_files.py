@@ -11,6 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.interop import pickled_classes
 from irevnet_jax.run import paths
 
@@ -25,11 +26,11 @@ ZIP_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')
 TORCH_LEGACY_MAGIC = (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(UserError):
   """A file that is not a state dict or checkpoint in a format read here."""
 
 
-class PyTorchMissingError(ImportError):
+class PyTorchMissingError(UserError, ImportError):
   """A PyTorch file was to be read or written, and PyTorch is not installed."""
 
 
@@ -148,8 +149,8 @@ def load_state_dict(path, *, weights_only: bool = True) -> 'collections.OrderedD
   `torch.load(path, map_location='cpu', weights_only=...)`. Keys are returned
   as stored ('module.' prefixes kept).
 
-  Raises `CheckpointFormatError` (a ValueError) for a file that is none of
-  these, `PyTorchMissingError` (an ImportError) for a PyTorch file without PyTorch.
+  Raises `CheckpointFormatError` (a UserError) for a file that is none of
+  these, `PyTorchMissingError` (a UserError and ImportError) for a PyTorch file without PyTorch.
   """
   path = os.fspath(path)
   if _format_of(path) == 'npz':
@@ -197,8 +198,8 @@ def save_state_dict(path, state_dict: Mapping, *, epoch: int = 0, best_prec1: fl
   """
   path = os.fspath(path)
   if not path.endswith(('.npz',) + TORCH_SUFFIXES):
-    raise ValueError(f'Unknown suffix in {path!r}: use .npz (no PyTorch needed), .pth.tar '
-                     "(the authors' checkpoint dict) or .pth / .pt (a bare state dict).")
+    raise UserError(f'Unknown suffix in {path!r}: use .npz (no PyTorch needed), .pth.tar '
+                    "(the authors' checkpoint dict) or .pth / .pt (a bare state dict).")
   arrays = _as_arrays(state_dict)
   if path.endswith('.npz'):
     paths.write_local(path, lambda f: np.savez(f, **arrays))

@@ -4,12 +4,13 @@ A model config is an `ml_collections.ConfigDict` (the `model` field of an
 experiment config). `layout(config)` checks it and returns a frozen
 `Architecture` (`model/layout.py`): the per-block channel plan that the network module is built
 from. Every config that cannot be invertible is rejected here with a
-`ValueError` naming the field and a value that would work.
+`UserError` naming the field and a value that would work.
 """
 from typing import Optional, Tuple
 
 import ml_collections
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import validation
 from irevnet_jax.model.layout import Architecture, BlockSpec, StageSpec
 from irevnet_jax.model.validation import BLOCK_SCANS, DTYPES, PRECISIONS  # noqa: F401 (re-exported)
@@ -140,13 +141,13 @@ def layout(config) -> Architecture:
   validation.check_stages('blocks', blocks, strides, widths)
   for k in kernels:
     if k < 1 or k % 2 == 0:
-      raise ValueError(
+      raise UserError(
           f'model.kernel_sizes={kernels}: kernel sizes must be odd and positive '
           f'(a centred "same" convolution), e.g. (3, 3, 3) or (1, 3, 1).')
   if mult < 1:
-    raise ValueError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
+    raise UserError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
   if init_ds < 0:
-    raise ValueError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
+    raise UserError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
   validation.check_choice(config, 'dtype', DTYPES)
   validation.check_choice(config, 'precision', PRECISIONS,
                           "; 'highest' is needed for exact inversion in float32")
@@ -154,7 +155,7 @@ def layout(config) -> Architecture:
   block_scan = validation.block_scan(config)
   stream_dtype = validation.check_choice(config, 'stream_dtype', validation.STREAM_DTYPES)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
-    raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
+    raise UserError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 
   ds = max(init_ds, 1)
   validation.check_divisible((h, w, c), ds * 2 ** sum(s == 2 for s in strides),
@@ -166,24 +167,24 @@ def layout(config) -> Architecture:
   for index, (n, stride, width) in enumerate(zip(blocks, strides, widths)):
     where = f'stage {index} (blocks={blocks}, strides={strides}, widths={widths})'
     if width // mult < 1:
-      raise ValueError(
+      raise UserError(
           f'model.widths[{index}]={width} is smaller than bottleneck_mult={mult}: F would '
           f'have no hidden channels; use widths[{index}] >= {mult}.')
     if stride == 2:
       if in_channels % 2:
-        raise ValueError(
+        raise UserError(
             f'{where}: a stride-2 block splits its {in_channels} input channels into unequal '
             f'halves; make the first stage stride 1 (it then pads injectively), or use '
             f'model.init_ds=2 so that the input has an even channel count.')
       if width != 2 * in_channels:
-        raise ValueError(
+        raise UserError(
             f'{where}: a stride-2 block quadruples each half ({in_channels // 2} -> '
             f'{2 * in_channels} channels), so model.widths[{index}] must be '
             f'{2 * in_channels}, not {width}.')
       pad = 0
     else:
       if 2 * width < in_channels:
-        raise ValueError(
+        raise UserError(
             f'{where}: a stride-1 block cannot shrink {in_channels} channels to 2 x {width}; '
             f'use model.widths[{index}] >= {(in_channels + 1) // 2} '
             f'(= {in_channels // 2} keeps it bijective).')

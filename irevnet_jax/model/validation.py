@@ -1,10 +1,12 @@
 """The checks that every model config goes through, i-RevNet's and the baselines'.
 
-Each check raises a `ValueError` that names the field (`model.<field>`) and,
+Each check raises a `UserError` that names the field (`model.<field>`) and,
 where there is one, a value that works. `presets.layout` and
 `baselines.layout` add the checks that only their architecture needs.
 """
 from typing import Optional, Sequence, Tuple
+
+from irevnet_jax.errors import UserError
 
 PRECISIONS = ('default', 'high', 'highest')
 DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
@@ -25,9 +27,9 @@ def int_tuple(config, field: str, length: Optional[int] = None) -> Tuple[int, ..
   try:
     value = tuple(int(v) for v in value)
   except (TypeError, ValueError):
-    raise ValueError(f'model.{field} must be a list of integers, got {value!r}.') from None
+    raise UserError(f'model.{field} must be a list of integers, got {value!r}.') from None
   if length is not None and len(value) != length:
-    raise ValueError(f'model.{field} must have {length} entries, got {value!r}.')
+    raise UserError(f'model.{field} must have {length} entries, got {value!r}.')
   return value
 
 
@@ -35,12 +37,12 @@ def check_fields(config, known: Sequence[str], what: str, start_from: str):
   """Rejects unknown fields (typos in overrides) and missing ones (but OPTIONAL_FIELDS)."""
   unknown = sorted(set(config.keys()) - set(known))
   if unknown:
-    raise ValueError(f'Unknown model config field(s) {unknown} for {what}; '
-                     f'known fields are {sorted(known)}.')
+    raise UserError(f'Unknown model config field(s) {unknown} for {what}; '
+                    f'known fields are {sorted(known)}.')
   missing = sorted(set(known) - set(config.keys()) - set(OPTIONAL_FIELDS))
   if missing:
-    raise ValueError(f'The model config for {what} lacks field(s) {missing}; '
-                     f'start from {start_from}.')
+    raise UserError(f'The model config for {what} lacks field(s) {missing}; '
+                    f'start from {start_from}.')
 
 
 def get(config, field: str):
@@ -51,7 +53,7 @@ def get(config, field: str):
 def check_choice(config, field: str, choices: Sequence[str], hint: str = '') -> str:
   value = get(config, field)
   if value not in choices:
-    raise ValueError(f'model.{field}={value!r} is not one of {tuple(choices)}{hint}.')
+    raise UserError(f'model.{field}={value!r} is not one of {tuple(choices)}{hint}.')
   return value
 
 
@@ -62,8 +64,8 @@ def block_scan(config) -> str:
     return value
   k = value.split(':', 1)[1] if isinstance(value, str) and value.startswith('unroll:') else ''
   if not (k.isdigit() and int(k) >= 2):
-    raise ValueError(f"model.block_scan={value!r} is not one of {BLOCK_SCANS} or 'unroll:<k>' "
-                     "(k >= 2 blocks per loop iteration, e.g. 'unroll:4').")
+    raise UserError(f"model.block_scan={value!r} is not one of {BLOCK_SCANS} or 'unroll:<k>' "
+                    "(k >= 2 blocks per loop iteration, e.g. 'unroll:4').")
   return value
 
 
@@ -71,7 +73,7 @@ def input_shape(config) -> Tuple[int, int, int]:
   """model.input_shape as positive (H, W, C)."""
   h, w, c = int_tuple(config, 'input_shape', 3)
   if min(h, w, c) < 1:
-    raise ValueError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
+    raise UserError(f'model.input_shape={(h, w, c)} must be positive (H, W, C).')
   return h, w, c
 
 
@@ -79,17 +81,17 @@ def check_stages(count_field: str, counts, strides, widths):
   """One entry per stage in each list, at least one block per stage, strides 1 or 2."""
   noun = count_field[:-1]
   if not counts:
-    raise ValueError(f'model.{count_field} is empty; give at least one stage, '
-                     f'e.g. {count_field}=(2,).')
+    raise UserError(f'model.{count_field} is empty; give at least one stage, '
+                    f'e.g. {count_field}=(2,).')
   if not len(counts) == len(strides) == len(widths):
-    raise ValueError(
+    raise UserError(
         f'model.{count_field}, model.strides and model.widths need one entry per stage, got '
         f'{count_field}={counts}, strides={strides}, widths={widths}.')
   if min(counts) < 1:
-    raise ValueError(f'model.{count_field}={counts}: every stage needs at least 1 {noun}.')
+    raise UserError(f'model.{count_field}={counts}: every stage needs at least 1 {noun}.')
   if any(s not in (1, 2) for s in strides):
-    raise ValueError(f'model.strides={strides}: each stride must be 1 or 2 '
-                     f'(a stride-2 stage halves height and width).')
+    raise UserError(f'model.strides={strides}: each stride must be 1 or 2 '
+                    f'(a stride-2 stage halves height and width).')
 
 
 def check_divisible(shape, downsampling: int, cause: str, hint: str = ''):
@@ -98,7 +100,7 @@ def check_divisible(shape, downsampling: int, cause: str, hint: str = ''):
   if h % downsampling or w % downsampling:
     fit_h = max(downsampling, h - h % downsampling)
     fit_w = max(downsampling, w - w % downsampling)
-    raise ValueError(
+    raise UserError(
         f'model.input_shape={(h, w, c)}: height and width must be divisible by the total '
         f'downsampling {downsampling} ({cause}); use e.g. input_shape=({fit_h}, {fit_w}, {c})'
         f'{hint}, or fewer stride-2 stages.')
@@ -107,7 +109,7 @@ def check_divisible(shape, downsampling: int, cause: str, hint: str = ''):
 def check_array_shape(array, expected, name: str, input_shape_):
   """Raises unless `array` is (N, *expected); the message points at model.input_shape."""
   if array.ndim != 4 or tuple(array.shape[1:]) != tuple(expected):
-    raise ValueError(
+    raise UserError(
         f'{name} must have shape (N, {", ".join(map(str, expected))}) for this model '
         f'(model.input_shape={tuple(input_shape_)}), got {tuple(array.shape)}. '
         f'Resize the input or set model.input_shape to match it.')

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import checksums as checksums_lib, orbax_logs, paths, store_errors
 
 STATE_ITEM = 'default'       # the item name Orbax gives a single-item checkpoint
@@ -43,11 +44,11 @@ CORRUPT_DIR = 'corrupt_checkpoints'
 COMMIT_MARKER = 'commit_success.txt'  # on object stores, what makes an Orbax step committed
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError):
   """A checkpoint of another model or optimizer (its arrays have other shapes)."""
 
 
-class CheckpointUnreadable(RuntimeError):
+class CheckpointUnreadable(UserError):
   """A checkpoint that fails to restore for a reason that is neither evidence of corruption
   nor the store being unreachable: nothing is moved and no older checkpoint is used."""
 
@@ -75,8 +76,8 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
   """
   available = sorted(manager.all_steps(), reverse=True)
   if step is not None and step not in available:
-    raise ValueError(f'No checkpoint at step {step} in {directory}; '
-                     f'available steps: {sorted(available)}.')
+    raise UserError(f'No checkpoint at step {step} in {directory}; '
+                    f'available steps: {sorted(available)}.')
   failed = []
   for candidate in [step] if step is not None else available:
     read = functools.partial(_restore_verified, manager, directory, candidate, target)
@@ -99,7 +100,7 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
     return state, candidate, bool(moved), bookkeeping
   if failed:
     bad, error = failed[0]
-    raise ValueError(
+    raise UserError(
         f'No checkpoint in {directory} restores (steps {[f for f, _ in failed]}); '
         f'step {bad}: {_reason(error)}. If this workdir holds a run of another model or '
         f'optimizer, use a new --workdir.') from error

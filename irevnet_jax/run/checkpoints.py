@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import checkpoint_restore, checksums as checksums_lib, orbax_logs, paths
 from irevnet_jax.run import store_errors
 from irevnet_jax.run.checkpoint_restore import (BOOKKEEPING_ITEM, CHECKSUM_ITEM, STATE_ITEM,
@@ -47,7 +48,7 @@ CorruptCheckpoint = checksums_lib.CorruptCheckpoint
 checksums, verify = checksums_lib.checksums, checksums_lib.verify
 
 
-class CheckpointSaveError(OSError):
+class CheckpointSaveError(UserError, OSError):
   """Writing a checkpoint failed (disk full, permissions, ...)."""
 
 
@@ -219,12 +220,12 @@ def load_run(workdir: str, step: Optional[int] = None):
                               use_async=False, read_only=True)
   try:
     if not checkpointer.all_steps():
-      raise FileNotFoundError(f'No checkpoints in {checkpointer.directory}.')
+      raise UserError(f'No checkpoints in {checkpointer.directory}.')
     state, step = checkpointer.restore(step=step, move_corrupt=False)
   finally:
     checkpointer.close()
   if state is None:
-    raise ValueError(f'No checkpoint in {checkpointer.directory} could be restored.')
+    raise UserError(f'No checkpoint in {checkpointer.directory} could be restored.')
   as_numpy = lambda tree: jax.tree_util.tree_map(np.asarray, tree)
   variables = {'params': as_numpy(state['params']),
                'batch_stats': as_numpy(state.get('batch_stats', {}))}

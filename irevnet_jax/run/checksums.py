@@ -17,10 +17,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from irevnet_jax.errors import UserError
+
 FILENAME = 'metadata'   # JsonCheckpointHandler's name for the file
 
 
-class CorruptCheckpoint(ValueError):
+class CorruptCheckpoint(UserError):
   """A checkpoint whose arrays fail their checksums, hold non-finite values or whose files
   are missing. `reason`: the message without `what`."""
 

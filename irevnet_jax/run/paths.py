@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable, List, Optional
 
 from etils import epath
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import store_errors
 
 PROBE_TIMEOUT_SECONDS = 10
@@ -62,7 +63,11 @@ def filesystem(url: str):
   since (seen: an async save failing on 'Checkpoint directory does not exist')."""
   use_fsspec_for_urls()
   from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  fs = backend.fsspec_backend.fs(url)
+  try:
+    fs = backend.fsspec_backend.fs(url)
+  except ImportError as error:   # fsspec's: the scheme's file system package is missing
+    raise UserError(f'{url} needs a file system package that is not installed ({error}): '
+                    f'e.g. `pip install gcsfs` for gs://, or pass a local path.') from error
   if fs.dircache.use_listings_cache:
     fs.dircache.use_listings_cache = False
     fs.dircache.clear()
@@ -88,7 +93,7 @@ def resolve(workdir) -> str:
   return os.path.abspath(os.path.expanduser(workdir))
 
 
-class StoreRefused(OSError):
+class StoreRefused(UserError, OSError):
   """The object store of a run directory cannot be used: no network, no credentials, or
   no such bucket. The message names the cause and the fix."""
 
@@ -154,27 +159,57 @@ def write_file(workdir: str, name: str, text: str):
   write_bytes(join(workdir, name), text.encode())
 
 
+class AccessError(UserError, OSError):
+  """A file that cannot be read or written for good: a full disk, no permission, a read-only
+  file system. The message names the path and the cause."""
+
+
+def cannot_write(path: str, error: OSError) -> AccessError:
+  """The UserError for `error` of writing `path` (raise it `from error`)."""
+  return AccessError(f'Cannot write {path} ({_cause(error)}); free space on its disk or fix '
+                     f'its permissions, or write elsewhere.')
+
+
+def cannot_read(path: str, error: OSError) -> AccessError:
+  """The UserError for `error` of reading `path` (raise it `from error`)."""
+  return AccessError(f'Cannot read {path} ({_cause(error)}); fix its permissions or pass '
+                     f'another path.')
+
+
+def _cause(error: OSError) -> str:
+  return error.strerror or store_errors.short(error)
+
+
 def write_bytes(path: str, data: bytes):
   """Replaces the file `path` with `data`: on a local disk atomically (a temporary file
-  renamed, folders made), on an object store in one upload (retried, module docstring)."""
+  renamed, folders made), on an object store in one upload (retried, module docstring).
+  `AccessError` when the disk is full or the path not writable."""
   path = os.fspath(path)
-  if is_url(path):
-    fs = filesystem(path)
-    store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
-    return
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  try:
+    if is_url(path):
+      fs = filesystem(path)
+      store_errors.retry(lambda: fs.pipe_file(path, bytes(data)), f'Writing {path}')
+      return
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  except UserError:
+    raise    # StoreUnavailable: the store was unreachable
+  except OSError as error:
+    raise cannot_write(path, error) from error
   write_local(path, lambda f: f.write(data))
 
 
 def write_local(path: str, write: Callable[[BinaryIO], object]):
   """Replaces the local file `path` with what `write(binary file)` writes, atomically: into
   `<path>.tmp` in the same folder, renamed when complete; if `write` raises, the temporary
-  file is removed and `path` is as it was (a command's output appears whole or not at all)."""
+  file is removed and `path` is as it was (a command's output appears whole or not at all).
+  `AccessError` when the disk is full or the folder not writable."""
   temporary = os.fspath(path) + '.tmp'
   try:
     with open(temporary, 'wb') as f:
       write(f)
     os.replace(temporary, path)
+  except OSError as error:
+    raise cannot_write(path, error) from error
   finally:
     if os.path.exists(temporary):
       os.remove(temporary)
@@ -182,7 +217,7 @@ def write_local(path: str, write: Callable[[BinaryIO], object]):
 
 def read_bytes(path: str) -> Optional[bytes]:
   """The content of the file `path`, or None when there is none (on an object store one
-  download, retried; module docstring)."""
+  download, retried; module docstring); `AccessError` when it cannot be read."""
   path = os.fspath(path)
   try:
     if is_url(path):
@@ -192,6 +227,10 @@ def read_bytes(path: str) -> Optional[bytes]:
       return f.read()
   except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
     return None
+  except UserError:
+    raise    # StoreUnavailable: the store was unreachable
+  except OSError as error:
+    raise cannot_read(path, error) from error
 
 
 def read_text(path: str) -> Optional[str]:

@@ -14,6 +14,7 @@ from typing import Dict, Optional, Tuple
 
 import ml_collections
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run.paths import join, read_text, resolve, write_file
 
 CONFIG_FILE = 'config.json'
@@ -42,18 +43,21 @@ def write_config(workdir: str, config: ml_collections.ConfigDict):
   write_file(workdir, CONFIG_FILE, config.to_json(indent=2, sort_keys=True))
 
 
-def read_config(workdir: str) -> ml_collections.ConfigDict:
+def read_config(workdir: str, missing_ok: bool = False) -> Optional[ml_collections.ConfigDict]:
+  """The run's config.json; a UserError if it is missing (None if `missing_ok`) or invalid."""
   path = join(resolve(workdir), CONFIG_FILE)
   text = read_text(path)
   if text is None:
-    raise FileNotFoundError(f'No {CONFIG_FILE} in {workdir!r}: is it the workdir of a run '
-                            f'(python -m experiments.main --workdir=...)?')
+    if missing_ok:
+      return None
+    raise UserError(f'No {CONFIG_FILE} in {workdir!r}: is it the workdir of a run '
+                    f'(python -m experiments.main --workdir=...)?')
   try:
     return ml_collections.ConfigDict(_tuples(json.loads(text)))
   except (ValueError, TypeError, AttributeError) as error:
-    raise ValueError(f'{path} is not a valid config ({error}); restore it (earlier ones are '
-                     f'in {HISTORY_FILE} if the config changed), or delete it and rerun '
-                     f'experiments.main, which writes the config of its command.') from None
+    raise UserError(f'{path} is not a valid config ({error}); restore it (earlier ones are '
+                    f'in {HISTORY_FILE} if the config changed), or delete it and rerun '
+                    f'experiments.main, which writes the config of its command.') from error
 
 
 def _flat(tree, prefix=''):
@@ -116,25 +120,24 @@ def check_config_record(workdir: str, config, resume_step: Optional[int],
                         allow_change: bool) -> ConfigRecord:
   """Checks a resumed run's config against config.json; writes nothing.
 
-  A resume with changed training fields raises ValueError listing them, unless
+  A resume with changed training fields raises UserError listing them, unless
   `allow_change`; then the returned record's `commit()` (called when the resumed run
   first saves, so a run that stops before leaves config.json as it was) puts the old
   config in config_history.jsonl (with the step and the changes) and replaces config.json.
   """
   if resume_step is None:
     return ConfigRecord(workdir, config, resume_step, None)
-  try:
-    old = read_config(workdir)
-  except FileNotFoundError:
+  old = read_config(workdir, missing_ok=True)
+  if old is None:
     return ConfigRecord(workdir, config, resume_step, None)
   changes = config_changes(old, config)
   if changes and not allow_change:
     listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in
                        ((k, *v) for k, v in changes.items()))
-    raise ValueError(f'Resuming {workdir} at step {resume_step} with changed training '
-                     f'field(s): {listed}. Pass --allow_config_change to go on with the new '
-                     f'values (the old config is kept in {HISTORY_FILE}), undo the change, '
-                     f'or use a new --workdir.')
+    raise UserError(f'Resuming {workdir} at step {resume_step} with changed training '
+                    f'field(s): {listed}. Pass --allow_config_change to go on with the new '
+                    f'values (the old config is kept in {HISTORY_FILE}), undo the change, '
+                    f'or use a new --workdir.')
   history = None
   if changes:
     history = {'replaced_at_step': resume_step,

@@ -11,6 +11,8 @@ import random
 import time
 from typing import Callable, Iterator, TypeVar
 
+from irevnet_jax.errors import UserError
+
 T = TypeVar('T')
 
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
@@ -28,7 +30,7 @@ TRANSIENT_LIBRARY_ERRORS = frozenset({
 })
 
 
-class StoreUnavailable(OSError):
+class StoreUnavailable(UserError, OSError):
   """The run directory's store could not be reached for long enough to give up; nothing
   was changed (every checkpoint and metrics line is where it was)."""
 

@@ -15,6 +15,7 @@ import os
 
 from etils import epath
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import store_errors
 from irevnet_jax.run.paths import (files_under, is_url, join, kind, list_names, resolve,
                                    write_file)
@@ -34,19 +35,19 @@ __all__ = [
 
 def check_workdir(workdir: str) -> str:
   """The resolved path of `workdir` (a URL or an absolute local path), created if missing;
-  OSError naming the fix if it cannot be a run directory."""
+  a UserError naming the fix if it cannot be a run directory."""
   path = resolve(workdir)
   if kind(path) == 'file':
-    raise NotADirectoryError(f'--workdir={workdir} is a file, not a directory; pass a new '
-                             f'or existing directory.')
+    raise UserError(f'--workdir={workdir} is a file, not a directory; pass a new '
+                    f'or existing directory.')
   if is_url(path):
     return path        # object stores have no folders: the run's first object makes it
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as error:
-    raise OSError(f'Cannot create --workdir={workdir}: {error.strerror or error}.') from None
+    raise UserError(f'Cannot create --workdir={workdir}: {error.strerror or error}.') from error
   if not os.access(path, os.W_OK):
-    raise PermissionError(f'--workdir={workdir} is not writable.')
+    raise UserError(f'--workdir={workdir} is not writable.')
   return path
 
 

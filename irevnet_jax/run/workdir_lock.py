@@ -33,6 +33,7 @@ import time
 
 from absl import logging
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import gcs_objects, store_errors
 from irevnet_jax.run.paths import is_url, join
 
@@ -42,8 +43,12 @@ OWNER_FILES = frozenset({LOCK_FILE, LEASE_FILE})
 LOST_AFTER = 0.75     # of the lease: the holder stops when renewals have failed this long
 
 
-class LeaseLost(OSError):
+class LeaseLost(UserError, OSError):
   """This run no longer owns its workdir (another run may); it must write nothing more."""
+
+
+class WorkdirInUse(UserError, BlockingIOError):
+  """Another run that is still alive holds the workdir (a BlockingIOError, as flock's)."""
 
 
 def _owner() -> str:
@@ -77,7 +82,7 @@ class WorkdirLock:
     elif workdir.startswith('gs://'):
       self._take_lease(workdir)
     else:
-      raise ValueError(
+      raise UserError(
           f'--workdir={workdir}: run directories on object stores must be gs:// (one owner at '
           f'a time needs the conditional writes this runner makes on GCS); use gs:// or a '
           f'local path.')
@@ -93,8 +98,8 @@ class WorkdirLock:
       self._file.seek(0)
       owner = self._file.read().strip() or 'another process'
       self._file.close()
-      raise BlockingIOError(f'{workdir} is in use by a run that is still alive ({owner}); '
-                            f'wait for it to end, stop it, or pass another --workdir.') from None
+      raise WorkdirInUse(f'{workdir} is in use by a run that is still alive ({owner}); '
+                         f'wait for it to end, stop it, or pass another --workdir.') from None
     self._file.seek(0)
     self._file.truncate()
     self._file.write(_owner() + '\n')
@@ -116,7 +121,7 @@ class WorkdirLock:
         lease = float(record.get('lease_seconds', self._lease))   # the record's own lease
         age = now - found.updated
         if age <= lease:
-          raise BlockingIOError(
+          raise WorkdirInUse(
               f'{workdir} is in use by a run that is still alive ({record.get("owner", "?")}; '
               f'lease renewed {max(age, 0):.0f} s ago, it lasts {lease:.0f} s); wait for it to '
               f'end, stop it, or pass another --workdir (a run killed without release holds '
@@ -124,8 +129,8 @@ class WorkdirLock:
       if self._write(0 if found is None else found.generation, 'Taking the workdir lease'):
         break
     else:
-      raise BlockingIOError(f'{workdir}: other launches kept changing {self.path}; is a run '
-                            f'starting there? Pass another --workdir or retry.')
+      raise WorkdirInUse(f'{workdir}: other launches kept changing {self.path}; is a run '
+                         f'starting there? Pass another --workdir or retry.')
     self._renewer = threading.Thread(target=self._keep_renewing, name='workdir-lease',
                                      daemon=True)
     self._renewer.start()

@@ -20,6 +20,8 @@ import math
 import jax
 import ml_collections
 
+from irevnet_jax.errors import UserError
+
 TRAIN_DTYPES = ('auto', 'float32', 'bfloat16')
 PRECISIONS = ('default', 'high', 'highest')
 LR_SCHEDULES = ('step', 'cosine')
@@ -90,7 +92,7 @@ def with_added_fields(config) -> ml_collections.ConfigDict:
 
 
 def _fail(message):
-  raise ValueError(message)
+  raise UserError(message)
 
 
 def _finite_number(config, field, low=None, low_inclusive=True, example=''):

@@ -30,6 +30,7 @@ import ml_collections
 import irevnet_jax
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, steps
@@ -77,8 +78,8 @@ def source_for(config):
   if source.num_classes > config.model.num_classes:
     hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
             if source.name == 'synthetic' else '')
-    raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes, '
-                     f'the model {config.model.num_classes}{hint}.')
+    raise UserError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes, '
+                    f'the model {config.model.num_classes}{hint}.')
   return source
 
 
@@ -99,8 +100,8 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
   if batch_size < 1 or batch_size % len(devices):
     example = len(devices) * max(1, batch_size // len(devices))
-    raise ValueError(f'--batch_size={batch_size} must be a positive multiple of the '
-                     f'{len(devices)} devices, e.g. {example}.')
+    raise UserError(f'--batch_size={batch_size} must be a positive multiple of the '
+                    f'{len(devices)} devices, e.g. {example}.')
   batch_size = capped_batch(batch_size, source.num_eval_examples, len(devices))
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)

@@ -20,6 +20,7 @@ import ml_collections
 import irevnet_jax
 from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
+from irevnet_jax.errors import UserError
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
@@ -35,7 +36,7 @@ class Result(NamedTuple):
 def _divisible(field, value, by, what, min_per_device=1):
   if value % by:
     suggestion = config_lib.suggested_batch_size(value, by, min_per_device)
-    raise ValueError(
+    raise UserError(
         f'{field}={value} is not divisible by the {by} {what}; use a multiple of {by}, '
         f'e.g. {field}={suggestion}.')
 
@@ -51,9 +52,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        allow_config_change: bool = False) -> Result:
   """Trains `config` in `workdir`, resuming from its latest checkpoint if any.
 
-  Raises `Preempted` after saving on SIGTERM / Ctrl-C, FloatingPointError (naming
+  Raises `Preempted` after saving on SIGTERM / Ctrl-C, UserError (naming
   the step) on a non-finite loss or state without saving that state, and
-  ValueError when resuming with changed training fields (unless
+  when resuming with changed training fields (unless
   `allow_config_change`: then config_history.jsonl keeps the old config).
   """
   config_lib.check_config(config)
@@ -117,8 +118,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
-    raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
-                     f'set model.num_classes={source.num_classes}.')
+    raise UserError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
+                    f'set model.num_classes={source.num_classes}.')
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
 
   # Model, optimizer and the compiled steps.
@@ -172,8 +173,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
     pending.clear()
     for s, m in fetched:
       if not m['finite']:
-        raise FloatingPointError(_non_finite_message(s, m, backend.to_host(state), last_saved,
-                                                     checkpointer.directory))
+        raise UserError(_non_finite_message(s, m, backend.to_host(state), last_saved,
+                                            checkpointer.directory))
     unlogged.extend(fetched)
     return fetched
 

@@ -28,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import compiler_options
 from irevnet_jax.train.steps import AXIS
 
@@ -40,11 +41,11 @@ def select_devices(num_devices: int):
   if num_devices <= 0:
     return local
   if jax.process_count() > 1:
-    raise ValueError(f'num_devices={num_devices} restricts devices in single-process runs '
-                     f'only; use num_devices=0 with several processes.')
+    raise UserError(f'num_devices={num_devices} restricts devices in single-process runs '
+                    f'only; use num_devices=0 with several processes.')
   if num_devices > len(local):
-    raise ValueError(f'num_devices={num_devices} but only {len(local)} local devices exist; '
-                     f'use num_devices<={len(local)} (0 = all).')
+    raise UserError(f'num_devices={num_devices} but only {len(local)} local devices exist; '
+                    f'use num_devices<={len(local)} (0 = all).')
   return local[:num_devices]
 
 

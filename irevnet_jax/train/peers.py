@@ -5,7 +5,8 @@
       ...
 
 - `chief_decides`: process 0 runs a check (the workdir check and lock) and every process
-  ends the same way: its error is raised on every process, same type and message.
+  ends the same way: its error is raised on every process with the same message, as a
+  UserError if it was one (one line everywhere), else as its nearest built-in type.
 - `Watch`: a thread that heartbeats through JAX's distributed key-value store and reads the
   others'. When a process stops answering (killed, hung) or fails, every other one logs one
   line naming it and ends itself (exit status 1), instead of waiting in a collective until
@@ -31,6 +32,8 @@ from typing import Callable, Dict, Optional, TypeVar
 
 from absl import logging
 import jax
+
+from irevnet_jax.errors import UserError
 
 T = TypeVar('T')
 PREFIX = 'irevnet_jax/peers'
@@ -58,8 +61,10 @@ def _client():
 
 
 def _encode(error: BaseException) -> str:
-  """'<its nearest built-in class>\n<message>' (OSError for store_errors.StoreUnavailable)."""
-  kind = next(k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k)
+  """'UserError\n<message>' for a UserError (any subclass), else '<its nearest built-in
+  class>\n<message>'."""
+  kind = UserError if isinstance(error, UserError) else next(
+      k for k in type(error).__mro__ if getattr(builtins, k.__name__, None) is k)
   message = str(error) or ('Interrupted (Ctrl-C).' if isinstance(error, KeyboardInterrupt)
                            else kind.__name__)
   return f'{kind.__name__}\n{message}'
@@ -68,7 +73,7 @@ def _encode(error: BaseException) -> str:
 def _decode(text: str) -> BaseException:
   """The error `_encode` wrote (RuntimeError for one that is not an Exception)."""
   name, message = text.split('\n', 1)
-  kind = getattr(builtins, name)
+  kind = UserError if name == UserError.__name__ else getattr(builtins, name)
   if not issubclass(kind, Exception) or issubclass(kind, KeyError):
     kind = RuntimeError   # KeyboardInterrupt; KeyError would quote the message again
   error = kind(message)
@@ -78,8 +83,8 @@ def _decode(text: str) -> BaseException:
 
 def chief_decides(work: Callable[[], T]) -> Optional[T]:
   """Runs `work` on process 0 and returns its result there (None on the others); if it
-  raises, every process raises the same error type with the same message, so a refused
-  launch ends in the same line everywhere. The others wait for process 0's answer."""
+  raises, every process raises it with the same message (a UserError as a UserError), so a
+  refused launch ends in the same line everywhere. The others wait for process 0's answer."""
   client = _client()
   if client is None:
     return work()
@@ -96,8 +101,8 @@ def chief_decides(work: Callable[[], T]) -> Optional[T]:
   try:
     answer = client.blocking_key_value_get(key, CHIEF_WAIT_SECONDS * 1000)
   except jax.errors.JaxRuntimeError:
-    raise TimeoutError(f'Process 0 did not answer in {CHIEF_WAIT_SECONDS} s (it checks and '
-                       f'locks the workdir); see its log.') from None
+    raise UserError(f'Process 0 did not answer in {CHIEF_WAIT_SECONDS} s (it checks and '
+                    f'locks the workdir); see its log.') from None
   if answer:
     raise _decode(answer)
   return None

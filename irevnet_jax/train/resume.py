@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import numpy as np
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.run import metrics
 
 UNLOGGED_KEY = 'train_metrics_since_log'   # its key in a checkpoint's bookkeeping
@@ -21,13 +22,13 @@ KEPT = AVERAGED + ('learning_rate',)
 
 
 def check_same_step(restored_step: Optional[int]):
-  """Raises ValueError unless every process restored `restored_step` (None: none)."""
+  """Raises UserError unless every process restored `restored_step` (None: none)."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     steps_found = multihost_utils.process_allgather(
         np.int64(-1 if restored_step is None else restored_step))
     if len(set(np.asarray(steps_found).ravel().tolist())) > 1:
-      raise ValueError(
+      raise UserError(
           f'The processes found different latest checkpoints in the workdir (steps '
           f'{np.asarray(steps_found).ravel().tolist()}, -1: none): give every process the same '
           f'shared --workdir (e.g. gs://bucket/runs/name), not a path on each host\'s own disk.')
