@@ -1,4 +1,4 @@
-"""What the benchmarks share: experiment configs by name, tables, and `TrainStep`, the one
+"""What the benchmarks share: experiment configs by name and `TrainStep`, the one
 way they build and time a train step: the one `experiments.main` compiles, compiled ahead
 of time so that compile seconds and XLA's memory analysis are known before a batch runs."""
 import dataclasses
@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks.tables import format_table, run_items  # noqa: F401  (common.*: jax-free)
 from irevnet_jax.baselines import presets as baseline_presets
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import compiler_options, presets

@@ -85,7 +85,7 @@ def all_train(source):
 def run(tmp_path_factory):
   """A tiny trained run in a workdir, analysed once by experiments.analyze."""
   from experiments.configs import digits as digits_config
-  from irevnet_jax.run import checkpoints, workdir as workdir_lib
+  from irevnet_jax.run import checkpoints, run_config
   from irevnet_jax.data import input_pipeline
   config = digits_config.get_config()
   config.model = tiny_model()
@@ -93,7 +93,7 @@ def run(tmp_path_factory):
   net = irevnet_jax.build(config.model)
   variables = train_tiny(net, source)
   workdir = str(tmp_path_factory.mktemp('run'))
-  workdir_lib.write_config(workdir, config)
+  run_config.write_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
   ckpt.save(TRAIN_STEPS, {'params': variables['params'],
                           'batch_stats': variables['batch_stats'],

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from irevnet_jax.run import store_errors, workdir as workdir_lib
+from irevnet_jax.run import store_errors, workdir as workdir_lib, workdir_lock
 from irevnet_jax.train import peers
 import train_testlib as lib
 
@@ -53,7 +53,7 @@ def _error_lines(output):
 
 def test_a_refused_launch_ends_every_process_in_the_same_line(tmp_path):
   workdir = str(tmp_path / 'run')
-  holder = workdir_lib.WorkdirLock(workdir_lib.check_workdir(workdir))   # a live run's flock
+  holder = workdir_lock.WorkdirLock(workdir_lib.check_workdir(workdir))   # a live run's flock
   try:
     results = _run_two(workdir)
   finally:

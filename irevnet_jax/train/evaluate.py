@@ -11,6 +11,7 @@ import math
 from typing import Callable, Dict, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -36,7 +37,6 @@ def _agreed_batches(count: int, local_batch: int) -> int:
   """Inversion batches every process runs: enough for the process with the most examples
   (collective steps must be called the same number of times everywhere)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     count = int(np.max(multihost_utils.process_allgather(np.array(count, np.int64))))
   return -(-count // local_batch)
 

@@ -27,8 +27,8 @@ from typing import Dict, NamedTuple, Optional
 from absl import logging
 import ml_collections
 
-import irevnet_jax
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax import nets
+from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
@@ -70,7 +70,7 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
 def source_for(config):
   """The data source of `config.dataset`, checked against the model (`experiments.evaluate`
   and `experiments.analyze`)."""
-  input_shape = tuple(irevnet_jax.build(config.model).input_shape)
+  input_shape = tuple(nets.build(config.model).input_shape)
   input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
@@ -148,9 +148,9 @@ def record(result: Result) -> bool:
 def lock_for_writing(workdir: str):
   """The run's `WorkdirLock`, or None (with the reason) when a live run holds it or the
   workdir is not writable: then the result is printed but not recorded."""
-  workdir_lib.read_config(workdir)      # a clear error for a directory that is not a run
+  run_config.read_config(workdir)      # a clear error for a directory that is not a run
   try:
-    return workdir_lib.WorkdirLock(workdir), None
+    return workdir_lock.WorkdirLock(workdir), None
   except OSError as error:
     return None, str(error).split(";")[0]
 
