@@ -6,13 +6,11 @@ experiment config). `layout(config)` checks it and returns a frozen
 from. Every config that cannot be invertible is rejected here with a
 `ValueError` naming the field and a value that would work.
 """
-from typing import Optional, Tuple
 
 import ml_collections
 
 from irevnet_jax.model import validation
 from irevnet_jax.model.layout import Architecture, BlockSpec, StageSpec
-from irevnet_jax.model.validation import BLOCK_SCANS, DTYPES, PRECISIONS  # noqa: F401 (re-exported)
 
 BACKPROP_MODES = ('autodiff', 'reversible', 'remat')
 
@@ -142,11 +140,11 @@ def layout(config) -> Architecture:
     raise ValueError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
   if init_ds < 0:
     raise ValueError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
-  validation.check_choice(config, 'dtype', DTYPES)
-  validation.check_choice(config, 'precision', PRECISIONS,
+  validation.check_choice(config, 'dtype', validation.DTYPES)
+  validation.check_choice(config, 'precision', validation.PRECISIONS,
                           "; 'highest' is needed for exact inversion in float32")
   validation.check_choice(config, 'backprop', BACKPROP_MODES)
-  block_scan = validation.check_choice(config, 'block_scan', BLOCK_SCANS)
+  block_scan = validation.check_choice(config, 'block_scan', validation.BLOCK_SCANS)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
     raise ValueError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 

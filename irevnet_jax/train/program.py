@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import jax
 
 from irevnet_jax import nets
+from irevnet_jax.model import precision
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, parallel, steps
 
@@ -43,7 +44,7 @@ def build_program(config, num_train_examples: int, normalization: steps.Normaliz
   eval_net = nets.build(train_model)          # per-device BN statistics are unused
   exact_net = None
   if train_net.invertible:
-    exact_net = nets.build(config_lib.exact_model_config(config.model))
+    exact_net = nets.build(precision.exact_model_config(config.model))
   total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
   schedule = optimizer.learning_rate_schedule(config, total_steps, steps_per_epoch)
   tx = optimizer.make_optimizer(config, schedule)
