@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from irevnet_jax.baselines import presets as baseline_presets
-from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import compiler_options, presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import program as program_lib
@@ -77,7 +76,7 @@ def config_blocks(name: str) -> int:
 
 def runner_program(config, num_devices: int = 1):
   """(source, `irevnet_jax.train.program.Program`) of `config` on `num_devices` devices."""
-  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
+  source = program_lib.source_for(config)
   normalization = steps_lib.Normalization(source.pixel_mean, source.pixel_std)
   return source, program_lib.build_program(config, source.num_train_examples, normalization,
                                            jax.local_devices()[:num_devices])

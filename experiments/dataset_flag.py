@@ -68,12 +68,12 @@ def load_run_for_analysis(workdir: str, step=None):
   from irevnet_jax import nets
   from irevnet_jax.analysis import pipeline
   from irevnet_jax.run import checkpoints
-  from irevnet_jax.train import evaluate_run
+  from irevnet_jax.train import program
   # pylint: enable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(workdir, step)
   logging.info('Loaded %s at step %d.', workdir, step)
   config = apply(config)
   net = nets.build(pipeline.analysis_model_config(config.model))
   with flag_names():
-    source = evaluate_run.source_for(config)
+    source = program.source_for(config)
   return config, variables, step, net, source

@@ -282,16 +282,28 @@ def _check_tfds_installed(name: str):
                       f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
 
 
-def get_source(dataset_config, model_input_shape) -> DataSource:
-  """The `DataSource` named by `dataset_config.name`.
+def get_source(dataset_config, model_input_shape, model_num_classes=None) -> DataSource:
+  """The `DataSource` named by `dataset_config.name`, checked against the model.
 
   `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
-  to it; digits must match it (8, 8, 1). (`check_model_fits` first names every
-  model field that does not fit a TFDS dataset.)
+  to it; digits must match it (8, 8, 1). With `model_num_classes`, every model field
+  that does not fit a TFDS dataset is named before TensorFlow loads (`check_model_fits`),
+  and a dataset with more classes than the model is refused. ValueError naming the fix.
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)
   _check_fields(dataset_config)
+  if model_num_classes is not None:
+    check_model_fits(dataset_config, model_input_shape, model_num_classes)
+  source = _open_source(name, dataset_config, model_input_shape)
+  if model_num_classes is not None and source.num_classes > model_num_classes:
+    hint = f' or dataset.num_classes={model_num_classes}' if name == 'synthetic' else ''
+    raise ValueError(f'dataset.name={name!r} has {source.num_classes} classes, the model '
+                     f'{model_num_classes}; set model.num_classes={source.num_classes}{hint}.')
+  return source
+
+
+def _open_source(name, dataset_config, model_input_shape) -> DataSource:
   if name == 'digits':
     source = digits_source()
   elif name == 'synthetic':

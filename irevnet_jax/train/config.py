@@ -165,3 +165,14 @@ def suggested_batch_size(value: int, num_devices: int, min_per_device: int = 1) 
   devices suggests 32 (8 per device, below which the run warns), not 4."""
   per_device = max(min_per_device, 1, math.floor(value / num_devices + 0.5))
   return per_device * num_devices
+
+
+def check_batch_size(field: str, value: int, num_devices: int, what: str,
+                     min_per_device: int = 1):
+  """ValueError naming `field` and a `suggested_batch_size` unless `value` is a positive
+  multiple of `num_devices` (`what`: how the devices are counted, for the message)."""
+  if value < 1 or value % num_devices:
+    problem = 'is not positive' if value < 1 else f'is not divisible by the {num_devices} {what}'
+    suggestion = suggested_batch_size(value, num_devices, min_per_device)
+    raise ValueError(f'{field}={value} {problem}; use a multiple of {num_devices}, '
+                     f'e.g. {field}={suggestion}.')

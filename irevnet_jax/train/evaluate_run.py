@@ -27,9 +27,7 @@ from typing import Dict, NamedTuple, Optional
 from absl import logging
 import ml_collections
 
-from irevnet_jax import nets
 from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
-from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, steps
@@ -67,20 +65,6 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
   return config
 
 
-def source_for(config):
-  """The data source of `config.dataset`, checked against the model (`experiments.evaluate`
-  and `experiments.analyze`)."""
-  input_shape = tuple(nets.build(config.model).input_shape)
-  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
-  source = input_pipeline.get_source(config.dataset, input_shape)
-  if source.num_classes > config.model.num_classes:
-    hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
-            if source.name == 'synthetic' else '')
-    raise ValueError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes, '
-                     f'the model {config.model.num_classes}{hint}.')
-  return source
-
-
 def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dict] = None,
                  batch_size: Optional[int] = None, inversion_examples: Optional[int] = None,
                  dtype: Optional[str] = None, precision: Optional[str] = None) -> Result:
@@ -93,13 +77,10 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)
-  source = source_for(config)
+  source = program.source_for(config)
   devices = parallel.select_devices(int(config.num_devices))
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
-  if batch_size < 1 or batch_size % len(devices):
-    example = len(devices) * max(1, batch_size // len(devices))
-    raise ValueError(f'--batch_size={batch_size} must be a positive multiple of the '
-                     f'{len(devices)} devices, e.g. {example}.')
+  config_lib.check_batch_size('batch_size', batch_size, len(devices), 'devices')
   batch_size = capped_batch(batch_size, source.num_eval_examples, len(devices))
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)

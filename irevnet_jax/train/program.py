@@ -6,6 +6,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 import jax
 
 from irevnet_jax import nets
+from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import precision
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, parallel, steps
@@ -25,6 +26,13 @@ class Program(NamedTuple):
   train_step: Any                # (state, batch) -> (state, metrics), on the devices
   eval_step: Any                 # (state, batch) -> sums
   inversion_step: Optional[Any]  # (state, batch) -> sums
+
+
+def source_for(config):
+  """The data source of `config.dataset`, checked against the model (input shape, classes):
+  the one check of training, evaluation and analysis."""
+  input_shape = tuple(nets.build(config.model).input_shape)   # validates the model
+  return input_pipeline.get_source(config.dataset, input_shape, config.model.num_classes)
 
 
 _CACHE = collections.OrderedDict()   # the last few Programs: a resumed run in the same
