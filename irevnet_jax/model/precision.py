@@ -3,9 +3,9 @@ computes in when it must invert exactly.
 
 F must compute the same function in forward and inverse, to float32 rounding: convolutions
 in float32 (float64 stays float64) at precision 'highest' both ways. A model trained in
-bfloat16 or at 'default' precision (TF32-like on NVIDIA GPUs) inverts with ~1e-3 / ~3e-4
-relative error there; its exact twin, with the same variables, to ~1e-6
-(benchmarks/RESULTS.md). `nets.Net.exact` applies the rule to a built net,
+bfloat16 or at 'default' precision (TF32-like on NVIDIA GPUs) does not invert to float32
+rounding; its exact twin, with the same variables, does (errors measured per setting:
+benchmarks/RESULTS.md). `nets.Net.exact` applies the rule to a built net,
 `exact_model_config` to a model config.
 """
 import ml_collections

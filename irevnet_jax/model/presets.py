@@ -31,12 +31,12 @@ def base() -> ml_collections.ConfigDict:
   c.dtype = 'float32'             # compute dtype of F and the head; coupling streams stay float32
   # Precision of F's convolutions, the same in forward and inverse. 'highest'
   # keeps float32 convolutions in true float32: on GPUs the default is
-  # TF32-like, and a network run that way inverts with ~3e-4 relative error
-  # instead of ~1e-6. For fast training use dtype='bfloat16' instead.
+  # TF32-like, and a network run that way does not invert to float32 rounding
+  # (`model/precision.py`). For fast training use dtype='bfloat16' instead.
   c.precision = 'highest'
   c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
   # How each stage's scan over its alike blocks compiles: 'auto' unrolls it on CPU
-  # (XLA:CPU runs convolution gradients in a loop ~12x slower) and keeps it rolled
+  # (XLA:CPU runs convolution gradients in a loop far slower) and keeps it rolled
   # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it.
   c.block_scan = 'auto'
   return c
