@@ -68,12 +68,22 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
 def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dict] = None,
                  batch_size: Optional[int] = None, inversion_examples: Optional[int] = None,
                  dtype: Optional[str] = None, precision: Optional[str] = None) -> Result:
-  """Evaluates checkpoint `step` (default: the latest) of the run in `workdir`.
+  """Evaluates a checkpoint of the run in `workdir`. Single process; writes nothing.
 
-  batch_size: the global eval batch (default the run's eval_batch_size), divisible by the
-  number of devices; inversion_examples: how many eval examples are inverted (-1: all,
-  0: none; default the run's eval_inversion_examples); dtype / precision: the run's
-  train_dtype / train_precision unless given. Single process; writes nothing.
+  Args:
+    workdir: a run directory (local path or URL).
+    step: the checkpoint to evaluate (default: the latest).
+    dataset: `dataset` fields that replace the run's (e.g. {'name': 'synthetic'}).
+    batch_size: the global eval batch (default the run's eval_batch_size), a positive
+      multiple of the devices; capped at the examples there are (`capped_batch`).
+    inversion_examples: how many eval examples are inverted (-1: all, 0: none; default
+      the run's eval_inversion_examples).
+    dtype / precision: the run's train_dtype / train_precision unless given (the
+      inversion always uses the exact model, `model.precision`).
+  Returns:
+    A `Result`: the checkpoint's step, the dataset, `evaluate.evaluate`'s metrics, the
+    config with the overrides, the number of devices.
+  Raises ValueError (naming the fix) for a config, dataset or batch that cannot work.
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)

@@ -41,7 +41,18 @@ _CACHE = collections.OrderedDict()   # the last few Programs: a resumed run in t
 
 def build_program(config, num_train_examples: int, normalization: steps.Normalization,
                   devices) -> Program:
-  """The `Program` of `config` on `devices` (this process's; all processes' take part)."""
+  """The `Program` of `config` on `devices`, cached per process for the same arguments.
+
+  Args:
+    config: a checked experiment config (`config.check_config`).
+    num_train_examples: the training split's size (sets the schedule's epochs and steps).
+    normalization: the source's pixel mean and std, applied to uint8 batches on the device.
+    devices: this process's devices; with several processes, every process's take part.
+  Returns:
+    A `Program`: the training, evaluation and exact nets, optimizer, schedule, training
+    length, back end and compiled steps (`exact_net` / `inversion_step` None for models
+    that are not invertible).
+  """
   key = (config.to_json(sort_keys=True), num_train_examples, tuple(normalization),
          tuple(devices), jax.process_count(), jax.default_backend())
   if key in _CACHE:
