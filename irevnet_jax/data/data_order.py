@@ -1,5 +1,7 @@
 """Which training records each process reads at each step: a fresh global shuffle every epoch.
 
+The one training order of every source of records (TFDS and the in-memory digits).
+
 Pure numpy; no TensorFlow. The training stream is the endless concatenation of epochs,
 epoch e being a permutation of the N record keys (0..N-1, the split's file order) drawn
 from (seed, e). Global batch s holds the stream positions [s * G, (s + 1) * G), where

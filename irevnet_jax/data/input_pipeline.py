@@ -21,7 +21,7 @@ from typing import Iterator, Protocol, Tuple
 
 import numpy as np
 
-from irevnet_jax.data import tfds_options   # names and checks only: no TensorFlow
+from irevnet_jax.data import data_order, tfds_options   # no TensorFlow
 
 # Names served by `irevnet_jax.data.tfds_pipeline` (imported lazily: it needs TensorFlow).
 TFDS_NAMES = (*tfds_options.SPECS, *tfds_options.ALIASES)
@@ -63,17 +63,13 @@ def normalized(batches: Iterator[dict], source) -> Iterator[dict]:
     yield dict(batch, image=(np.asarray(batch['image'], np.float32) - mean) / std)
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The shuffled order of the n training examples in one epoch."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 class ArraySource:
   """A source over in-memory arrays: images uint8 (N, H, W, C), labels int (N,).
 
-  Training reads an endless stream of epochs, each a fresh permutation drawn
-  from (seed, epoch); global batch s is positions [s * G, (s + 1) * G) of that
-  stream (G = local batch x process count), so any step is reachable directly.
+  Training reads `data_order`'s order, as the TFDS sources do: an endless stream of
+  epochs, each a fresh permutation drawn from (seed, epoch); global batch s is positions
+  [s * G, (s + 1) * G) of that stream (G = local batch x process count), so any step is
+  reachable directly.
   """
 
   def __init__(self, name, train_images, train_labels, eval_images, eval_labels,
@@ -91,20 +87,10 @@ class ArraySource:
 
   def train_batches(self, local_batch_size, process_index, process_count, seed, start_step):
     images, labels = self._train
-    n = len(labels)
-    global_batch = local_batch_size * process_count
-    orders = {}
+    order = data_order.TrainOrder(len(labels), seed, local_batch_size * process_count)
     step = start_step
     while True:
-      first = step * global_batch + process_index * local_batch_size
-      positions = np.arange(first, first + local_batch_size)
-      epochs = positions // n
-      for epoch in np.unique(epochs):
-        if epoch not in orders:
-          orders[epoch] = _epoch_order(seed, int(epoch), n)
-      for epoch in [e for e in orders if e < epochs[0]]:
-        del orders[epoch]
-      index = np.array([orders[e][p] for e, p in zip(epochs, positions % n)])
+      index, _ = order.rows(step, process_index * local_batch_size, local_batch_size)
       yield {'image': images[index], 'label': labels[index]}
       step += 1
 
