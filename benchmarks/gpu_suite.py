@@ -67,7 +67,7 @@ def load_authors_rows(path: str):
 
 def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, cap=4096,
               train_dtype='bfloat16', inversion_batch=8, authors_rows=''):
-  """Runs `gpu_plan` until `budget_s` is spent (`common.run_items`), then prints the table
+  """Runs `gpu_plan` until `budget_s` is spent (`tables.run_items`), then prints the table
   (with the authors' rows read from `authors_rows`, a path) and `summary_lines`. Returns
   the rows."""
   limit = common.device_memory_bytes(memory_gib)
