@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import optax
 
-import irevnet_jax
-from benchmarks import common
+from benchmarks import common, tables
+from irevnet_jax import nets
 from irevnet_jax.train import config as config_lib
 
 DTYPES = ('bfloat16', 'float32')
@@ -39,7 +39,7 @@ def gradients(model: str, dtype: str, backprop: str, size: int, batch: int,
   config.model.input_shape = (size, size, config.model.input_shape[-1])
   config.model.block_scan = block_scan
   config.model.stream_dtype = streams
-  net = irevnet_jax.build(config_lib.train_model_config(config))
+  net = nets.build(config_lib.train_model_config(config))
   x, labels = common.synthetic_batch(net, batch)
   if variables is None:
     variables = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])
@@ -133,7 +133,7 @@ def main(argv=None):
                  parts=tuple(filter(None, args.parts.split(','))))
   print(f'\n{args.model}, {args.size}x{args.size}, batch {args.batch}, train mode, '
         f'{jax.default_backend()}, jax {jax.__version__}\n')
-  print(common.format_table(rows, COLUMNS, markdown=True))
+  print(tables.format_table(rows, COLUMNS, markdown=True))
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, tables
 from irevnet_jax.run import checkpoints
 from irevnet_jax.train import state as state_lib
 
@@ -61,7 +61,7 @@ def main():
                  'ratio': 100 * blocked / total})
   print(f'{args.config}: train state {nbytes / 1e9:.2f} GB on {common.device_name()}, '
         f'load average {os.getloadavg()[0]:.1f}')
-  print(common.format_table(rows, [('save', 'save', ''), ('repeat', 'repeat', 'd'),
+  print(tables.format_table(rows, [('save', 'save', ''), ('repeat', 'repeat', 'd'),
                                    ('blocked', 'blocked s', '.3f'), ('total', 'total s', '.2f'),
                                    ('ratio', 'blocked / total %', '.1f')],
                             markdown=args.markdown))

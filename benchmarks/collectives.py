@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import irevnet_jax
 from benchmarks import common
+from irevnet_jax import nets
 from irevnet_jax.model import collectives as model_collectives, presets
 from irevnet_jax.train import state as state_lib
 
@@ -148,7 +148,7 @@ def full_model_estimate(name, counts=(8, 64, 256, 1024)):
   """Rows for the full-size preset `name` (autodiff backprop), by the cost model above:
   gradients (float32, one buffer) and one BN collective per layer and pass (forward,
   backward), ordered (BN: one all_gather while 8 C bytes <= GATHER_BYTES) vs native."""
-  net = irevnet_jax.build(getattr(presets, name)())
+  net = nets.build(getattr(presets, name)())
   x = jax.ShapeDtypeStruct((1, *net.input_shape), np.float32)
   variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
   params = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))

@@ -1,4 +1,4 @@
-"""What the benchmarks share: experiment configs by name, tables, and `TrainStep`, the one
+"""What the benchmarks share: experiment configs by name and `TrainStep`, the one
 way they build and time a train step: the one `experiments.main` compiles, compiled ahead
 of time so that compile seconds and XLA's memory analysis are known before a batch runs."""
 import dataclasses
@@ -10,9 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from benchmarks.tables import format_table, run_items  # noqa: F401  (common.*: jax-free)
 from irevnet_jax.baselines import presets as baseline_presets
-from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import compiler_options, presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import program as program_lib
@@ -78,7 +76,7 @@ def config_blocks(name: str) -> int:
 
 def runner_program(config, num_devices: int = 1):
   """(source, `irevnet_jax.train.program.Program`) of `config` on `num_devices` devices."""
-  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
+  source = program_lib.source_for(config)
   normalization = steps_lib.Normalization(source.pixel_mean, source.pixel_std)
   return source, program_lib.build_program(config, source.num_train_examples, normalization,
                                            jax.local_devices()[:num_devices])

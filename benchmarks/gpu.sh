@@ -114,7 +114,7 @@ if [ -n "$AUTHORS" ]; then
 fi
 
 if [ "$SMOKE" = 1 ]; then
-  "$PY" -m benchmarks.speed --suite=gpu --smoke --memory_gib=0.25 --max_batch=32 \
+  "$PY" -m benchmarks.gpu_suite --smoke --memory_gib=0.25 --max_batch=32 \
     --min_seconds=0.2 --budget_s="${BUDGET_S:-540}" --authors_rows="$AUTHORS_JSON"
   exit $?
 fi
@@ -128,7 +128,7 @@ BUDGET="${BUDGET_S:-$(( HARD_S - 80 ))}"
 # Where the allocator reports no limit, plan with 90% of the card's memory instead.
 MEM_MIB=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 MEM_GIB=$(awk -v m="${MEM_MIB:-0}" 'BEGIN { printf "%.1f", (m > 0 ? m : 16384) * 0.9 / 1024 }')
-timeout -k 10 "$HARD_S" "$PY" -m benchmarks.speed --suite=gpu --budget_s="$BUDGET" \
+timeout -k 10 "$HARD_S" "$PY" -m benchmarks.gpu_suite --budget_s="$BUDGET" \
   --max_batch="${MAX_BATCH:-4096}" --memory_gib="$MEM_GIB" --authors_rows="$AUTHORS_JSON"
 RC=$?
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then

@@ -3,19 +3,20 @@ importance until a time budget is spent; the table; the comparison with the auth
 PyTorch code (their rows of the same run, from benchmarks/authors_torch.py's --json_out,
 else anchors measured on an H200 on another day) and the 100-block compile goal.
 
-    python -m benchmarks.speed --suite=gpu --budget_s=390 --memory_gib=120
-    python -m benchmarks.speed --suite=gpu --authors_rows=/tmp/authors.json   # + their rows
-    python -m benchmarks.speed --suite=gpu --smoke --memory_gib=0.25 --max_batch=32   # on CPU
+    python -m benchmarks.gpu_suite --budget_s=390 --memory_gib=120
+    python -m benchmarks.gpu_suite --authors_rows=/tmp/authors.json   # + their rows
+    python -m benchmarks.gpu_suite --smoke --memory_gib=0.25 --max_batch=32   # on CPU
 
 Inversion rows: dtype/prec. 'forward>inverse'; compile s: compile and run of forward +
 invert; note: ||invert(forward(x)) - x|| / ||x|| and the largest absolute error.
 """
+import argparse
 import json
 import os
 
 import jax
 
-from benchmarks import common, inversion, speed
+from benchmarks import common, inversion, speed, tables
 
 # The authors' PyTorch code on an NVIDIA H200 (torch 2.11, eager, bf16 autocast,
 # channels_last, random data, SGD); reference notes §6 and issue 10.
@@ -66,7 +67,7 @@ def load_authors_rows(path: str):
 
 def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, cap=4096,
               train_dtype='bfloat16', inversion_batch=8, authors_rows=''):
-  """Runs `gpu_plan` until `budget_s` is spent (`common.run_items`), then prints the table
+  """Runs `gpu_plan` until `budget_s` is spent (`tables.run_items`), then prints the table
   (with the authors' rows read from `authors_rows`, a path) and `summary_lines`. Returns
   the rows."""
   limit = common.device_memory_bytes(memory_gib)
@@ -89,10 +90,10 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
                           limit_bytes=limit, cap=cap, min_seconds=min_seconds)
     return [row] if row else []
 
-  rows = common.run_items(gpu_plan(smoke), make_rows, budget_s,
+  rows = tables.run_items(gpu_plan(smoke), make_rows, budget_s,
                          lambda item, costs: _guess_seconds(item, costs, smoke))
   rows += load_authors_rows(authors_rows)
-  print('\n' + common.format_table(rows, speed.COLUMNS, markdown=True) + '\n')
+  print('\n' + tables.format_table(rows, speed.COLUMNS, markdown=True) + '\n')
   for line in summary_lines(rows, smoke, jax.devices()[0].device_kind):
     print(line)
   return rows
@@ -178,3 +179,20 @@ def authors_lines(rows, prefix='', card=''):
       lines.append(f'{prefix}{model}: best of ours / best of theirs = {ratio:.2f}x; target '
                    f'{TARGET_RATIO:.1f}x: {verdict}')
   return lines
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--budget_s', type=float, default=420.0, help='no row starts after it')
+  parser.add_argument('--smoke', action='store_true', help='shrunken models (CPU check)')
+  parser.add_argument('--memory_gib', type=float, help='memory to plan with where none is known')
+  parser.add_argument('--min_seconds', type=float, default=2.0, help='timing per row')
+  parser.add_argument('--max_batch', type=int, default=4096, help="cap for the 'max' rows")
+  parser.add_argument('--authors_rows', default='', help="authors_torch.py's --json_out")
+  args = parser.parse_args(argv)
+  run_suite(args.budget_s, args.smoke, args.memory_gib, args.min_seconds, args.max_batch,
+            authors_rows=args.authors_rows)
+
+
+if __name__ == '__main__':
+  main()

@@ -22,7 +22,7 @@ import numpy as np
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from irevnet_jax.data import tfds_options, tfds_pipeline  # noqa: E402  (hides accelerators from TF)
+from irevnet_jax.data import tfds_options, tfds_pipeline, tfds_records  # noqa: E402  (hides accelerators from TF)
 
 SYNSETS = ('n01440764', 'n01443537', 'n01484850', 'n01491361')   # labels 0-3 of imagenet2012
 
@@ -77,7 +77,7 @@ def make_dataset(root: str, num_train: int, num_val: int, short_side: int):
         f'({min(sizes) / 1e3:.0f}-{max(sizes) / 1e3:.0f} KB), ~350 x 400 pixels')
   write_tars(manual, jpegs[:num_train], jpegs[num_train:])
   data_dir = os.path.join(root, 'data')
-  builder = tfds_pipeline.prepare('imagenet2012', data_dir, manual)
+  builder = tfds_records.prepare('imagenet2012', data_dir, manual)
   small_dir = None
   if short_side:
     small_dir = os.path.join(root, f'data_{short_side}')

@@ -14,8 +14,8 @@ import time
 import jax
 import numpy as np
 
-import irevnet_jax
-from benchmarks import common
+from benchmarks import common, tables
+from irevnet_jax import nets
 
 SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) of invert)
     'float32/default': (('float32', 'default'), ('float32', 'default')),
@@ -28,7 +28,7 @@ SETTINGS = {   # name -> ((dtype, precision) of the forward, (dtype, precision) 
 def _net(model_config, dtype, precision):
   c = model_config.copy_and_resolve_references()
   c.update(dtype=dtype, precision=precision)
-  return irevnet_jax.build(c)
+  return nets.build(c)
 
 
 def measure(model: str, batch: int, settings=tuple(SETTINGS), smoke=False, report=print):
@@ -74,7 +74,7 @@ def main():
   rows = []
   for model in args.models.split(','):
     rows += measure(model, args.batch, args.settings.split(','), args.smoke)
-  print(common.format_table(rows, COLUMNS))
+  print(tables.format_table(rows, COLUMNS))
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import tempfile
 
 import jax
 
-from benchmarks import common
+from benchmarks import common, tables
 
 
 def op_seconds(trace_dir: str) -> collections.Counter:
@@ -64,7 +64,7 @@ def main(argv=None):
   print(f'{args.model} {args.mode} batch {args.batch}: {seconds:.2f} s/step wall, compile '
         f'{compiled.compile_s:.1f} s, XLA temp {compiled.temp_bytes / common.GIB:.3f} GiB'
         f'{" (barriers dropped)" if args.drop_barriers else ""}')
-  print(common.format_table(rows, [('kind', 'op kind', ''), ('s', 's/step', '.3f'),
+  print(tables.format_table(rows, [('kind', 'op kind', ''), ('s', 's/step', '.3f'),
                                    ('share', '%', '.1f')], markdown=True))
 
 

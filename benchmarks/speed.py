@@ -5,7 +5,6 @@
         --batch=max --memory_gib=120
     python -m benchmarks.speed --compile_only --depths=1,2,4,8 --batch=64   # memory vs depth
     python -m benchmarks.speed --models=digits --blocks=preset --batch=64 --real_data --feed
-    python -m benchmarks.speed --suite=gpu          # the GPU table (benchmarks/gpu.sh)
     python -m benchmarks.speed --trees=/work/wt/base,. --blocks=preset --batch=64 \\
         --modes=autodiff,reversible --min_seconds=0 --repeats=2   # before/after
 
@@ -39,7 +38,7 @@ import sys
 
 import jax
 
-from benchmarks import common
+from benchmarks import common, tables
 
 MODES = ('autodiff', 'remat', 'reversible')
 SAFETY = 0.92   # share of the allocator's limit a step may plan to use (fragmentation)
@@ -237,24 +236,16 @@ def main(argv=None):
                       help='FIELD=VALUE set in the config\'s model (a Python literal, else a '
                            'string); repeatable')
   parser.add_argument('--cache_dir', default='', help='persistent compilation cache directory')
-  parser.add_argument('--suite', default='', choices=['', 'gpu'], help='gpu: benchmarks/gpu.sh')
-  parser.add_argument('--budget_s', type=float, default=420.0, help='--suite: no row after it')
-  parser.add_argument('--authors_rows', default='', help="--suite: authors_torch.py's JSON")
   parser.add_argument('--trees', default='', help='checkouts to compare, one process a side')
   parser.add_argument('--json', action='store_true', help='print the rows as one JSON line')
   args = parser.parse_args(argv)
-  if args.suite:
-    from benchmarks import gpu_suite  # pylint: disable=g-import-not-at-top  (imports speed)
-    gpu_suite.run_suite(args.budget_s, args.smoke, args.memory_gib, args.min_seconds,
-                        args.max_batch, authors_rows=args.authors_rows)
-    return
   sides = [(model, dtype, mode) for model in args.models.split(',')
            for dtype in args.dtypes.split(',') for mode in args.modes.split(',')]
   if args.trees:
     rows = [dict(row, repeat=r, tree=tree) for r in range(args.repeats)
             for tree in args.trees.split(',') for model, dtype, mode in sides
             for row in tree_rows(tree, model, dtype, mode, args)]
-    print(common.format_table(rows, TREE_COLUMNS, markdown=True))
+    print(tables.format_table(rows, TREE_COLUMNS, markdown=True))
     return
   if args.cache_dir:
     jax.config.update('jax_compilation_cache_dir', args.cache_dir)
@@ -268,7 +259,7 @@ def main(argv=None):
   blocks = lambda depth: None if args.blocks == 'preset' else tuple(
       int(b) * depth for b in args.blocks.split(','))
   print(f'training speed on {common.device_name()}, jax {jax.__version__}', flush=True)
-  rows = common.run_items(
+  rows = tables.run_items(
       [('train', model, mode, dtype, depth) for _ in range(args.repeats)
        for model, dtype, mode in sides for depth in depths],
       lambda item: [r for r in [train_row(
@@ -287,7 +278,7 @@ def main(argv=None):
   if args.json:
     print('ROWS ' + json.dumps(rows))
     return
-  print(common.format_table(rows, MEMORY_COLUMNS if args.compile_only else COLUMNS[1:]))
+  print(tables.format_table(rows, MEMORY_COLUMNS if args.compile_only else COLUMNS[1:]))
 
 
 if __name__ == '__main__':

@@ -56,15 +56,15 @@ def load_run_for_analysis(workdir: str, step=None):
   applied, the float32 'highest' net the analyses compute with, and the data source."""
   # pylint: disable=g-import-not-at-top
   from absl import logging
-  import irevnet_jax
+  from irevnet_jax import nets
   from irevnet_jax.analysis import pipeline
   from irevnet_jax.run import checkpoints
-  from irevnet_jax.train import evaluate_run
+  from irevnet_jax.train import program
   # pylint: enable=g-import-not-at-top
   config, variables, step = checkpoints.load_run(workdir, step)
   logging.info('Loaded %s at step %d.', workdir, step)
   with flag_names():
     config = apply(config)
-    net = irevnet_jax.build(pipeline.analysis_model_config(config.model))
-    source = evaluate_run.source_for(config)
+    net = nets.build(pipeline.analysis_model_config(config.model))
+    source = program.source_for(config)
   return config, variables, step, net, source

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import export as jax_export
 import numpy as np
 
-import irevnet_jax
+from irevnet_jax import nets
 from irevnet_jax.errors import UserError
 from irevnet_jax.run import paths
 
@@ -131,7 +131,7 @@ def export_run(workdir: str, directory: str, step: Optional[int] = None,
     raise UserError(f'{directory} already holds an export: choose another --output '
                     f'or pass --overwrite.')
   config, variables, step = checkpoints.load_run(workdir, step)
-  net = irevnet_jax.build(config.model).exact()
+  net = nets.build(config.model).exact()
   artifacts = export_net(net, variables, platforms)
   info = {'workdir': workdir, 'step': step, 'model': net.arch.describe().splitlines()[0]}
   return save_artifacts(artifacts, variables, directory, info)

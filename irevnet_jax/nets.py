@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from irevnet_jax import baselines
 from irevnet_jax.errors import UserError
-from irevnet_jax.model import presets
+from irevnet_jax.model import precision, presets
 from irevnet_jax.model.network import IRevNet
 
 
@@ -48,12 +48,10 @@ class Net:
     return self.arch.input_shape
 
   def exact(self) -> 'Net':
-    """The same network at float32 (float64 stays float64) and convolution precision
-    'highest': what exact inversion needs (variables are shared). A net built for
-    training in bfloat16 or at 'default' precision inverts with ~1e-3 / ~3e-4 error on
-    GPUs; its exact twin to ~1e-6."""
-    dtype = 'float64' if self.arch.dtype == 'float64' else 'float32'
-    arch = dataclasses.replace(self.arch, dtype=dtype, precision='highest')
+    """The same network (variables are shared) in the numerics exact inversion needs:
+    `model.precision`'s rule, float32 (float64 stays float64) at precision 'highest'."""
+    arch = dataclasses.replace(self.arch, dtype=precision.exact_dtype(self.arch.dtype),
+                               precision=precision.EXACT_PRECISION)
     return Net(self.module.clone(arch=arch))
 
   @property

@@ -27,7 +27,7 @@ buys and what it changes.
 import argparse
 import os
 
-from irevnet_jax.data import tfds_options, tfds_pipeline
+from irevnet_jax.data import tfds_options, tfds_records
 
 
 def main():
@@ -49,7 +49,7 @@ def main():
                    'prepare into a local folder, then copy it to the bucket (e.g. `gcloud '
                    'storage cp -r DIR/imagenet2012 gs://BUCKET/tfds/`).')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  builder = tfds_pipeline.prepare(args.dataset, args.data_dir, args.manual_dir)
+  builder = tfds_records.prepare(args.dataset, args.data_dir, args.manual_dir)
   _describe(args.dataset, builder)
   if args.small_copy_dir:
     from irevnet_jax.data import tfds_prepare  # pylint: disable=g-import-not-at-top

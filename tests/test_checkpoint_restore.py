@@ -69,7 +69,7 @@ def test_one_transient_error_is_retried_and_moves_nothing(tmp_path, monkeypatch,
   assert step == 3
   lib.assert_trees_close(restored, _state(3), rtol=0, atol=0)
   assert checkpointer.all_steps() == [1, 2, 3]
-  assert not os.path.exists(tmp_path / checkpoints.CORRUPT_DIR)
+  assert not os.path.exists(tmp_path / checkpoint_restore.CORRUPT_DIR)
   assert not _errors(caplog)
 
 
@@ -87,7 +87,7 @@ def test_an_unknown_read_error_is_one_line_and_moves_nothing(tmp_path, monkeypat
   assert message.startswith(f'Checkpoint 2 in {tmp_path}/checkpoints could not be read '
                             f'(PermissionError: [Errno 13] Permission denied)')
   assert checkpointer.all_steps() == [1, 2]
-  assert not os.path.exists(tmp_path / checkpoints.CORRUPT_DIR)
+  assert not os.path.exists(tmp_path / checkpoint_restore.CORRUPT_DIR)
 
 
 def test_a_transient_error_while_looking_for_the_checksums_skips_no_check(gcs, monkeypatch):
@@ -136,7 +136,7 @@ def test_a_store_that_stays_unreachable_ends_the_run_in_one_line_keeping_everyth
   assert failed == [24] * 6 and len(waits) == 5 and waits == sorted(waits)   # backing off
   assert open(os.path.join(workdir, 'metrics.jsonl'), 'rb').read() == before
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['16', '24', '8']
-  assert not os.path.exists(os.path.join(workdir, checkpoints.CORRUPT_DIR))
+  assert not os.path.exists(os.path.join(workdir, checkpoint_restore.CORRUPT_DIR))
 
 
 def _flip_a_checksum(fs, step_dir):
@@ -158,18 +158,18 @@ def test_a_corrupt_gs_checkpoint_is_moved_aside_and_the_run_ends_bit_identical(
   array = _flip_a_checksum(fs, f'{workdir}/checkpoints/24')
   with caplog.at_level('INFO'):
     result = train.train_and_evaluate(lib.make_config(), workdir)   # from 16, redoes 24
-  moved = [os.path.basename(p) for p in fs.ls(f'{workdir}/{checkpoints.CORRUPT_DIR}')]
+  moved = [os.path.basename(p) for p in fs.ls(f'{workdir}/{checkpoint_restore.CORRUPT_DIR}')]
   assert len(moved) == 1 and moved[0].startswith('24-'), moved
   assert _errors(caplog) == [
       f'Checkpoint 24 in {workdir}/checkpoints is unusable (1 array(s) fail their checksum, '
       f'e.g. {array}); using step 16 instead and moved it to '
-      f'{workdir}/{checkpoints.CORRUPT_DIR}/{moved[0]}.']
+      f'{workdir}/{checkpoint_restore.CORRUPT_DIR}/{moved[0]}.']
   assert 'Resuming from the checkpoint at step 16' in caplog.text
   lib.assert_trees_close(result.state, tiny_run[1].state, rtol=0, atol=0)
   assert _records(workdir) == _records(str(tiny_run[0]))
   assert checkpoints.Checkpointer(workdir, keep=3, read_only=True).all_steps() == [8, 16, 24]
   local = os.path.join(tiny_run[0], 'checkpoints', '24')
-  stored = f'{workdir}/{checkpoints.CORRUPT_DIR}/{moved[0]}'.split('://')[1]
+  stored = f'{workdir}/{checkpoint_restore.CORRUPT_DIR}/{moved[0]}'.split('://')[1]
   assert sorted(os.path.relpath(name, stored) for name in fs.find(stored)) == sorted(
       os.path.relpath(os.path.join(root, name), local)
       for root, _, names in os.walk(local) for name in names)   # every object of the step
@@ -185,7 +185,7 @@ def test_a_gs_move_killed_halfway_confuses_no_later_run(gcs, caplog):
   Killed after the step was uncommitted: the rerun does not list it and deletes what is left."""
   workdir = f'{gcs}/run'
   fs = paths.filesystem(workdir)
-  corrupt = f'{workdir}/{checkpoints.CORRUPT_DIR}'
+  corrupt = f'{workdir}/{checkpoint_restore.CORRUPT_DIR}'
   _save_steps(workdir, [1, 2, 3])
   _flip_a_checksum(fs, f'{workdir}/checkpoints/3')
   objects = lambda root: sorted(os.path.relpath(name, root.split('://')[1])

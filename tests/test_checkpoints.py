@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from irevnet_jax.errors import UserError
-from irevnet_jax.run import checkpoints, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, checksums, run_config
 import train_testlib as lib
 
 
@@ -95,7 +95,7 @@ def test_corrupt_or_partial_latest_falls_back_to_previous(tmp_path):
 def test_load_run(tmp_path):
   workdir = str(tmp_path)
   config = lib.make_config()
-  workdir_lib.write_config(workdir, config)
+  run_config.write_config(workdir, config)
   _save_steps(workdir, [5, 10])
   loaded, variables, step = checkpoints.load_run(workdir)
   assert step == 10 and loaded.model.blocks == (1, 1, 1) and loaded.model.input_shape == (8, 8, 1)
@@ -129,7 +129,7 @@ def test_readers_of_a_live_gs_run_see_its_newest_checkpoint(gcs):
   """gcsfs keeps each process's listings and Orbax its list of steps: a reader that has
   listed a run still sees the checkpoints a training process commits later."""
   workdir = f'{gcs}/live'
-  workdir_lib.write_config(workdir, lib.make_config())
+  run_config.write_config(workdir, lib.make_config())
   _save_steps(workdir, [1])
   reader = checkpoints.Checkpointer(workdir, keep=3, read_only=True)
   assert reader.all_steps() == [1]
@@ -222,12 +222,12 @@ def test_checksums_are_computed_in_the_commit_thread(tmp_path, monkeypatch):
   the checkpoint on disk carries the checksums of what was saved."""
   import threading
   threads = []
-  crc = checkpoints.checksums_lib.checksums
+  crc = checksums.checksums
 
   def recording(state):
     threads.append(threading.current_thread())
     return crc(state)
-  monkeypatch.setattr(checkpoints.checksums_lib, 'checksums', recording)
+  monkeypatch.setattr(checksums, 'checksums', recording)
   state = _state(5)
   state['step'] = np.int32(5)   # a numpy scalar, as the pmap back end's to_host gives
   checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=3)
@@ -243,7 +243,7 @@ def test_checksums_are_computed_in_the_commit_thread(tmp_path, monkeypatch):
 
 
 def test_load_run_logs_no_orbax_notes(tmp_path, caplog):
-  workdir_lib.write_config(str(tmp_path), lib.make_config())
+  run_config.write_config(str(tmp_path), lib.make_config())
   _save_steps(str(tmp_path), [5])
   with caplog.at_level('INFO'):
     _, _, step = checkpoints.load_run(str(tmp_path))

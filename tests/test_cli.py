@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, checksums, metrics, workdir_lock
 
 from irevnet_jax import train
 from irevnet_jax.errors import UserError
@@ -100,8 +100,8 @@ def test_a_user_error_ends_in_one_line_and_a_bug_in_its_traceback(tmp_path):
 @pytest.mark.processes   # kills: a second step of .ci/run
 def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from irevnet_jax.run import workdir; '
-       'lock = workdir.WorkdirLock(sys.argv[1]); print("locked", flush=True); time.sleep(600)',
+      [sys.executable, '-c', 'import sys, time; from irevnet_jax.run import workdir_lock; '
+       'lock = workdir_lock.WorkdirLock(sys.argv[1]); print("locked", flush=True); time.sleep(600)',
        str(tmp_path)], cwd=lib.REPO, env=lib.env_with_devices(1), stdout=subprocess.PIPE,
       text=True)
   try:
@@ -113,7 +113,7 @@ def test_a_second_run_on_a_live_workdir_is_refused_and_a_killed_one_leaves_no_lo
   finally:
     holder.kill()
     holder.wait()
-  workdir_lib.WorkdirLock(str(tmp_path)).release()           # SIGKILL released it
+  workdir_lock.WorkdirLock(str(tmp_path)).release()           # SIGKILL released it
 
 
 def test_resume_with_a_changed_training_field_is_refused_unless_allowed(tmp_path):
@@ -157,15 +157,15 @@ def test_a_checkpoint_with_flipped_bytes_falls_back_to_the_previous_one(tmp_path
 
 def test_checksums_and_non_finite_values_are_verified():
   state = {'params': {'w': np.arange(6, dtype=np.float32)}, 'step': np.int32(3)}
-  sums = checkpoints.checksums(state)
-  checkpoints.verify(state, sums, 'state')
+  sums = checksums.checksums(state)
+  checksums.verify(state, sums, 'state')
   changed = {'params': {'w': state['params']['w'].copy()}, 'step': state['step']}
   changed['params']['w'][2] = np.nextafter(np.float32(2), np.float32(3))
-  with pytest.raises(checkpoints.CorruptCheckpoint, match='fail their checksum.*params/w'):
-    checkpoints.verify(changed, sums, 'state')
+  with pytest.raises(checksums.CorruptCheckpoint, match='fail their checksum.*params/w'):
+    checksums.verify(changed, sums, 'state')
   changed['params']['w'][2] = np.inf
-  with pytest.raises(checkpoints.CorruptCheckpoint, match='non-finite values in params/w'):
-    checkpoints.verify(changed, None, 'state')
+  with pytest.raises(checksums.CorruptCheckpoint, match='non-finite values in params/w'):
+    checksums.verify(changed, None, 'state')
 
 
 def test_infinite_batch_norm_statistics_stop_the_run_without_being_saved(tmp_path, monkeypatch):

@@ -138,6 +138,12 @@ def test_batch_size_suggestions_keep_eight_examples_per_device():
   assert config_lib.suggested_batch_size(50, 4, config_lib.MIN_BN_EXAMPLES) == 52
   assert config_lib.suggested_batch_size(18, 4) == 20      # eval batches: the nearest multiple
   assert config_lib.suggested_batch_size(3, 4) == 4
+  with pytest.raises(ValueError, match=r'batch_size=18 is not divisible by the 4 devices \(x\); '
+                     'use a multiple of 4, e.g. batch_size=20.'):
+    config_lib.check_batch_size('batch_size', 18, 4, 'devices (x)')
+  with pytest.raises(ValueError, match='batch_size=0 is not positive; .* e.g. batch_size=4.'):
+    config_lib.check_batch_size('batch_size', 0, 4, 'devices')
+  config_lib.check_batch_size('batch_size', 32, 4, 'devices', config_lib.MIN_BN_EXAMPLES)
 
 
 def test_evaluate_caps_its_batches_shows_progress_and_records_once(imported_imagenet_run, caplog):

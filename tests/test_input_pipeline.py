@@ -94,3 +94,14 @@ def test_synthetic_source():
 def test_source_errors(fields, shape, message):
   with pytest.raises(ValueError, match=message):
     input_pipeline.get_source(_dataset(**fields), shape)
+
+
+def test_a_source_with_more_classes_than_the_model_is_refused():
+  """The one check training, evaluation and analysis make (`program.source_for`)."""
+  dataset = _dataset(name='synthetic', num_classes=20)
+  assert input_pipeline.get_source(dataset, (8, 8, 1), 20).num_classes == 20
+  with pytest.raises(ValueError, match='has 20 classes, the model 10; set model.num_classes=20 '
+                     'or dataset.num_classes=10'):
+    input_pipeline.get_source(dataset, (8, 8, 1), 10)
+  with pytest.raises(ValueError, match=r'imagenet2012.*model.num_classes=10 \(it has 1000'):
+    input_pipeline.get_source(_dataset(name='imagenet2012'), (224, 224, 3), 10)

@@ -141,12 +141,12 @@ def test_injective_network_is_refined_to_as_logits():
 
 def _save_run(workdir, net_config):
   from experiments.configs import digits as digits_config
-  from irevnet_jax.run import checkpoints, workdir as workdir_lib
+  from irevnet_jax.run import checkpoints, run_config
   config = digits_config.get_config()
   config.model = net_config
   net = irevnet_jax.build(config.model)
   variables = random_variables(net, seed=4)
-  workdir_lib.write_config(workdir, config)
+  run_config.write_config(workdir, config)
   ckpt = checkpoints.Checkpointer(workdir, keep=1, use_async=False)
   ckpt.save(0, {'params': variables['params'], 'batch_stats': variables['batch_stats'],
                 'step': np.int32(0)})

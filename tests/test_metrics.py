@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from irevnet_jax.run import metrics, paths, workdir as workdir_lib
+from irevnet_jax.run import metrics, paths
 import tensorboard_events
 import train_testlib as lib
 
@@ -31,7 +31,7 @@ def workdir(request, tmp_path):
 
 
 def _logdir(workdir):
-  return workdir_lib.join(workdir, 'tensorboard')
+  return paths.join(workdir, 'tensorboard')
 
 
 def test_records_written_before_a_sigkill_are_all_there(workdir):

@@ -148,13 +148,13 @@ def test_vmap_over_single_examples_equals_the_batched_call():
 @pytest.mark.parametrize('name', ['cifar10', 'injective'])
 def test_exact_twin_is_the_float32_highest_build(name):
   from irevnet_jax.baselines import presets as baseline_presets
-  from irevnet_jax.train import config as config_lib
+  from irevnet_jax.model import precision
   configs = [getattr(presets, name)(), baseline_presets.revnet56()]
   for config in configs:
     with config.unlocked():
       config.dtype, config.precision = 'bfloat16', 'default'
     exact = irevnet_jax.build(config).exact()
-    assert exact.arch == irevnet_jax.build(config_lib.exact_model_config(config)).arch
+    assert exact.arch == irevnet_jax.build(precision.exact_model_config(config)).arch
     assert (exact.arch.dtype, exact.arch.precision) == ('float32', 'highest')
 
 

@@ -103,7 +103,7 @@ def test_pmap_and_shard_map_train_to_the_same_parameters(tmp_path):
 @pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
 def test_the_cpu_train_step_keeps_the_engines_optimization_barriers(backend):
   """XLA:CPU drops every barrier unless compiled with irevnet_jax.compiler_options()
-  (docs/reversible.md: 2.7x slower autodiff steps without them): both back ends pass it."""
+  (docs/reversible.md: slower autodiff steps without them): both back ends pass it."""
   config = lib.make_config(parallel=backend)
   assert config.model.backprop == 'autodiff'
   prog, source = _program(config)

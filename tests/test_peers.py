@@ -54,7 +54,7 @@ def _error_lines(output):
 
 def test_a_refused_launch_ends_every_process_in_the_same_line(tmp_path):
   workdir = str(tmp_path / 'run')
-  holder = workdir_lib.WorkdirLock(workdir_lib.check_workdir(workdir))   # a live run's flock
+  holder = workdir_lock.WorkdirLock(workdir_lib.check_workdir(workdir))   # a live run's flock
   try:
     results = _run_two(workdir)
   finally:

@@ -22,7 +22,7 @@ import optax
 import pytest
 
 import irevnet_jax
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.interop import authors, runs
 from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
@@ -80,7 +80,7 @@ def test_import_writes_a_run_at_step_0_that_main_restores(imported):
   assert 'Imported' in output and '74 entries, 84,497 parameters' in output
   assert runs.checkpoint_steps(workdir) == [0]
   config = tiny_config()
-  assert workdir_lib.read_config(workdir).to_json(sort_keys=True) == config.to_json(sort_keys=True)
+  assert run_config.read_config(workdir).to_json(sort_keys=True) == config.to_json(sort_keys=True)
   record = runs.read_import_record(workdir)
   assert record['source'] == NPZ and record['step'] == 0 and len(record['sha256']) == 64
   assert len(record['num_batches_tracked']) == 12     # 2 + 3 * 3 block BNs and bn1
@@ -153,7 +153,7 @@ def test_evaluate_prints_and_records_what_the_model_computes(evaluated):
 
 def test_evaluate_does_not_write_into_a_run_that_is_training(imported):
   workdir, _ = imported
-  lock = workdir_lib.WorkdirLock(workdir)
+  lock = workdir_lock.WorkdirLock(workdir)
   try:
     assert evaluate_run.lock_for_writing(workdir)[0] is None
   finally:

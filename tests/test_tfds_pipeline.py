@@ -13,7 +13,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from irevnet_jax.data import data_order, tfds_options, tfds_pipeline
+from irevnet_jax.data import data_order, tfds_options, tfds_pipeline, tfds_records
 from irevnet_jax.errors import UserError
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -76,7 +76,7 @@ def tiny_imagenet(tmp_path_factory):
   manual = root / 'manual'
   manual.mkdir()
   _write_tars(manual)
-  builder = tfds_pipeline.prepare('imagenet2012', str(root / 'data'), str(manual))
+  builder = tfds_records.prepare('imagenet2012', str(root / 'data'), str(manual))
   assert tfds_prepare.file_formats(builder) == {'array_record'}
   old = tfds.builder('imagenet2012', data_dir=str(root / 'tfrecord'), file_format='tfrecord')
   old.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
@@ -264,7 +264,7 @@ def test_tfrecord_dataset_is_refused_until_prepare_adds_array_record(tiny_imagen
   old = dict(config, data_dir=str(root / 'tfrecord'))
   with pytest.raises(UserError, match='TFRecord only.*launch/prepare_data.py'):
     tfds_pipeline.get_tfds_source(old, SHAPE)
-  builder = tfds_pipeline.prepare('imagenet2012', old['data_dir'])
+  builder = tfds_records.prepare('imagenet2012', old['data_dir'])
   assert tfds_prepare.file_formats(builder) == {'tfrecord', 'array_record'}
   source = tfds_pipeline.get_tfds_source(dict(old, **NO_JITTER), SHAPE)
   _check_eval_pass(source, labels, 2)
@@ -296,7 +296,7 @@ def test_missing_imagenet_explains_the_manual_download(tmp_path):
                  'download_and_prepare', 'tfds build imagenet2012', 'launch/prepare_data.py'):
     assert needle in message
   with pytest.raises(UserError, match='ILSVRC2012_img_val.tar'):
-    tfds_pipeline.prepare('imagenet2012', str(tmp_path / 'data'), str(tmp_path / 'manual'))
+    tfds_records.prepare('imagenet2012', str(tmp_path / 'data'), str(tmp_path / 'manual'))
 
 
 def test_missing_cifar_without_download_says_how_to_prepare(tmp_path):

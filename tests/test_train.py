@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics, paths, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, paths
 
 from irevnet_jax import train
 from irevnet_jax.errors import UserError
@@ -167,7 +167,7 @@ def _records(workdir):
   paths.refresh(workdir)
   lines = [{k: v for k, v in r.items() if k != 'steps_per_second'}
            for r in metrics.read_jsonl(workdir)]
-  points = tensorboard_events.scalars(workdir_lib.join(workdir, 'tensorboard'),
+  points = tensorboard_events.scalars(paths.join(workdir, 'tensorboard'),
                                       skip=('steps_per_second',))
   return lines, points
 

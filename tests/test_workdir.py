@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir_lock
 
 from irevnet_jax import train
 from irevnet_jax.errors import UserError
@@ -37,7 +37,7 @@ def test_a_refused_run_leaves_nothing_behind(tmp_path, existed):
 
 def test_a_broken_config_json_is_one_line_naming_it(tiny_run, tmp_path):
   workdir = _copy_run(tiny_run, tmp_path)
-  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  path = os.path.join(workdir, run_config.CONFIG_FILE)
   with open(path, 'w') as f:
     f.write('{"batch_size": 32, garbage')
   for call in (lambda: train.train_and_evaluate(lib.make_config(), workdir),
@@ -50,13 +50,13 @@ def test_a_broken_config_json_is_one_line_naming_it(tiny_run, tmp_path):
 
 def test_a_refused_resume_writes_and_announces_nothing(tiny_run, tmp_path, caplog):
   workdir = _copy_run(tiny_run, tmp_path)
-  before = open(os.path.join(workdir, workdir_lib.CONFIG_FILE)).read()
+  before = open(os.path.join(workdir, run_config.CONFIG_FILE)).read()
   caplog.set_level(logging.INFO)
   with pytest.raises(ValueError, match='learning_rate: 0.2 -> 0.1'):
     train.train_and_evaluate(lib.make_config(learning_rate=0.1), workdir)
   assert 'Resuming' not in caplog.text
-  assert open(os.path.join(workdir, workdir_lib.CONFIG_FILE)).read() == before
-  assert not os.path.exists(os.path.join(workdir, workdir_lib.HISTORY_FILE))
+  assert open(os.path.join(workdir, run_config.CONFIG_FILE)).read() == before
+  assert not os.path.exists(os.path.join(workdir, run_config.HISTORY_FILE))
 
 
 def test_config_json_changes_only_with_a_save(tiny_run, tmp_path):
@@ -64,14 +64,14 @@ def test_config_json_changes_only_with_a_save(tiny_run, tmp_path):
   history as they were, so going back to the old values needs no flag (a changed run that
   saves leaves one history entry: test_cli)."""
   workdir = _copy_run(tiny_run, tmp_path)
-  config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  config_path = os.path.join(workdir, run_config.CONFIG_FILE)
   before = open(config_path).read()
   blown = lib.make_config(num_train_steps=32, learning_rate=1e30)
   with pytest.raises(UserError, match='Non-finite'):
     train.train_and_evaluate(blown, workdir, allow_config_change=True)
   assert open(config_path).read() == before
-  assert not os.path.exists(os.path.join(workdir, workdir_lib.HISTORY_FILE))
-  workdir_lib.check_config_record(workdir, lib.make_config(), 24, allow_change=False)
+  assert not os.path.exists(os.path.join(workdir, run_config.HISTORY_FILE))
+  run_config.check_config_record(workdir, lib.make_config(), 24, allow_change=False)
 
 
 def test_a_config_change_killed_between_its_two_writes_is_recorded_once(tmp_path, monkeypatch):
@@ -79,9 +79,9 @@ def test_a_config_change_killed_between_its_two_writes_is_recorded_once(tmp_path
   in between leaves the old config.json, so its rerun commits the same change again: the
   history must still hold it once."""
   workdir = str(tmp_path / 'run')
-  workdir_lib.write_config(workdir, lib.make_config())
+  run_config.write_config(workdir, lib.make_config())
   changed = lib.make_config(learning_rate=0.1)
-  record = workdir_lib.check_config_record(workdir, changed, 8, allow_change=True)
+  record = run_config.check_config_record(workdir, changed, 8, allow_change=True)
 
   def killed(*args):
     raise RuntimeError('killed after the history was written')
@@ -90,11 +90,11 @@ def test_a_config_change_killed_between_its_two_writes_is_recorded_once(tmp_path
     record.commit()
   monkeypatch.undo()
   for _ in range(2):   # the rerun, and a later resume that changes nothing more
-    workdir_lib.check_config_record(workdir, changed, 8, allow_change=True).commit()
+    run_config.check_config_record(workdir, changed, 8, allow_change=True).commit()
   history = [json.loads(line) for line in
-             open(os.path.join(workdir, workdir_lib.HISTORY_FILE)).read().splitlines()]
+             open(os.path.join(workdir, run_config.HISTORY_FILE)).read().splitlines()]
   assert [h['changes'] for h in history] == [{'learning_rate': [0.2, 0.1]}]
-  assert workdir_lib.read_config(workdir).learning_rate == 0.1
+  assert run_config.read_config(workdir).learning_rate == 0.1
 
 
 # --- gs:// ---------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tin
   # Killed (SIGKILL) at step 12 once checkpoint 8 is final and the test has tried a second run.
   first = lib.start(args + ['--kill_at_step=12', '--wait_for_checkpoint=8',
                             f'--wait_for_file={go}'], script=lib.HELPER)
-  lease = workdir_lib.join(workdir, workdir_lib.LEASE_FILE)
+  lease = paths.join(workdir, workdir_lock.LEASE_FILE)
   from etils import epath
   deadline = time.time() + 120
   while not epath.Path(lease).exists() and first.poll() is None and time.time() < deadline:
@@ -158,9 +158,9 @@ def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tin
 def test_the_gs_lease_is_refused_while_fresh_and_taken_when_stale(gcs):
   from etils import epath
   workdir = f'{gcs}/runs/leased'
-  first = workdir_lib.WorkdirLock(workdir)
+  first = workdir_lock.WorkdirLock(workdir)
   with pytest.raises(BlockingIOError, match='still alive .*lease renewed'):
-    workdir_lib.WorkdirLock(workdir)
+    workdir_lock.WorkdirLock(workdir)
   first.release()
   assert not epath.Path(first.path).exists()
   # A killed run's record (its own lease: 1 s), stale once the store's clock is 1 s past
@@ -169,8 +169,8 @@ def test_the_gs_lease_is_refused_while_fresh_and_taken_when_stale(gcs):
   killed = {'owner': 'pid 1 on lost-vm', 'renewed': time.time() - 1000, 'lease_seconds': 1}
   epath.Path(first.path).write_text(json.dumps(killed))
   with pytest.raises(BlockingIOError, match='lost-vm; lease renewed 0 s ago, it lasts 1 s'):
-    workdir_lib.WorkdirLock(workdir)
+    workdir_lock.WorkdirLock(workdir)
   time.sleep(2.1)
-  second = workdir_lib.WorkdirLock(workdir)
+  second = workdir_lock.WorkdirLock(workdir)
   assert 'lost-vm' not in epath.Path(second.path).read_text()
   second.release()

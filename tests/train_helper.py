@@ -79,8 +79,8 @@ def _interrupting(batches, start_step):
 def _patch_sources():
   get_source = input_pipeline.get_source
 
-  def patched(dataset_config, model_input_shape):
-    source = get_source(dataset_config, model_input_shape)
+  def patched(*args, **kwargs):
+    source = get_source(*args, **kwargs)
     train_batches = source.train_batches
 
     def interrupted(local_batch_size, process_index, process_count, seed, start_step):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irevnet_jax.model import ops, reversible
-from irevnet_jax.analysis.progress import Progress
+from irevnet_jax.analysis.progress import ProgressBar
 from irevnet_jax.errors import UserError
 
 
@@ -266,7 +266,7 @@ def extract(batch_fn, variables, batches: Iterable[dict], depths: List[Depth],
   if max_examples < 1:
     raise UserError(f'max_examples={max_examples} must be >= 1, e.g. 10000.')
   goal = min(max_examples, total) if total else max_examples
-  progress = Progress(goal, desc)
+  progress = ProgressBar(goal, desc)
   feats = [[] for _ in depths]
   labels, logits = [], []
   count = 0

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irevnet_jax.analysis import metamers
-from irevnet_jax.analysis.progress import Progress
+from irevnet_jax.analysis.progress import ProgressBar
 from irevnet_jax.errors import UserError
 
 TOLERANCE = 1e-3    # the goal for the logits' relative difference from a's
@@ -91,7 +91,7 @@ def compute(net, variables, x_a, x_b, labels_a, labels_b, chunk: int = 8,
   outs = []
   logging.info('Metamers of %d pairs, %d per call (the first call compiles the solve, '
                'invert and forward).', len(x_a), min(chunk, len(x_a)))
-  progress = Progress(len(x_a), 'metamers')
+  progress = ProgressBar(len(x_a), 'metamers')
   for start in range(0, len(x_a), chunk):
     sl = slice(start, start + chunk)
     outs.append(jax.device_get(fn(variables, jnp.asarray(x_a[sl]), jnp.asarray(x_b[sl]))))

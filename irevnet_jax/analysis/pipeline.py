@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 from absl import logging
 import numpy as np
 
-from irevnet_jax.train.config import exact_model_config
+from irevnet_jax.model import precision
 from irevnet_jax.analysis import (features, interpolation, metamer_pairs, pca, plots,
                                   probes, reconstruction, report)
 from irevnet_jax.errors import UserError
@@ -53,10 +53,9 @@ class Options:
                       '(0 = off / default).')
 
 
-# The model config that computes in true float32 (float64 stays float64) at precision
-# 'highest': the setting in which inversion is exact to ~1e-7; the training loop's
-# evaluation uses the same.
-analysis_model_config = exact_model_config
+# The model config the analyses compute with: the exact-inversion rule's
+# (`model.precision`), as the training loop's evaluation of inversion.
+analysis_model_config = precision.exact_model_config
 
 
 class _Timer:

@@ -9,7 +9,7 @@ import time
 from absl import logging
 
 
-class Progress:
+class ProgressBar:
   """`update(n)` after each batch; `close()` at the end. `total` may be None (unknown)."""
 
   def __init__(self, total, desc: str, stream=None, width: int = 30):

@@ -1,5 +1,7 @@
 """Which training records each process reads at each step: a fresh global shuffle every epoch.
 
+The one training order of every source of records (TFDS and the in-memory digits).
+
 Pure numpy; no TensorFlow. The training stream is the endless concatenation of epochs,
 epoch e being a permutation of the N record keys (0..N-1, the split's file order) drawn
 from (seed, e). Global batch s holds the stream positions [s * G, (s + 1) * G), where
@@ -44,7 +46,7 @@ def hash_words(*words: int) -> int:
 def epoch_permutation(seed: int, epoch: int, num_records: int) -> np.ndarray:
   """Record keys in the order epoch `epoch` reads them: a permutation of range(N), int64 (N,).
 
-  Sorting records by a keyed hash of their key: O(N log N), ~0.2 s for ImageNet's 1.28M.
+  Sorting records by a keyed hash of their key: O(N log N) time, O(N) memory.
   """
   key = np.uint64(hash_words(seed, epoch))
   with np.errstate(over='ignore'):

@@ -21,7 +21,7 @@ from typing import Iterator, Protocol, Tuple
 
 import numpy as np
 
-from irevnet_jax.data import tfds_options   # names and checks only: no TensorFlow
+from irevnet_jax.data import data_order, tfds_options   # no TensorFlow
 from irevnet_jax.errors import UserError
 
 # Names served by `irevnet_jax.data.tfds_pipeline` (imported lazily: it needs TensorFlow).
@@ -64,17 +64,13 @@ def normalized(batches: Iterator[dict], source) -> Iterator[dict]:
     yield dict(batch, image=(np.asarray(batch['image'], np.float32) - mean) / std)
 
 
-def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-  """The shuffled order of the n training examples in one epoch."""
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 class ArraySource:
   """A source over in-memory arrays: images uint8 (N, H, W, C), labels int (N,).
 
-  Training reads an endless stream of epochs, each a fresh permutation drawn
-  from (seed, epoch); global batch s is positions [s * G, (s + 1) * G) of that
-  stream (G = local batch x process count), so any step is reachable directly.
+  Training reads `data_order`'s order, as the TFDS sources do: an endless stream of
+  epochs, each a fresh permutation drawn from (seed, epoch); global batch s is positions
+  [s * G, (s + 1) * G) of that stream (G = local batch x process count), so any step is
+  reachable directly.
   """
 
   def __init__(self, name, train_images, train_labels, eval_images, eval_labels,
@@ -92,20 +88,10 @@ class ArraySource:
 
   def train_batches(self, local_batch_size, process_index, process_count, seed, start_step):
     images, labels = self._train
-    n = len(labels)
-    global_batch = local_batch_size * process_count
-    orders = {}
+    order = data_order.TrainOrder(len(labels), seed, local_batch_size * process_count)
     step = start_step
     while True:
-      first = step * global_batch + process_index * local_batch_size
-      positions = np.arange(first, first + local_batch_size)
-      epochs = positions // n
-      for epoch in np.unique(epochs):
-        if epoch not in orders:
-          orders[epoch] = _epoch_order(seed, int(epoch), n)
-      for epoch in [e for e in orders if e < epochs[0]]:
-        del orders[epoch]
-      index = np.array([orders[e][p] for e, p in zip(epochs, positions % n)])
+      index, _ = order.rows(step, process_index * local_batch_size, local_batch_size)
       yield {'image': images[index], 'label': labels[index]}
       step += 1
 
@@ -283,16 +269,28 @@ def _check_tfds_installed(name: str):
                     f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
 
 
-def get_source(dataset_config, model_input_shape) -> DataSource:
-  """The `DataSource` named by `dataset_config.name`.
+def get_source(dataset_config, model_input_shape, model_num_classes=None) -> DataSource:
+  """The `DataSource` named by `dataset_config.name`, checked against the model.
 
   `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
-  to it; digits must match it (8, 8, 1). (`check_model_fits` first names every
-  model field that does not fit a TFDS dataset.)
+  to it; digits must match it (8, 8, 1). With `model_num_classes`, every model field
+  that does not fit a TFDS dataset is named before TensorFlow loads (`check_model_fits`),
+  and a dataset with more classes than the model is refused. ValueError naming the fix.
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)
   _check_fields(dataset_config)
+  if model_num_classes is not None:
+    check_model_fits(dataset_config, model_input_shape, model_num_classes)
+  source = _open_source(name, dataset_config, model_input_shape)
+  if model_num_classes is not None and source.num_classes > model_num_classes:
+    hint = f' or dataset.num_classes={model_num_classes}' if name == 'synthetic' else ''
+    raise UserError(f'dataset.name={name!r} has {source.num_classes} classes, the model '
+                    f'{model_num_classes}; set model.num_classes={source.num_classes}{hint}.')
+  return source
+
+
+def _open_source(name, dataset_config, model_input_shape) -> DataSource:
   if name == 'digits':
     source = digits_source()
   elif name == 'synthetic':

@@ -204,8 +204,8 @@ def apply_jitter(image, order, factors, ops: Sequence[str]):
 def _pixel_stage(ops: Tuple[str, ...]):
   """XLA-compiled flip + jitter + rounding of a fixed-size image.
 
-  XLA fuses the jitter's dozens of element-wise passes: ~1 ms per 224 x 224 image instead
-  of ~3.4 ms as separate TensorFlow ops (benchmarks/input_speed.py).
+  XLA fuses the jitter's dozens of element-wise passes into one function of the image
+  (timings: docs/data_and_launch.md, `benchmarks/input_speed.py`).
   """
   def stage(image, flip, order, factors):
     image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)

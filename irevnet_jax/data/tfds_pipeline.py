@@ -12,7 +12,7 @@ Images are not normalised here: the model's input is
 `(image.astype(float32) - source.pixel_mean) / source.pixel_std`, computed on the device.
 
 Records come from `irevnet_jax.data.tfds_records` (one batched ArrayRecord read per step,
-TensorFlow without accelerators; `prepare` is there too). The order of training records is
+TensorFlow without accelerators; `prepare` too). The order of training records is
 `irevnet_jax.data.data_order`: each epoch a new permutation of the whole split from
 (seed, epoch); global batch s is positions [s * G, (s + 1) * G) of the stream of epochs
 and process p reads rows [p * B, (p + 1) * B) of it. Each example is augmented with
@@ -30,10 +30,10 @@ import numpy as np
 
 from irevnet_jax.data import data_order
 from irevnet_jax.data.tfds_options import SPECS, Options, check_input_shape, parse_options, pixel_stats
-from irevnet_jax.data.tfds_records import TfdsRecords, import_tf, prepare
+from irevnet_jax.data.tfds_records import TfdsRecords, import_tf
 from irevnet_jax.errors import UserError
 
-__all__ = ['TfdsSource', 'get_tfds_source', 'prepare']
+__all__ = ['TfdsSource', 'get_tfds_source']
 
 
 class TfdsSource:

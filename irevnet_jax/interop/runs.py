@@ -29,9 +29,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-import irevnet_jax
+from irevnet_jax import nets
 from irevnet_jax.errors import UserError
-from irevnet_jax.run import checkpoints, paths, workdir as workdir_lib
+from irevnet_jax.run import checkpoints, paths, run_config, workdir as workdir_lib, workdir_lock
 from irevnet_jax.interop import authors, state_dict_files
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, state as state_lib
@@ -85,7 +85,7 @@ def train_state(config, variables) -> dict:
   `variables` ({'params', 'batch_stats'} of `config.model`): step 0, the optimizer state
   of a fresh start, the rng of a fresh run with `config.seed`; what `experiments.main`
   restores for `config`."""
-  net = irevnet_jax.build(config_lib.train_model_config(config))
+  net = nets.build(config_lib.train_model_config(config))
   # The optimizer's initial state does not depend on the schedule's values.
   tx = optimizer.make_optimizer(config, optimizer.learning_rate_schedule(config, 1, 1.0))
   return state_lib.state_from_variables(net, tx, variables, int(config.seed))
@@ -120,7 +120,7 @@ def import_weights(weights_path: str, config, workdir: str,
     raise UserError(f'--weights={weights_path}: no such file.')
   config_lib.check_config(config)
   _check_new_run_dir(workdir)
-  state_dict = authors.load_state_dict(weights_path, weights_only=weights_only)
+  state_dict = state_dict_files.load_state_dict(weights_path, weights_only=weights_only)
   variables = authors.to_variables(state_dict, config.model)
   state = train_state(config, variables)
   record = {'source': os.path.abspath(weights_path), 'sha256': _sha256(weights_path),
@@ -128,10 +128,10 @@ def import_weights(weights_path: str, config, workdir: str,
             'step': 0, 'num_batches_tracked': _counters(state_dict)}
 
   path = workdir_lib.check_workdir(workdir)
-  lock = workdir_lib.WorkdirLock(path)
+  lock = workdir_lock.WorkdirLock(path)
   try:
     _check_new_run_dir(path)      # again, now that no run can start in it
-    workdir_lib.write_config(path, config)
+    run_config.write_config(path, config)
     paths.write_file(path, IMPORT_RECORD, json.dumps(record, indent=2, sort_keys=True))
     checkpointer = checkpoints.Checkpointer(path, keep=int(config.keep_checkpoints),
                                             use_async=False)
@@ -184,9 +184,9 @@ def export_weights(workdir: str, output: str, step: Optional[int] = None,
   """Writes the checkpoint `step` (default: the latest) of the run in `workdir` as the
   authors' state dict: float32, their key order and layout, keys prefixed `prefix`
   ('module.' as their scripts save; '' for a bare iRevNet), num_batches_tracked from
-  `export_counters`. The suffix of `output` picks the format (`authors.save_state_dict`):
-  .npz, .pth.tar (their checkpoint dict, for their --resume), .pth / .pt (a bare state
-  dict). Nothing is written on an error."""
+  `export_counters`. The suffix of `output` picks the format
+  (`state_dict_files.save_state_dict`): .npz, .pth.tar (their checkpoint dict, for their
+  --resume), .pth / .pt (a bare state dict). Nothing is written on an error."""
   output = os.fspath(output)
   _check_output(output, overwrite)
   config, variables, step = checkpoints.load_run(workdir, step)
@@ -195,7 +195,7 @@ def export_weights(workdir: str, output: str, step: Optional[int] = None,
                                       num_batches_tracked=counters, dtype=np.float32)
   if os.path.dirname(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
-  authors.save_state_dict(output, state_dict)
+  state_dict_files.save_state_dict(output, state_dict)
   written = [int(v) for k, v in state_dict.items() if k.endswith(COUNTER)]
   return ExportResult(output, step, len(state_dict), _parameter_count(state_dict),
                       written[0] if written else None)

@@ -5,15 +5,13 @@ XLA's CPU pipeline drops every `lax.optimization_barrier` early (its
 autodiff / remat coupling (`reversible._materialized`) and around every
 reversible backward coupling; without them XLA's CPU fusion copies each block's
 elementwise cotangent chain (the BN backward terms of every later block) into
-every consumer, a recomputation that grows with depth squared. Measured on 2
-cores, CIFAR-10 model, batch 64, float32 (benchmarks/RESULTS.md):
+every consumer, a recomputation that grows with depth squared, and remat keeps
+autodiff's memory.
 
-    mode        default options   with for_platform('cpu')
-    autodiff    6.48-6.68 s/step  2.30-2.78 s/step
-    remat       6.60-6.81 s/step  2.71 s/step, temp memory 1.07 -> 0.25 GiB
-
-The results are the same (a barrier is an identity). GPU and TPU keep barriers
-by default and need no option. In your own code:
+Guaranteed: the options change no result (a barrier is an identity), only how XLA may
+fuse; with them the CPU program holds every barrier the engine places. GPU and TPU keep
+barriers by default and get no option. Step times with and without them:
+benchmarks/RESULTS.md ("CPU train step per mode, barriers kept"). In your own code:
 
     jax.jit(train_step, compiler_options=irevnet_jax.compiler_options())
 """

@@ -6,14 +6,12 @@ experiment config). `layout(config)` checks it and returns a frozen
 from. Every config that cannot be invertible is rejected here with a
 `UserError` naming the field and a value that would work.
 """
-from typing import Optional, Tuple
 
 import ml_collections
 
 from irevnet_jax.errors import UserError
 from irevnet_jax.model import validation
 from irevnet_jax.model.layout import Architecture, BlockSpec, StageSpec
-from irevnet_jax.model.validation import BLOCK_SCANS, DTYPES, PRECISIONS  # noqa: F401 (re-exported)
 
 BACKPROP_MODES = ('autodiff', 'reversible', 'remat')
 
@@ -38,12 +36,12 @@ def base() -> ml_collections.ConfigDict:
   c.stream_dtype = 'float32'
   # Precision of F's convolutions, the same in forward and inverse. 'highest'
   # keeps float32 convolutions in true float32: on GPUs the default is
-  # TF32-like, and a network run that way inverts with ~3e-4 relative error
-  # instead of ~1e-6. For fast training use dtype='bfloat16' instead.
+  # TF32-like, and a network run that way does not invert to float32 rounding
+  # (`model/precision.py`). For fast training use dtype='bfloat16' instead.
   c.precision = 'highest'
   c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
   # How each stage's scan over its alike blocks compiles: 'auto' unrolls it on CPU
-  # (XLA:CPU runs convolution gradients in a loop ~12x slower) and keeps it rolled
+  # (XLA:CPU runs convolution gradients in a loop far slower) and keeps it rolled
   # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it;
   # 'unroll:<k>' runs k blocks per loop iteration.
   c.block_scan = 'auto'
@@ -148,8 +146,8 @@ def layout(config) -> Architecture:
     raise UserError(f'model.bottleneck_mult={mult} must be a positive integer, e.g. 4.')
   if init_ds < 0:
     raise UserError(f'model.init_ds={init_ds} must be 0 (no stem) or a block size >= 2.')
-  validation.check_choice(config, 'dtype', DTYPES)
-  validation.check_choice(config, 'precision', PRECISIONS,
+  validation.check_choice(config, 'dtype', validation.DTYPES)
+  validation.check_choice(config, 'precision', validation.PRECISIONS,
                           "; 'highest' is needed for exact inversion in float32")
   validation.check_choice(config, 'backprop', BACKPROP_MODES)
   block_scan = validation.block_scan(config)

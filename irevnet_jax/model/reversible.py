@@ -40,8 +40,8 @@ def scan_unroll(block_scan: str):
 
   XLA's CPU backend runs convolution gradients inside a while loop far slower
   than straight-line code (inside the loop it keeps the transposed kernel's
-  layout, 01oi, and falls back to a naive convolution): a cifar10 grad step
-  with 6-block stages took 4.3 s scanned and 0.31 s unrolled. On GPU/TPU the
+  layout, 01oi, and falls back to a naive convolution; benchmarks/RESULTS.md,
+  "CPU"). Both compute the same values. On GPU/TPU the
   rolled scan keeps one compiled body however deep the stage (short compiles
   for 100-block models). Unrolled, 'reversible' and 'remat' still save their
   memory on CPU when compiled with `compiler_options.for_platform('cpu')`, which
@@ -105,8 +105,8 @@ def _materialized(pair):
 
   Its transpose is a barrier on the cotangents: without it XLA's CPU fusion pulls
   each block's stream cotangent (elementwise BN backward terms of every later
-  block) into every consumer and recomputes them there (cifar10 b64 autodiff:
-  6.5 s/step, 2.4 with it). XLA's CPU pipeline drops barriers unless compiled with
+  block) into every consumer and recomputes them there, a cost that grows with depth
+  squared. XLA's CPU pipeline drops barriers unless compiled with
   `compiler_options.for_platform('cpu')`.
   """
   return lax.optimization_barrier(pair)

@@ -69,10 +69,23 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
             ) -> Tuple[Optional[dict], Optional[int], bool, dict]:
   """Checkpoint `step` of `manager` (in `directory`), or the newest that restores cleanly.
 
-  `target` gives the tree structure and dtypes (numpy leaves); without it the raw tree of
-  dicts and lists comes back. Returns (state, step, moved: whether checkpoints were moved
-  aside, after which the manager must be reopened, bookkeeping: the dict saved with that
-  state, {} if none), or (None, None, False, {}) when there are no checkpoints.
+  Args:
+    manager: the Orbax manager of `directory`.
+    workdir: the run directory, where corrupt checkpoints are moved (`CORRUPT_DIR`).
+    directory: the checkpoints' directory (`<workdir>/checkpoints`).
+    target: a tree of numpy arrays giving the structure, shapes and dtypes to restore;
+      None: the raw tree of dicts and lists comes back, unchecked against shapes.
+    step: the checkpoint to restore, and no other; None: the newest usable one, falling
+      back past corrupt ones (transient store errors are retried, never fallen back past).
+    move_corrupt: move the corrupt checkpoints fallen back past aside (process 0 only).
+  Returns:
+    (state, step, moved, bookkeeping): `moved` says checkpoints were moved aside (reopen
+    the manager then); `bookkeeping` is the dict saved with that state ({} if none).
+    (None, None, False, {}) when there are no checkpoints.
+  Raises:
+    ValueError: no checkpoint at `step`, or none restores; `CheckpointMismatch` (a
+    ValueError) for another model's or optimizer's checkpoint; `CheckpointUnreadable`
+    for a failure that is no sign of corruption; `store_errors.StoreUnavailable`.
   """
   available = sorted(manager.all_steps(), reverse=True)
   if step is not None and step not in available:

@@ -33,19 +33,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from irevnet_jax.errors import UserError
-from irevnet_jax.run import checkpoint_restore, checksums as checksums_lib, orbax_logs, paths
+from irevnet_jax.run import checkpoint_restore, checksums, orbax_logs, paths
 from irevnet_jax.run import store_errors
 from irevnet_jax.run.checkpoint_restore import (BOOKKEEPING_ITEM, CHECKSUM_ITEM, STATE_ITEM,
                                                 short_error)
 from irevnet_jax.run.run_config import read_config
 
 CHECKPOINT_DIR = 'checkpoints'
-
-# The restore side's and the checksums' names, for callers of this module.
-CORRUPT_DIR = checkpoint_restore.CORRUPT_DIR
-CheckpointMismatch = checkpoint_restore.CheckpointMismatch
-CorruptCheckpoint = checksums_lib.CorruptCheckpoint
-checksums, verify = checksums_lib.checksums, checksums_lib.verify
 
 
 class CheckpointSaveError(UserError, OSError):
@@ -112,7 +106,7 @@ class Checkpointer:
     process's cached listings are forgotten first."""
     paths.refresh(self.directory)
     handlers = {STATE_ITEM: ocp.PyTreeCheckpointHandler(type_handler_registry=_NO_COPY_TYPES),
-                CHECKSUM_ITEM: checksums_lib.Handler(),
+                CHECKSUM_ITEM: checksums.Handler(),
                 BOOKKEEPING_ITEM: ocp.JsonCheckpointHandler()}
     with orbax_logs.quiet_read_only() if self._read_only else contextlib.nullcontext():
       return ocp.CheckpointManager(epath.Path(self.directory), item_handlers=handlers,
@@ -141,7 +135,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return
     state = jax.tree_util.tree_map(np.asarray, state)   # numpy scalars as 0-d arrays (views)
-    items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums_lib.Save(state),
+    items = {STATE_ITEM: ocp.args.PyTreeSave(state), CHECKSUM_ITEM: checksums.Save(state),
              BOOKKEEPING_ITEM: ocp.args.JsonSave(bookkeeping or {})}
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)

@@ -17,7 +17,6 @@ from typing import Dict, Optional
 from absl import logging
 
 from irevnet_jax.run import paths
-from irevnet_jax.run import workdir as workdir_lib
 
 METRICS_FILE = 'metrics.jsonl'
 _ABANDONED = set()   # workdirs (with a trailing /) whose files this process writes no more
@@ -87,7 +86,7 @@ class _EventFile:
     now = time.time_ns()
     name = f'events.out.tfevents.{now // 10**9}.{socket.gethostname()}.{now % 10**9:09d}'
     record_writer.directory_check(logdir)
-    self._records = record_writer.RecordWriter(workdir_lib.join(logdir, name))
+    self._records = record_writer.RecordWriter(paths.join(logdir, name))
     self._write(event_pb2.Event(wall_time=now / 1e9, file_version='brain.Event:2'))
     if purge_step is not None:
       start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
@@ -123,16 +122,16 @@ class MetricWriter:
     self._tb = None
     if not enabled:
       return
-    workdir = workdir_lib.resolve(workdir)
+    workdir = paths.resolve(workdir)
     self._prefix = workdir.rstrip('/') + '/'
     _ABANDONED.discard(self._prefix)
-    self._path = workdir_lib.join(workdir, METRICS_FILE)
-    rewrite = workdir_lib.is_url(workdir) or not append   # else: append to the file as it is
+    self._path = paths.join(workdir, METRICS_FILE)
+    rewrite = paths.is_url(workdir) or not append   # else: append to the file as it is
     kept = read_jsonl(workdir) if rewrite else []
     if not append:
       kept = [r for r in kept if r.get('step', 0) <= resume_step]
     text = ''.join(json.dumps(r) + '\n' for r in kept)
-    if workdir_lib.is_url(workdir):
+    if paths.is_url(workdir):
       self._file = ObjectFile(self._path, text.encode())
       self._file.flush()
       _route_tensorboard(workdir)
@@ -141,7 +140,7 @@ class MetricWriter:
       if not append:
         paths.write_bytes(self._path, text.encode())
       self._file = open(self._path, 'a')
-    self._tb = _EventFile(workdir_lib.join(workdir, 'tensorboard'),
+    self._tb = _EventFile(paths.join(workdir, 'tensorboard'),
                           purge_step=None if append else int(resume_step) + 1)
 
   def write(self, step: int, scalars: Dict[str, float]):

@@ -7,40 +7,25 @@
 
 A workdir is a local path or a URL (`paths`: `gs://...`, never made absolute). This
 module checks one before a run (`check_workdir`), says what it holds (`state`) and undoes
-what a refused run made (`clean_up_refused`); it also gives the names of `paths`,
-`workdir_lock` and `run_config` that callers use (`workdir.WorkdirLock`,
-`workdir.read_config`, ...), so `from irevnet_jax.run import workdir` is enough.
+what a refused run made (`clean_up_refused`).
 """
 import os
 
 from etils import epath
 
 from irevnet_jax.errors import UserError
-from irevnet_jax.run import store_errors
-from irevnet_jax.run.paths import (files_under, is_url, join, kind, list_names, resolve,
-                                   write_file)
-from irevnet_jax.run.run_config import (CHANGEABLE_FIELDS, CONFIG_FILE, HISTORY_FILE,
-                                        ConfigRecord, check_config_record, config_changes,
-                                        read_config, write_config)
-from irevnet_jax.run.workdir_lock import LEASE_FILE, LOCK_FILE, OWNER_FILES, WorkdirLock
-
-__all__ = [
-    'check_workdir', 'state', 'clean_up_refused',
-    'is_url', 'join', 'resolve', 'write_file',
-    'CHANGEABLE_FIELDS', 'CONFIG_FILE', 'HISTORY_FILE', 'ConfigRecord', 'check_config_record',
-    'config_changes', 'read_config', 'write_config',
-    'LEASE_FILE', 'LOCK_FILE', 'OWNER_FILES', 'WorkdirLock',
-]
+from irevnet_jax.run import paths, store_errors
+from irevnet_jax.run.workdir_lock import OWNER_FILES
 
 
 def check_workdir(workdir: str) -> str:
   """The resolved path of `workdir` (a URL or an absolute local path), created if missing;
   a UserError naming the fix if it cannot be a run directory."""
-  path = resolve(workdir)
-  if kind(path) == 'file':
+  path = paths.resolve(workdir)
+  if paths.kind(path) == 'file':
     raise UserError(f'--workdir={workdir} is a file, not a directory; pass a new '
                     f'or existing directory.')
-  if is_url(path):
+  if paths.is_url(path):
     return path        # object stores have no folders: the run's first object makes it
   try:
     os.makedirs(path, exist_ok=True)
@@ -53,18 +38,18 @@ def check_workdir(workdir: str) -> str:
 
 def state(workdir) -> str:
   """'missing', 'unused' (exists, holds nothing but lock files) or 'run'."""
-  path = resolve(workdir)
-  if kind(path) != 'directory':
+  path = paths.resolve(workdir)
+  if paths.kind(path) != 'directory':
     return 'missing'
-  return 'run' if any(name not in OWNER_FILES for name in list_names(path)) else 'unused'
+  return 'run' if any(name not in OWNER_FILES for name in paths.list_names(path)) else 'unused'
 
 
 def clean_up_refused(workdir: str, before: str):
   """Undoes what a refused run made in `workdir` (`before`: its `state` then) if it wrote
   nothing but lock files and empty folders: a folder it created goes, a folder that was
   there keeps only what it held."""
-  if before == 'run' or kind(workdir) != 'directory' or any(
-      name.rsplit('/', 1)[-1] not in OWNER_FILES for name in files_under(workdir)):
+  if before == 'run' or paths.kind(workdir) != 'directory' or any(
+      name.rsplit('/', 1)[-1] not in OWNER_FILES for name in paths.files_under(workdir)):
     return
   store_errors.retry(lambda: _remove(workdir, keep_folder=before == 'unused'),
                      f'Removing what the refused run made in {workdir}')

@@ -5,7 +5,7 @@ every field (experiments/configs/*.py start from it and override a few), and
 `check_config` rejects unknown or missing fields and values that cannot work,
 naming the field and a fix.
 
-Precision policy (`train_model_config`, `exact_model_config`):
+Precision policy (`train_model_config`; the exact rule: `model.precision`):
 - training computes in `train_dtype` ('auto': bfloat16 on GPU/TPU, float32 on CPU)
   with F's convolutions at `train_precision` ('default': the backend's fastest,
   TF32-like for float32 on GPUs); parameters, optimizer state and the coupling
@@ -21,9 +21,9 @@ import jax
 import ml_collections
 
 from irevnet_jax.errors import UserError
+from irevnet_jax.model import precision, validation
 
 TRAIN_DTYPES = ('auto', 'float32', 'bfloat16')
-PRECISIONS = ('default', 'high', 'highest')
 LR_SCHEDULES = ('step', 'cosine')
 
 
@@ -141,8 +141,9 @@ def check_config(config):
     hint = (' float16 needs loss scaling, which this runner does not do: use bfloat16 '
             '(same speed on GPUs/TPUs, float32 range).' if config.train_dtype == 'float16' else '')
     _fail(f'train_dtype={config.train_dtype!r} is not one of {TRAIN_DTYPES}.{hint}')
-  if config.train_precision not in PRECISIONS:
-    _fail(f'train_precision={config.train_precision!r} is not one of {PRECISIONS}.')
+  if config.train_precision not in validation.PRECISIONS:
+    _fail(f'train_precision={config.train_precision!r} is not one of '
+          f'{validation.PRECISIONS}.')
   if config.model.get('dtype', 'float32') != 'float32':
     _fail(f'model.dtype={config.model.dtype!r}: the runner keeps the model in float32 and '
           f'trains in train_dtype; set --config.train_dtype=bfloat16 (or float32) instead.')
@@ -160,23 +161,10 @@ def resolved_train_dtype(config) -> str:
   return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
 
 
-def _model_with(model_config, dtype, precision):
-  model = model_config.copy_and_resolve_references()
-  with model.unlocked():
-    model.dtype = dtype
-    model.precision = precision
-  return model
-
-
 def train_model_config(config) -> ml_collections.ConfigDict:
   """The model as trained: `train_dtype` compute, `train_precision` convolutions."""
-  return _model_with(config.model, resolved_train_dtype(config), config.train_precision)
-
-
-def exact_model_config(model_config) -> ml_collections.ConfigDict:
-  """The model as inverted and analysed: float32 (float64 stays float64), precision 'highest'."""
-  dtype = 'float64' if model_config.get('dtype') == 'float64' else 'float32'
-  return _model_with(model_config, dtype, 'highest')
+  return precision.with_numerics(config.model, resolved_train_dtype(config),
+                                 config.train_precision)
 
 
 def training_steps(config, num_train_examples):
@@ -196,3 +184,14 @@ def suggested_batch_size(value: int, num_devices: int, min_per_device: int = 1) 
   devices suggests 32 (8 per device, below which the run warns), not 4."""
   per_device = max(min_per_device, 1, math.floor(value / num_devices + 0.5))
   return per_device * num_devices
+
+
+def check_batch_size(field: str, value: int, num_devices: int, what: str,
+                     min_per_device: int = 1):
+  """ValueError naming `field` and a `suggested_batch_size` unless `value` is a positive
+  multiple of `num_devices` (`what`: how the devices are counted, for the message)."""
+  if value < 1 or value % num_devices:
+    problem = 'is not positive' if value < 1 else f'is not divisible by the {num_devices} {what}'
+    suggestion = suggested_batch_size(value, num_devices, min_per_device)
+    raise UserError(f'{field}={value} {problem}; use a multiple of {num_devices}, '
+                    f'e.g. {field}={suggestion}.')

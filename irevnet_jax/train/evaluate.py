@@ -11,6 +11,7 @@ import math
 from typing import Callable, Dict, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 
@@ -36,7 +37,6 @@ def _agreed_batches(count: int, local_batch: int) -> int:
   """Inversion batches every process runs: enough for the process with the most examples
   (collective steps must be called the same number of times everywhere)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     count = int(np.max(multihost_utils.process_allgather(np.array(count, np.int64))))
   return -(-count // local_batch)
 
@@ -45,12 +45,22 @@ def evaluate(prog, state, source, local_batch: int,
              inversion_examples: int = -1, seed: int = 0,
              should_stop: Optional[Callable[[], bool]] = None,
              progress: Optional[Callable[[str, int, int], None]] = None) -> Dict[str, float]:
-  """eval/loss, eval/accuracy, eval/accuracy_top5, eval/num_examples and, for invertible
-  models, eval/inversion_rel_error over `inversion_examples` of the split (-1: all).
+  """Loss, accuracy and (invertible models) the inversion error over the eval split.
 
-  `prog` is the run's `program.Program`; `state` is on its devices; `local_batch` is this process's share of
-  the global eval batch. Raises `Interrupted` when `should_stop()` turns true;
-  `progress(pass name, batches started, batches)` is called before each batch.
+  Args:
+    prog: the run's `program.Program` (its eval and inversion steps, its back end).
+    state: the train state on the back end's devices (only params and batch_stats are read).
+    source: a `DataSource`; its eval batches are padded, and padding is masked out.
+    local_batch: this process's share of the global eval batch.
+    inversion_examples: how many eval examples are inverted (-1: all, 0: none), a subset
+      fixed by (split size, count, `seed`) (`inversion_subset`).
+    seed: the run's seed.
+    should_stop: polled before each batch; when it turns true, `Interrupted` is raised.
+    progress: called as progress(pass name, batches started, batches) before each batch.
+  Returns:
+    {'eval/loss', 'eval/accuracy', 'eval/accuracy_top5', 'eval/num_examples'} as Python
+    floats and, when examples are inverted, 'eval/inversion_rel_error' (||x -
+    invert(forward(x))|| / ||x||, norms over the whole subset) and 'eval/inversion_examples'.
   """
   backend = prog.backend
   invert = prog.inversion_step is not None and inversion_examples != 0

@@ -27,10 +27,7 @@ from typing import Dict, NamedTuple, Optional
 from absl import logging
 import ml_collections
 
-import irevnet_jax
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
-from irevnet_jax.data import input_pipeline
-from irevnet_jax.errors import UserError
+from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, program, steps
@@ -69,39 +66,32 @@ def with_overrides(config, dataset: Optional[dict] = None, dtype: Optional[str] 
   return config
 
 
-def source_for(config):
-  """The data source of `config.dataset`, checked against the model (`experiments.evaluate`
-  and `experiments.analyze`)."""
-  input_shape = tuple(irevnet_jax.build(config.model).input_shape)
-  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
-  source = input_pipeline.get_source(config.dataset, input_shape)
-  if source.num_classes > config.model.num_classes:
-    hint = (f' (pass --dataset.num_classes={config.model.num_classes})'
-            if source.name == 'synthetic' else '')
-    raise UserError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes, '
-                    f'the model {config.model.num_classes}{hint}.')
-  return source
-
-
 def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dict] = None,
                  batch_size: Optional[int] = None, inversion_examples: Optional[int] = None,
                  dtype: Optional[str] = None, precision: Optional[str] = None) -> Result:
-  """Evaluates checkpoint `step` (default: the latest) of the run in `workdir`.
+  """Evaluates a checkpoint of the run in `workdir`. Single process; writes nothing.
 
-  batch_size: the global eval batch (default the run's eval_batch_size), divisible by the
-  number of devices; inversion_examples: how many eval examples are inverted (-1: all,
-  0: none; default the run's eval_inversion_examples); dtype / precision: the run's
-  train_dtype / train_precision unless given. Single process; writes nothing.
+  Args:
+    workdir: a run directory (local path or URL).
+    step: the checkpoint to evaluate (default: the latest).
+    dataset: `dataset` fields that replace the run's (e.g. {'name': 'synthetic'}).
+    batch_size: the global eval batch (default the run's eval_batch_size), a positive
+      multiple of the devices; capped at the examples there are (`capped_batch`).
+    inversion_examples: how many eval examples are inverted (-1: all, 0: none; default
+      the run's eval_inversion_examples).
+    dtype / precision: the run's train_dtype / train_precision unless given (the
+      inversion always uses the exact model, `model.precision`).
+  Returns:
+    A `Result`: the checkpoint's step, the dataset, `evaluate.evaluate`'s metrics, the
+    config with the overrides, the number of devices.
+  Raises ValueError (naming the fix) for a config, dataset or batch that cannot work.
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)
-  source = source_for(config)
+  source = program.source_for(config)
   devices = parallel.select_devices(int(config.num_devices))
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
-  if batch_size < 1 or batch_size % len(devices):
-    example = len(devices) * max(1, batch_size // len(devices))
-    raise UserError(f'--batch_size={batch_size} must be a positive multiple of the '
-                    f'{len(devices)} devices, e.g. {example}.')
+  config_lib.check_batch_size('batch_size', batch_size, len(devices), 'devices')
   batch_size = capped_batch(batch_size, source.num_eval_examples, len(devices))
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)
@@ -150,9 +140,9 @@ def record(result: Result) -> bool:
 def lock_for_writing(workdir: str):
   """The run's `WorkdirLock`, or None (with the reason) when a live run holds it or the
   workdir is not writable: then the result is printed but not recorded."""
-  workdir_lib.read_config(workdir)      # a clear error for a directory that is not a run
+  run_config.read_config(workdir)      # a clear error for a directory that is not a run
   try:
-    return workdir_lib.WorkdirLock(workdir), None
+    return workdir_lock.WorkdirLock(workdir), None
   except OSError as error:
     return None, str(error).split(";")[0]
 

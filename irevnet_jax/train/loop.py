@@ -17,10 +17,10 @@ from absl import logging
 import jax
 import ml_collections
 
-import irevnet_jax
-from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
-from irevnet_jax.data import input_pipeline
+from irevnet_jax import nets
 from irevnet_jax.errors import UserError
+from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir as workdir_lib
+from irevnet_jax.run import workdir_lock
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
@@ -33,19 +33,8 @@ class Result(NamedTuple):
   step: int
 
 
-def _divisible(field, value, by, what, min_per_device=1):
-  if value % by:
-    suggestion = config_lib.suggested_batch_size(value, by, min_per_device)
-    raise UserError(
-        f'{field}={value} is not divisible by the {by} {what}; use a multiple of {by}, '
-        f'e.g. {field}={suggestion}.')
-
-
 def _due(step, every, total):
   return step == total or (every > 0 and step % every == 0)
-
-
-MIN_BN_EXAMPLES = config_lib.MIN_BN_EXAMPLES
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -65,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def _open_workdir(workdir):
   before = workdir_lib.state(workdir)
   workdir = workdir_lib.check_workdir(workdir)
-  return before, workdir, workdir_lib.WorkdirLock(workdir)
+  return before, workdir, workdir_lock.WorkdirLock(workdir)
 
 
 def _train_in_workdir(config, workdir, allow_config_change) -> Result:
@@ -75,7 +64,7 @@ def _train_in_workdir(config, workdir, allow_config_change) -> Result:
   # metadata); the others read the same workdir. A refusal ends every process alike.
   opened = peers.chief_decides(lambda: _open_workdir(workdir))
   if not is_chief:
-    return _train(config, workdir_lib.resolve(workdir), allow_config_change, process_index,
+    return _train(config, paths.resolve(workdir), allow_config_change, process_index,
                   process_count, lock=None)
   before, workdir, lock = opened
   finished = False
@@ -103,23 +92,20 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   devices = parallel.select_devices(int(config.num_devices))
   num_global = len(devices) * process_count
   what = f'devices ({process_count} process(es) x {len(devices)} local devices)'
-  _divisible('batch_size', config.batch_size, num_global, what, MIN_BN_EXAMPLES)
-  _divisible('eval_batch_size', config.eval_batch_size, num_global, what)
+  config_lib.check_batch_size('batch_size', config.batch_size, num_global, what,
+                              config_lib.MIN_BN_EXAMPLES)
+  config_lib.check_batch_size('eval_batch_size', config.eval_batch_size, num_global, what)
   local_batch = config.batch_size // process_count
   local_eval_batch = config.eval_batch_size // process_count
   per_device = config.batch_size // num_global
-  if per_device < MIN_BN_EXAMPLES and is_chief:
+  if per_device < config_lib.MIN_BN_EXAMPLES and is_chief:
     logging.warning('Each device sees %d example(s) per step: BatchNorm statistics over so few '
                     'are noise, and training (and inversion) may fail. Use batch_size >= %d '
-                    'or fewer devices (num_devices).', per_device, MIN_BN_EXAMPLES * num_global)
+                    'or fewer devices (num_devices).', per_device,
+                    config_lib.MIN_BN_EXAMPLES * num_global)
 
   # Input.
-  input_shape = tuple(irevnet_jax.build(config.model).input_shape)   # validates the model
-  input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
-  source = input_pipeline.get_source(config.dataset, input_shape)
-  if source.num_classes > config.model.num_classes:
-    raise UserError(f'dataset.name={config.dataset.name!r} has {source.num_classes} classes; '
-                    f'set model.num_classes={source.num_classes}.')
+  source = program.source_for(config)
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
 
   # Model, optimizer and the compiled steps.
@@ -134,7 +120,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   resume.check_same_step(restored_step)
   still_owner()   # a restore can outlast the lease
   if is_chief:   # a refused resume stops here, before it says anything about resuming
-    config_record = workdir_lib.check_config_record(workdir, config, restored_step,
+    config_record = run_config.check_config_record(workdir, config, restored_step,
                                                      allow_config_change)
     if restored is None:
       config_record.commit()   # a new run; a resumed one commits at its first save
@@ -147,7 +133,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   if is_chief:
     logging.info('Model: %s\n%d parameters; %d steps of global batch %d on %d device(s) '
                  '(%s, %s), %.1f steps per epoch.', prog.train_net.arch.describe(),
-                 irevnet_jax.count_params(prog.train_net), total_steps, config.batch_size,
+                 nets.count_params(prog.train_net), total_steps, config.batch_size,
                  num_global, backend.name, config_lib.resolved_train_dtype(config),
                  prog.steps_per_epoch)
   writer = metrics.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)

@@ -13,7 +13,8 @@ local devices of every process, with the device axis named `steps.AXIS`:
   state is one replicated global array per leaf.
 
 Both compile with `compiler_options.for_platform` of their devices' platform (on
-CPU: keep the engine's optimization barriers, ~2.7x faster autodiff steps).
+CPU: keep the engine's optimization barriers, so the CPU program fuses as the engine
+intends; results do not depend on it).
 
 Each process hands its own rows of the global batch (B / processes, ...) to
 `prefetch`, which puts them on the devices two batches ahead of the step.

@@ -12,6 +12,7 @@ import signal
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 
 
 class Preempted(Exception):
@@ -51,7 +52,6 @@ class StopWatch:
   def reached(self, step: int) -> bool:
     """Whether to stop after `step`: all processes agree (JAX's preemption sync point)."""
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = signal.SIGTERM

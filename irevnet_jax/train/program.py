@@ -5,7 +5,9 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 
-import irevnet_jax
+from irevnet_jax import nets
+from irevnet_jax.data import input_pipeline
+from irevnet_jax.model import precision
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer, parallel, steps
 
@@ -26,24 +28,42 @@ class Program(NamedTuple):
   inversion_step: Optional[Any]  # (state, batch) -> sums
 
 
+def source_for(config):
+  """The data source of `config.dataset`, checked against the model (input shape, classes):
+  the one check of training, evaluation and analysis."""
+  input_shape = tuple(nets.build(config.model).input_shape)   # validates the model
+  return input_pipeline.get_source(config.dataset, input_shape, config.model.num_classes)
+
+
 _CACHE = collections.OrderedDict()   # the last few Programs: a resumed run in the same
                                      # process (tests, notebooks) reuses the compiled steps
 
 
 def build_program(config, num_train_examples: int, normalization: steps.Normalization,
                   devices) -> Program:
-  """The `Program` of `config` on `devices` (this process's; all processes' take part)."""
+  """The `Program` of `config` on `devices`, cached per process for the same arguments.
+
+  Args:
+    config: a checked experiment config (`config.check_config`).
+    num_train_examples: the training split's size (sets the schedule's epochs and steps).
+    normalization: the source's pixel mean and std, applied to uint8 batches on the device.
+    devices: this process's devices; with several processes, every process's take part.
+  Returns:
+    A `Program`: the training, evaluation and exact nets, optimizer, schedule, training
+    length, back end and compiled steps (`exact_net` / `inversion_step` None for models
+    that are not invertible).
+  """
   key = (config.to_json(sort_keys=True), num_train_examples, tuple(normalization),
          tuple(devices), jax.process_count(), jax.default_backend())
   if key in _CACHE:
     _CACHE.move_to_end(key)
     return _CACHE[key]
   train_model = config_lib.train_model_config(config)
-  train_net = irevnet_jax.build(train_model, bn_axis_name=steps.AXIS)
-  eval_net = irevnet_jax.build(train_model)          # per-device BN statistics are unused
+  train_net = nets.build(train_model, bn_axis_name=steps.AXIS)
+  eval_net = nets.build(train_model)          # per-device BN statistics are unused
   exact_net = None
   if train_net.invertible:
-    exact_net = irevnet_jax.build(config_lib.exact_model_config(config.model))
+    exact_net = nets.build(precision.exact_model_config(config.model))
   total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
   schedule, tx = optimizer.schedule_and_optimizer(config, total_steps, steps_per_epoch)
   backend = parallel.make_backend(config.parallel, devices)

@@ -11,6 +11,7 @@
 from typing import Dict, List, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from irevnet_jax.errors import UserError
@@ -24,7 +25,6 @@ KEPT = AVERAGED + ('learning_rate',)
 def check_same_step(restored_step: Optional[int]):
   """Raises UserError unless every process restored `restored_step` (None: none)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     steps_found = multihost_utils.process_allgather(
         np.int64(-1 if restored_step is None else restored_step))
     if len(set(np.asarray(steps_found).ravel().tolist())) > 1:
@@ -40,7 +40,6 @@ def evaluated(workdir: str, step: int, is_chief: bool) -> bool:
   done = is_chief and any(r.get('step') == step and 'eval/loss' in r
                           for r in metrics.read_jsonl(workdir))
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
   return done
 

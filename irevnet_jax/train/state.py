@@ -31,7 +31,7 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
     shapes = jax.eval_shape(init, seed)
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   lowered = jax.jit(init, static_argnums=0).lower(seed)
-  try:  # runs once: compile without backend optimisation (8x faster to compile on CPU)
+  try:  # runs once: compile without backend optimisation (the same values, a shorter compile)
     compiled = lowered.compile(compiler_options={'xla_backend_optimization_level': 0})
   except Exception:  # pylint: disable=broad-except
     compiled = lowered.compile()
