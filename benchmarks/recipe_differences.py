@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import irevnet_jax
 from benchmarks import common, tables
 from experiments.configs import bijective, bijective_released, cifar10, digits
+from irevnet_jax import nets
 from irevnet_jax.model import presets
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer
@@ -136,7 +136,7 @@ def restart_cost_table(repeats=50):
   `restart_momentum_each_epoch` (200 epoch starts): XLA's cost analysis of the compiled
   update (bytes accessed, flops) and the fastest of `repeats` runs, sides alternating."""
   config = cifar10.get_config()
-  net = irevnet_jax.build(config.model)
+  net = nets.build(config.model)
   params = jax.jit(net.init)(jax.random.PRNGKey(0),
                              jnp.zeros((1, *net.input_shape)))['params']
   n = TRAIN_EXAMPLES['cifar10']
@@ -191,7 +191,7 @@ def _eval_change(model, factor, batch=8):
   with model.unlocked():
     model.block_scan = 'rolled'   # compiles far faster; the same arithmetic
     model.dropout_rate = 0.0
-  net = irevnet_jax.build(model)
+  net = nets.build(model)
   images = jax.random.uniform(jax.random.PRNGKey(0), (4, batch, *net.input_shape))
   variables = jax.jit(net.init)(jax.random.PRNGKey(1), images[0, :1])
   train_forward = jax.jit(lambda v, x: net.forward(v, x, train=True)[1]['batch_stats'])
