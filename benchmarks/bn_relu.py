@@ -11,6 +11,8 @@ and True (model/bn_relu.py: after), in bfloat16 training (the runner's GPU polic
   at --batch: the activations `jax.vjp` keeps for the backward (residuals with a batch
   axis; MB per image, and bytes per value of u), and of its compiled forward + backward
   (jit of the gradient of a sum of F(u)): XLA's bytes accessed and temp bytes.
+- 'F in the autodiff scan, stage k': what autodiff of the whole network keeps per alike
+  block of stage k (residuals of the rolled block scan, as on GPU; shapes only).
 - 'train step': the runner's compiled train step (`common.TrainStep`, the config's blocks or
   --blocks) per backprop mode: XLA's bytes accessed (cost analysis) and temp bytes (memory
   analysis); at a small batch the parameters' share (gradients, SGD update) is large, so
@@ -26,6 +28,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
+import irevnet_jax
 from benchmarks import common
 from irevnet_jax.model import blocks, compiler_options, presets
 
@@ -69,6 +72,35 @@ def f_row(model_config, stage: int, batch: int, fused: bool):
           'saved_mb_img': residuals / batch / MB, 'saved_b_value': residuals / batch / values,
           'bytes_mb_img': _cost_bytes(compiled) / batch / MB,
           'temp_mb_img': temp / batch / MB}
+
+
+def scan_row(model_config, stage: int, batch: int, fused: bool, scanned: int = 4):
+  """The activations that autodiff of the network keeps per alike block of stage `stage`
+  (the rolled scan's stacked residuals; `scanned` such blocks, one block in other stages),
+  from shapes alone (`jax.eval_shape` of `jax.vjp`): nothing is compiled or run."""
+  config = model_config.copy_and_resolve_references()
+  config.dtype, config.fused_bn_relu, config.block_scan = 'bfloat16', fused, 'rolled'
+  config.backprop = 'autodiff'
+  config.blocks = tuple(1 + scanned if i == stage else 1 for i in range(len(config.blocks)))
+  net = irevnet_jax.build(config)
+  image = lambda n: jax.ShapeDtypeStruct((n, *net.input_shape), jnp.float32)
+  variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), image(1))
+
+  def backward(variables, x):
+    def loss(params):
+      (logits, _), _ = net.forward({**variables, 'params': params}, x, train=True,
+                                   rngs={'dropout': jax.random.PRNGKey(0)})
+      return jnp.sum(logits)
+    return jax.vjp(loss, variables['params'])[1]
+
+  f_vjp = jax.eval_shape(backward, variables, image(batch))
+  stacked = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(f_vjp)
+                if leaf.shape[:2] == (scanned, batch))
+  spec = presets.layout(config).stages[stage].rest
+  values = spec.spatial[0] * spec.spatial[1] * spec.f_in_channels
+  per_image = stacked / scanned / batch
+  return {'what': f'F in the autodiff scan, stage {stage}', 'fused': fused, 'batch': batch,
+          'saved_mb_img': per_image / MB, 'saved_b_value': per_image / values}
 
 
 def step_row(model: str, mode: str, batch: int, blocks_per_stage, fused: bool):
@@ -141,6 +173,8 @@ def main(argv=None):
   for stage in [int(s) for s in args.stages.split(',') if s]:
     for fused in (False, True):
       add(f_row(model_config, stage, args.batch, fused))
+    for fused in (False, True):
+      add(scan_row(model_config, stage, args.batch, fused))
   steps = {}
   for mode in [m for m in args.modes.split(',') if m]:
     for fused in (False, True):

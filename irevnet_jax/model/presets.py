@@ -47,8 +47,9 @@ def base() -> ml_collections.ConfigDict:
   # 'unroll:<k>' runs k blocks per loop iteration.
   c.block_scan = 'auto'
   # BN-ReLU pairs in training as one op whose backward keeps only the BN input and
-  # per-channel numbers (model/bn_relu.py); False: autodiff of BN then ReLU (~2.7x the
-  # saved bytes per element in bfloat16), the same gradients to rounding.
+  # per-channel numbers (model/bn_relu.py); False: autodiff of BN then ReLU, the same
+  # gradients to rounding (bfloat16 autodiff: 16.5 instead of 8 bytes per value of F's
+  # input kept per block).
   c.fused_bn_relu = True
   return c
 
