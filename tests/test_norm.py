@@ -191,3 +191,22 @@ def test_fused_bn_relu_synchronised_gradients(ordered, x64):
     np.testing.assert_allclose(fused[1][key][0], whole[0][1][key], rtol=1e-12, atol=1e-12)
   for key in ('mean', 'var'):
     np.testing.assert_allclose(fused[2][key][0], whole[1][key], rtol=1e-12)
+
+
+def test_fused_bn_relu_bfloat16_gradient_is_no_further_from_float64(x64):
+  """bfloat16 input and output: the fused op rounds x's gradient once (autodiff of BN then
+  ReLU rounds its direct and its statistics terms to bfloat16 apart and adds them).
+  Measured: relative L2 from float64 autodiff on the same inputs 2.3e-3 fused, 2.9e-3 plain."""
+  x, params, stats, w = _bn_relu_inputs(jnp.bfloat16, shape=(16, 8, 8, 32))
+  as_dtype = lambda tree, d: jax.tree_util.tree_map(lambda a: a.astype(d), tree)
+
+  def grad_x(fused, dtype, out_dtype):
+    param_dtype = jnp.promote_types(dtype, jnp.float32)
+    loss = _bn_relu_loss(fused, out_dtype, param_dtype)
+    args = (x.astype(dtype), *as_dtype((params, stats, w), param_dtype))
+    return np.asarray(jax.grad(loss, has_aux=True)(*args)[0], np.float64)
+
+  exact = grad_x(False, jnp.float64, None)
+  error = {fused: np.linalg.norm(grad_x(fused, jnp.bfloat16, jnp.bfloat16) - exact)
+           / np.linalg.norm(exact) for fused in (True, False)}
+  assert error[True] <= error[False] < 1e-2, error

@@ -267,12 +267,15 @@ def _stage_errors(reference, other):
 
 
 def test_bfloat16_reversible_per_stage_at_depth():
-  """bfloat16 at depth, per stage: reversible within 2e-2 of autodiff (relative L2), and
+  """bfloat16 at depth, per stage: reversible within 3e-2 of autodiff (relative L2), and
   within 5% of bfloat16 autodiff's own distance from float32 autodiff.
 
-  Measured: 7.1e-3 and 6.8e-3 against 0.92 and 0.95 (float32 reversible vs autodiff:
-  3e-3). benchmarks/bf16_gradients.py measures the 100-block bijective model;
-  docs/reversible.md explains the difference.
+  Measured with the fused BN-ReLU (the default): 1.5e-2 and 2.4e-2 against 0.92 and 0.95;
+  with model.fused_bn_relu=False 7.1e-3 and 6.8e-3 (float32 reversible vs autodiff:
+  3e-3). At this depth bfloat16 rounding differences grow: fused and plain bfloat16 autodiff
+  differ from each other by 2.7e-2 and 4.0e-2, though per layer the fused gradient is the
+  nearer to float64 (tests/test_norm.py). benchmarks/bf16_gradients.py measures the 100-block
+  bijective model; docs/reversible.md explains the difference.
   """
   net = irevnet_jax.build(_deep_imagenet_like())
   variables = jax.tree_util.tree_map(
@@ -283,6 +286,6 @@ def test_bfloat16_reversible_per_stage_at_depth():
   reversible = _stage_errors(grads['autodiff', 'bfloat16'], grads['reversible', 'bfloat16'])
   bfloat16 = _stage_errors(grads['autodiff', 'float32'], grads['autodiff', 'bfloat16'])
   for stage, error in reversible.items():
-    assert error <= 2e-2 and error <= 0.05 * bfloat16[stage], (
+    assert error <= 3e-2 and error <= 0.05 * bfloat16[stage], (
         f'{stage}: reversible vs autodiff in bfloat16 {error:.3g}, '
         f'bfloat16 vs float32 autodiff {bfloat16[stage]:.3g}')
