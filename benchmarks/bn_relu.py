@@ -54,7 +54,8 @@ def f_row(model_config, stage: int, batch: int, fused: bool):
   spec = arch.stages[stage].rest or arch.stages[stage].first
   f = blocks.make_bottleneck(arch, spec)
   variables = blocks.init_bottleneck(f, spec, jax.random.PRNGKey(0))
-  u = jax.random.normal(jax.random.PRNGKey(1), (batch, *spec.spatial, spec.f_in_channels))
+  u = jax.random.normal(jax.random.PRNGKey(1), (batch, *spec.spatial, spec.f_in_channels),
+                        blocks.stream_dtype(arch))
   key = jax.random.PRNGKey(2)
 
   def apply(params, u):
@@ -103,11 +104,12 @@ def scan_row(model_config, stage: int, batch: int, fused: bool, scanned: int = 4
           'saved_mb_img': per_image / MB, 'saved_b_value': per_image / values}
 
 
-def step_row(model: str, mode: str, batch: int, blocks_per_stage, fused: bool):
+def step_row(model: str, mode: str, batch: int, blocks_per_stage, fused: bool,
+             stream_dtype: str = 'float32'):
   """The numbers of the runner's compiled train step (see the module docstring)."""
   config = common.experiment_config(model, batch_size=batch, backprop=mode,
                                     train_dtype='bfloat16', blocks=blocks_per_stage)
-  config.model.fused_bn_relu = fused
+  config.model.fused_bn_relu, config.model.stream_dtype = fused, stream_dtype
   compiled = common.TrainStep(config).compile(batch)
   return {'what': f'train step, {mode}, blocks {",".join(map(str, config.model.blocks))}',
           'fused': fused, 'batch': batch,
@@ -159,9 +161,12 @@ def main(argv=None):
   parser.add_argument('--per_block', default='autodiff:2:4',
                       help="mode:stage:k: that mode's step again with k more blocks in that "
                            "stage, for the numbers per block ('' none)")
+  parser.add_argument('--stream_dtype', default='float32',
+                      help="model.stream_dtype: 'bfloat16' makes F's input u bfloat16 too")
   parser.add_argument('--markdown', action='store_true')
   args = parser.parse_args(argv)
   model_config = common.experiment_config(args.model, batch_size=args.batch).model
+  model_config.stream_dtype = args.stream_dtype
   blocks_per_stage = (list(model_config.blocks) if args.blocks == 'preset'
                       else [int(b) for b in args.blocks.split(',')])
   rows = []
@@ -178,7 +183,8 @@ def main(argv=None):
   steps = {}
   for mode in [m for m in args.modes.split(',') if m]:
     for fused in (False, True):
-      steps[mode, fused] = step_row(args.model, mode, args.batch, blocks_per_stage, fused)
+      steps[mode, fused] = step_row(args.model, mode, args.batch, blocks_per_stage, fused,
+                                    args.stream_dtype)
       add(steps[mode, fused])
   if args.per_block:
     mode, stage, added = args.per_block.split(':')
@@ -187,11 +193,12 @@ def main(argv=None):
     deeper[stage] += added
     for fused in (False, True):
       shallow = steps.get((mode, fused)) or step_row(args.model, mode, args.batch,
-                                                     blocks_per_stage, fused)
-      deep = step_row(args.model, mode, args.batch, deeper, fused)
+                                                     blocks_per_stage, fused, args.stream_dtype)
+      deep = step_row(args.model, mode, args.batch, deeper, fused, args.stream_dtype)
       add(deep)
       add(per_block_row(shallow, deep, added, stage))
-  print(f'\n{args.model}, bfloat16 training, {common.device_name()}, jax {jax.__version__}')
+  print(f'\n{args.model}, bfloat16 training, {args.stream_dtype} streams, '
+        f'{common.device_name()}, jax {jax.__version__}')
   print(common.format_table(add_ratios(rows), COLUMNS, markdown=args.markdown))
 
 
