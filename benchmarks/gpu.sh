@@ -6,7 +6,9 @@
 #   `python -m experiments.main` compiles: experiments/configs/<model>.py, bfloat16 compute,
 #   'default' precision, pmap on one device, uint8 batches normalised on the device) for
 #   bijective_released at batch 256 and the largest batch that fits, autodiff then
-#   reversible; cifar10 at 1,024; resnet50 at 256; the inversion error of bijective_released
+#   reversible, each mode at 256 also with model.fused_bn_relu=False (note 'plain BN-ReLU':
+#   autodiff of BN then ReLU, the fused BN-ReLU's before; a summary line gives the ratio
+#   of images/s and peak memory); cifar10 at 1,024; resnet50 at 256; the inversion error of bijective_released
 #   (bfloat16 forward + float32 'highest' invert, and float32 'highest' both ways); bijective,
 #   revnet56 and injective at 256, autodiff and reversible; the inversion error of cifar10.
 #   Every train row also estimates the largest batch of its mode from XLA's memory analysis.

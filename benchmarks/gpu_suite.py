@@ -31,13 +31,20 @@ COMPILE_GOAL_S = 60.0     # issue 10: the 100-block models compile in under a mi
 INVERSION_SETTINGS = ('bfloat16>float32/highest', 'float32/highest', 'float32/default')
 
 
+PLAIN_BN_RELU = 'plain_bn_relu'   # a train item's 5th entry: model.fused_bn_relu=False
+PLAIN_NOTE = 'plain BN-ReLU'      # the note of its row
+
+
 def gpu_plan(smoke: bool):
-  """('train', model, mode, batch) | ('invert', model), most important first. The
-  reversible largest-batch row goes last: on an H200 (2026-12-04) it compiled for 281 s."""
+  """('train', model, mode, batch[, PLAIN_BN_RELU]) | ('invert', model), most important
+  first. The reversible largest-batch row goes last: on an H200 (2026-12-04) it compiled
+  for 281 s. The PLAIN_BN_RELU rows time autodiff of BN then ReLU, the fused BN-ReLU's before."""
   b256, b1024 = (8, 32) if smoke else (256, 1024)
   return [('train', 'bijective_released', 'autodiff', b256),
+          ('train', 'bijective_released', 'autodiff', b256, PLAIN_BN_RELU),
           ('train', 'bijective_released', 'autodiff', 'max'),
           ('train', 'bijective_released', 'reversible', b256),
+          ('train', 'bijective_released', 'reversible', b256, PLAIN_BN_RELU),
           ('train', 'cifar10', 'autodiff', b1024),
           ('train', 'cifar10', 'reversible', b1024),
           ('train', 'resnet50', 'autodiff', b256),
@@ -86,8 +93,12 @@ def run_suite(budget_s: float, smoke: bool, memory_gib=None, min_seconds=2.0, ca
                'note': f'rel. error {r["rel_error"]:.2e} (max abs {r["max_abs_error"]:.1e})'}
               for r in inversion.measure(item[1], inversion_batch, INVERSION_SETTINGS,
                                          smoke=smoke, report=lambda _: None)]
+    plain = PLAIN_BN_RELU in item
     row = speed.train_row(item[1], item[2], item[3], train_dtype=train_dtype, smoke=smoke,
-                          limit_bytes=limit, cap=cap, min_seconds=min_seconds)
+                          limit_bytes=limit, cap=cap, min_seconds=min_seconds,
+                          model_fields={'fused_bn_relu': False} if plain else None)
+    if row and plain:
+      row['note'] = '; '.join(n for n in (PLAIN_NOTE, row['note']) if n)
     return [row] if row else []
 
   rows = tables.run_items(gpu_plan(smoke), make_rows, budget_s,
@@ -103,9 +114,9 @@ def summary_lines(rows, smoke: bool, card: str = ''):
   """Ours against the authors' rows of the same run (`authors_lines`), else against the
   PyTorch anchors; the batch ratios and the 100-block goal."""
   prefix = 'SMOKE, not comparable: ' if smoke else ''
-  lines = authors_lines(rows, prefix, card)
+  lines = authors_lines(rows, prefix, card) + bn_relu_lines(rows, prefix)
   measured = {_model(r) for r in rows if r['what'] == 'authors' and r.get('img_s')}
-  train = [r for r in rows if r['what'] == 'train']
+  train = [r for r in rows if r['what'] == 'train' and not _plain_bn_relu(r)]
   if card and ({_model(r) for r in train if r.get('img_s')} - measured) & set(PYTORCH_ANCHORS):
     lines.append(f'{prefix}card: {card}; the PyTorch anchors below were measured on an H200')
   for row in train:
@@ -140,6 +151,29 @@ def summary_lines(rows, smoke: bool, card: str = ''):
 
 def _model(row):
   return row['model'].replace(' (smoke)', '')
+
+
+def _plain_bn_relu(row):
+  return PLAIN_NOTE in (row.get('note') or '')
+
+
+def bn_relu_lines(rows, prefix=''):
+  """Each PLAIN_BN_RELU row against the fused row of the same model, mode and batch."""
+  fused = {(r['model'], r['mode'], r['batch']): r for r in rows
+           if r['what'] == 'train' and not _plain_bn_relu(r) and r.get('img_s')}
+  lines = []
+  for plain in rows:
+    after = fused.get((plain['model'], plain.get('mode'), plain.get('batch')))
+    if plain['what'] != 'train' or not _plain_bn_relu(plain) or not plain.get('img_s') \
+        or after is None:
+      continue
+    peak = ''
+    if plain.get('peak_gib') and after.get('peak_gib'):
+      peak = f'; peak {after["peak_gib"]:.2f} GiB against {plain["peak_gib"]:.2f}'
+    lines.append(f'{prefix}{_model(plain)} {plain["mode"]} batch {plain["batch"]}: fused '
+                 f'BN-ReLU {after["img_s"]:,.0f} images/s against plain '
+                 f'{plain["img_s"]:,.0f} = {after["img_s"] / plain["img_s"]:.2f}x{peak}')
+  return lines
 
 
 def _fastest(rows, what, model, mode=None):

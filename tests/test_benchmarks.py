@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, gpu_suite, speed
+from benchmarks import bn_relu, common, gpu_suite, speed
 
 FAST = {'xla_backend_optimization_level': 0}   # compiles several times faster on CPU
 
@@ -94,3 +94,22 @@ def test_recipe_differences_count_epochs_as_the_runner_and_the_authors_do():
                for path, v in jax.tree_util.tree_flatten_with_path(shapes['batch_stats'])[0]
                if path[-1].key == 'var')
   assert len(recipe_differences._bn_inputs(presets.layout(model))) == layers == 162
+
+
+def test_plain_bn_relu_rows_are_compared_with_their_fused_rows():
+  row = lambda img_s, note='': {'what': 'train', 'model': 'bijective_released',
+                                'mode': 'autodiff', 'setting': 'bfloat16/default',
+                                'batch': 256, 'img_s': img_s, 'peak_gib': 30.0, 'note': note}
+  rows = [row(2000.0), row(1600.0, 'plain BN-ReLU')]
+  lines = gpu_suite.summary_lines(rows, smoke=False)
+  assert any('fused BN-ReLU 2,000 images/s against plain 1,600 = 1.25x' in line
+             for line in lines), lines
+  assert not any('1,600' in line and 'PyTorch' in line for line in lines), lines
+  assert [item for item in gpu_suite.gpu_plan(smoke=True)
+          if gpu_suite.PLAIN_BN_RELU in item], 'the GPU table times the plain BN-ReLU too'
+
+
+def test_bn_relu_benchmark_shows_fewer_saved_bytes_fused():
+  model = common.experiment_config('cifar10', batch_size=4, smoke=True).model
+  before, after = (bn_relu.f_row(model, 1, 4, fused) for fused in (False, True))
+  assert after['saved_mb_img'] < 0.6 * before['saved_mb_img'], (before, after)

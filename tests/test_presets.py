@@ -1,6 +1,7 @@
 """Config validation: every config that cannot be invertible is a ValueError that names the fix."""
 import importlib
 
+import ml_collections
 import pytest
 
 import irevnet_jax
@@ -69,3 +70,12 @@ def test_experiment_configs_use_the_library_presets(name):
   config = importlib.import_module(f'experiments.configs.{name}').get_config()
   assert config.model.to_dict() == presets.PRESETS[name]().to_dict()
   irevnet_jax.build(config.model)
+
+
+def test_fused_bn_relu_is_optional_in_older_configs_and_must_be_a_bool():
+  fields = presets.cifar10().to_dict()
+  del fields['fused_bn_relu']        # a config written before the field existed
+  assert presets.layout(ml_collections.ConfigDict(fields)).fused_bn_relu is True
+  fields['fused_bn_relu'] = 'no'
+  with pytest.raises(ValueError, match=r"model.fused_bn_relu='no' must be True or False"):
+    presets.layout(ml_collections.ConfigDict(fields))

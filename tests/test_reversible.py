@@ -1,5 +1,9 @@
 """Backprop modes: 'reversible' and 'remat' give autodiff's gradients and running statistics.
 
+Every mode runs F's BN-ReLU pairs fused (`model.fused_bn_relu`, the default); the float64
+and synchronised checks compare all three with autodiff of plain BN then ReLU
+(fused_bn_relu=False), the reference.
+
 Every check differentiates a train-mode forward (batch statistics, dropout) through
 a loss on both the logits and z, so the gradient reaches every block by two paths,
 with respect to the parameters and (except under pmap) the input image.
@@ -133,8 +137,9 @@ def test_float64_gradients_and_running_stats_equal_autodiff(layout, x64):
   variables = jax.tree_util.tree_map(lambda a: a.astype(np.float64), _float32_variables(layout))
   results = {m: _grads(LAYOUTS[layout](backprop=m, dtype='float64'), variables, jnp.float64)
              for m in MODES}
-  grads_ad, stats_ad, z_ad = results['autodiff']
-  for mode in ('reversible', 'remat'):
+  grads_ad, stats_ad, z_ad = _grads(LAYOUTS[layout](dtype='float64', fused_bn_relu=False),
+                                    variables, jnp.float64)
+  for mode in MODES:
     grads, stats, z = results[mode]
     errors = _leaf_errors(grads_ad, grads)
     worst = max(errors, key=errors.get)
@@ -144,19 +149,21 @@ def test_float64_gradients_and_running_stats_equal_autodiff(layout, x64):
 
 
 @functools.lru_cache(maxsize=None)
-def _cifar_like_grads(mode, dtype):
-  """`_grads` of cifar_like with float32 inputs and variables, once per (mode, dtype)."""
-  return _grads(cifar_like(backprop=mode, dtype=dtype), _float32_variables('cifar_like'),
-                jnp.float32)
+def _cifar_like_grads(mode, dtype, fused_bn_relu=True):
+  """`_grads` of cifar_like with float32 inputs and variables, once per (mode, dtype, fused)."""
+  return _grads(cifar_like(backprop=mode, dtype=dtype, fused_bn_relu=fused_bn_relu),
+                _float32_variables('cifar_like'), jnp.float32)
 
 
 def test_float32_gradients_equal_autodiff():
-  results = {m: _cifar_like_grads(m, 'float32') for m in MODES}
-  grads_ad, stats_ad, _ = results['autodiff']
-  for mode in ('reversible', 'remat'):
-    grads, stats, _ = results[mode]
+  """Every mode (fused BN-ReLU) against autodiff of plain BN then ReLU. Measured: 2.4e-7
+  (autodiff, remat), 2.3e-7 (reversible: its rebuilt inputs differ by float32 roundings)."""
+  grads_ad, stats_ad, _ = _cifar_like_grads('autodiff', 'float32', fused_bn_relu=False)
+  for mode in MODES:
+    grads, stats, _ = _cifar_like_grads(mode, 'float32')
     error = _global_error(grads_ad, grads)
-    assert error <= 1e-4, f'{mode}: relative L2 error {error:.3g} over the whole gradient'
+    limit = 1e-4 if mode == 'reversible' else 2e-6
+    assert error <= limit, f'{mode}: relative L2 error {error:.3g} over the whole gradient'
     _assert_stats_equal(stats_ad, stats, rtol=1e-5)
 
 
@@ -230,16 +237,17 @@ def test_synchronised_batch_norm_under_pmap(x64):
   args = (variables['params'], variables['batch_stats'], x, jax.random.PRNGKey(3))
 
   results = {}
-  for mode in MODES:
-    net = irevnet_jax.build(cifar_like(backprop=mode, dtype='float64'), bn_axis_name='batch')
+  for mode, fused in [(m, True) for m in MODES] + [('autodiff', False)]:
+    config = cifar_like(backprop=mode, dtype='float64', fused_bn_relu=fused)
+    net = irevnet_jax.build(config, bn_axis_name='batch')
     out = step_fn(net).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
-    results[mode] = jax.tree_util.tree_map(np.asarray, out)
+    results[mode, fused] = jax.tree_util.tree_map(np.asarray, out)
 
-  grads_ad, stats_ad = results['autodiff']
+  grads_ad, stats_ad = results['autodiff', False]
   for leaf in jax.tree_util.tree_leaves(stats_ad):   # synchronised: every device agrees
     np.testing.assert_array_equal(leaf, np.broadcast_to(leaf[:1], leaf.shape))
-  for mode in ('reversible', 'remat'):
-    grads, stats = results[mode]
+  for mode in MODES:
+    grads, stats = results[mode, True]
     errors = _leaf_errors(jax.tree_util.tree_map(lambda a: a[0], grads_ad),
                           jax.tree_util.tree_map(lambda a: a[0], grads))
     worst = max(errors, key=errors.get)
@@ -259,12 +267,15 @@ def _stage_errors(reference, other):
 
 
 def test_bfloat16_reversible_per_stage_at_depth():
-  """bfloat16 at depth, per stage: reversible within 2e-2 of autodiff (relative L2), and
+  """bfloat16 at depth, per stage: reversible within 3e-2 of autodiff (relative L2), and
   within 5% of bfloat16 autodiff's own distance from float32 autodiff.
 
-  Measured: 7.1e-3 and 6.8e-3 against 0.92 and 0.95 (float32 reversible vs autodiff:
-  3e-3). benchmarks/bf16_gradients.py measures the 100-block bijective model;
-  docs/reversible.md explains the difference.
+  Measured with the fused BN-ReLU (the default): 1.5e-2 and 2.4e-2 against 0.92 and 0.95;
+  with model.fused_bn_relu=False 7.1e-3 and 6.8e-3 (float32 reversible vs autodiff:
+  3e-3). At this depth bfloat16 rounding differences grow: fused and plain bfloat16 autodiff
+  differ from each other by 2.7e-2 and 4.0e-2, though per layer the fused gradient is the
+  nearer to float64 (tests/test_norm.py). benchmarks/bf16_gradients.py measures the 100-block
+  bijective model; docs/reversible.md explains the difference.
   """
   net = irevnet_jax.build(_deep_imagenet_like())
   variables = jax.tree_util.tree_map(
@@ -275,6 +286,6 @@ def test_bfloat16_reversible_per_stage_at_depth():
   reversible = _stage_errors(grads['autodiff', 'bfloat16'], grads['reversible', 'bfloat16'])
   bfloat16 = _stage_errors(grads['autodiff', 'float32'], grads['autodiff', 'bfloat16'])
   for stage, error in reversible.items():
-    assert error <= 2e-2 and error <= 0.05 * bfloat16[stage], (
+    assert error <= 3e-2 and error <= 0.05 * bfloat16[stage], (
         f'{stage}: reversible vs autodiff in bfloat16 {error:.3g}, '
         f'bfloat16 vs float32 autodiff {bfloat16[stage]:.3g}')

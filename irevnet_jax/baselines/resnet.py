@@ -4,7 +4,9 @@
     logits = Dense(mean_HW(features))
 
 A unit: relu(BN(conv1x1(relu(BN(conv3x3_s(relu(BN(conv1x1(x))))))), zero-init scale) + shortcut),
-with a strided 1x1 projection + BN as the shortcut where the shape changes.
+with a strided 1x1 projection + BN as the shortcut where the shape changes. Its BN-ReLU
+pairs (and RevNet's, whose F and G are i-RevNet's `Bottleneck`) train with the fused
+backward of `norm.BatchNorm(relu=True)` (model/bn_relu.py), always.
 """
 from typing import Optional
 
@@ -40,9 +42,9 @@ class Stem(nn.Module):
     conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
     if self.arch.stem == 'imagenet':
       x = conv(self.arch.stem_width, (7, 7), strides=(2, 2), padding=centred_padding(7))(x)
-      x = nn.relu(norm()(x))
+      x = norm(relu=True)(x)
       return nn.max_pool(x, (3, 3), strides=(2, 2), padding=centred_padding(3))
-    return nn.relu(norm()(conv(self.arch.stem_width, (3, 3), padding=centred_padding(3))(x)))
+    return norm(relu=True)(conv(self.arch.stem_width, (3, 3), padding=centred_padding(3))(x))
 
 
 class ResNetUnit(nn.Module):
@@ -58,8 +60,8 @@ class ResNetUnit(nn.Module):
     conv, norm = conv_and_norm(self.arch, self.train, self.bn_axis_name)
     s = (self.stride, self.stride)
     out = 4 * self.width
-    y = nn.relu(norm()(conv(self.width, (1, 1))(x)))
-    y = nn.relu(norm()(conv(self.width, (3, 3), strides=s, padding=centred_padding(3))(y)))
+    y = norm(relu=True)(conv(self.width, (1, 1))(x))
+    y = norm(relu=True)(conv(self.width, (3, 3), strides=s, padding=centred_padding(3))(y))
     y = norm(scale_init=nn.initializers.zeros)(conv(out, (1, 1))(y))
     if self.stride != 1 or x.shape[-1] != out:
       x = norm(name='proj_norm')(conv(out, (1, 1), strides=s, name='proj_conv')(x))

@@ -134,7 +134,7 @@ class RevNet(nn.Module):
       pair = RevNetStage(arch, i, self.bn_axis_name, name=f'stage{i}')(pair, train)
     features = ops.merge(*pair)
     _, norm = resnet.conv_and_norm(arch, train, self.bn_axis_name)
-    h = nn.relu(norm(name='head_norm')(features))
+    h = norm(relu=True, name='head_norm')(features)
     logits = nn.Dense(arch.num_classes, dtype=arch.dtype, param_dtype=stream,
                       name='classifier')(jnp.mean(h, axis=(1, 2)))
     return logits.astype(stream), features

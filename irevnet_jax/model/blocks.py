@@ -73,19 +73,21 @@ class Bottleneck(nn.Module):
   dtype: str = 'float32'
   precision: str = 'highest'
   bn_axis_name: Optional[str] = None
+  fused_bn_relu: bool = True      # BN-ReLU's lean backward (norm.BatchNorm's `fused`)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv, norm = conv_and_norm(self.dtype, self.precision, train, self.bn_axis_name)
+    norm_relu = functools.partial(norm, relu=True, fused=self.fused_bn_relu)
     k1, k2, k3 = self.kernel_sizes
     if not self.first:
-      x = nn.relu(norm()(x))
+      x = norm_relu()(x)
     x = conv(self.hidden, (k1, k1), strides=(self.stride, self.stride),
              padding=centred_padding(k1))(x)
-    x = nn.relu(norm()(x))
+    x = norm_relu()(x)
     x = conv(self.hidden, (k2, k2), padding=centred_padding(k2))(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(norm()(x))
+    x = norm_relu()(x)
     return conv(self.width, (k3, k3), padding=centred_padding(k3))(x)
 
 
@@ -94,7 +96,8 @@ def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> B
   return Bottleneck(
       width=spec.width, hidden=spec.width // arch.bottleneck_mult, stride=spec.stride,
       first=spec.first, kernel_sizes=arch.kernel_sizes, dropout_rate=arch.dropout_rate,
-      dtype=arch.dtype, precision=arch.precision, bn_axis_name=bn_axis_name, parent=None)
+      dtype=arch.dtype, precision=arch.precision, bn_axis_name=bn_axis_name,
+      fused_bn_relu=arch.fused_bn_relu, parent=None)
 
 
 def init_bottleneck(f: Bottleneck, spec: BlockSpec, rng) -> dict:

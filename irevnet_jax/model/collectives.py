@@ -126,16 +126,17 @@ def ordered_mean(tree, axis_name):
                                 ordered_sum(tree, axis_name))
 
 
-def _is_ordered(ordered):
+def is_ordered(ordered=None) -> bool:
+  """`ordered`, or where it is None the enclosing `reductions` block's choice (True outside)."""
   return _ORDERED.get() if ordered is None else ordered
 
 
 def mean(tree, axis_name, ordered=None):
   """`ordered_mean` (ordered=True), or the backend's native `lax.pmean` (its last bits
   depend on the process layout); None: the enclosing `reductions` block's choice."""
-  return ordered_mean(tree, axis_name) if _is_ordered(ordered) else lax.pmean(tree, axis_name)
+  return ordered_mean(tree, axis_name) if is_ordered(ordered) else lax.pmean(tree, axis_name)
 
 
 def total(tree, axis_name, ordered=None):
   """`ordered_sum` (ordered=True), or the backend's native `lax.psum`; None: as `mean`."""
-  return ordered_sum(tree, axis_name) if _is_ordered(ordered) else lax.psum(tree, axis_name)
+  return ordered_sum(tree, axis_name) if is_ordered(ordered) else lax.psum(tree, axis_name)

@@ -46,6 +46,7 @@ class Architecture:
   backprop: str
   block_scan: str = 'auto'
   stream_dtype: str = 'float32'   # 'bfloat16': bfloat16 streams where dtype is bfloat16
+  fused_bn_relu: bool = True    # BN-ReLU pairs with the lean backward (model/bn_relu.py)
   invertible = True
 
   @property

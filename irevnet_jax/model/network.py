@@ -95,7 +95,7 @@ class IRevNet(nn.Module):
     stream = blocks.param_dtype(self.arch.dtype)
     self.head_norm = norm.BatchNorm(
         momentum=norm.HEAD_MOMENTUM, dtype=self.arch.dtype, param_dtype=stream,
-        axis_name=self.bn_axis_name)
+        axis_name=self.bn_axis_name, relu=True, fused=self.arch.fused_bn_relu)
     self.classifier = nn.Dense(self.arch.num_classes, dtype=self.arch.dtype,
                                param_dtype=stream, kernel_init=blocks.torch_default_init)
 
@@ -111,7 +111,7 @@ class IRevNet(nn.Module):
     for stage in self.stages:
       pair = stage(pair, train)
     z = ops.merge(*pair)
-    h = nn.relu(self.head_norm(z, use_running_average=not train))
+    h = self.head_norm(z, use_running_average=not train)
     logits = self.classifier(jnp.mean(h, axis=(1, 2)))
     return logits.astype(blocks.param_dtype(self.arch.dtype)), z
 

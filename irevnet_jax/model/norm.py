@@ -10,7 +10,11 @@ clipped at 0), with two differences:
   the process layout (Flax's `lax.pmean` does not), or natively inside a
   `collectives.reductions(False)` block (see `irevnet_jax.model.collectives`);
 - the running statistics have the parameters' dtype (float64 in a float64 model;
-  Flax creates them in float32).
+  Flax creates them in float32);
+- `relu=True` applies a ReLU after it; in training that is one op with a lean
+  backward (`bn_relu.batch_norm_relu`: it saves x and per-channel numbers where
+  autodiff saves ~4 full-size tensors), or with `fused=False` autodiff of BN then
+  `nn.relu`, the reference. The variables are the same either way.
 
 PyTorch's momentum m is Flax's 1 - m.
 """
@@ -20,7 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from irevnet_jax.model import collectives
+from irevnet_jax.model import bn_relu
 
 EPSILON = 1e-5              # PyTorch's default
 BLOCK_MOMENTUM = 0.9        # every BN inside F and the baselines: PyTorch momentum 0.1
@@ -40,6 +44,8 @@ class BatchNorm(nn.Module):
   param_dtype: Any = jnp.float32
   axis_name: Optional[str] = None      # pmap / shard_map axis of synchronised statistics
   scale_init: Callable = nn.initializers.ones
+  relu: bool = False                   # ReLU after the normalisation
+  fused: bool = True                   # relu=True in training: bn_relu's lean backward
 
   @nn.compact
   def __call__(self, x, use_running_average: Optional[bool] = None):
@@ -50,25 +56,21 @@ class BatchNorm(nn.Module):
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), stats_dtype)
     running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), stats_dtype)
 
-    if use_running_average:
-      mean, var = running_mean.value, running_var.value
-    else:
-      mean, var = self._batch_moments(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
-      if not self.is_initializing():
-        m = self.momentum
-        running_mean.value = m * running_mean.value + (1 - m) * mean.astype(stats_dtype)
-        running_var.value = m * running_var.value + (1 - m) * var.astype(stats_dtype)
-
     scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
-    y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
-    return y if self.dtype is None else jnp.asarray(y, self.dtype)
-
-  def _batch_moments(self, x):
-    """(mean, variance) over all axes but the last, synchronised over `axis_name`."""
-    axes = tuple(range(x.ndim - 1))
-    moments = jnp.stack([x.mean(axes), lax.square(x).mean(axes)])
-    if self.axis_name is not None:
-      moments = collectives.mean(moments, self.axis_name)
-    mean, mean_sq = moments[0], moments[1]
-    return mean, jnp.maximum(0.0, mean_sq - lax.square(mean))
+    if not use_running_average and self.relu and self.fused:
+      y, mean, var = bn_relu.batch_norm_relu(x, scale, bias, epsilon=self.epsilon,
+                                             dtype=self.dtype, axis_name=self.axis_name)
+    else:
+      if use_running_average:
+        mean, var = running_mean.value, running_var.value
+      else:
+        mean, var = bn_relu.batch_moments(x, self.axis_name)
+      y = bn_relu.normalise(x, mean, lax.rsqrt(var + self.epsilon), scale, bias)
+      y = y if self.dtype is None else jnp.asarray(y, self.dtype)
+      y = nn.relu(y) if self.relu else y
+    if not use_running_average and not self.is_initializing():
+      m = self.momentum
+      running_mean.value = m * running_mean.value + (1 - m) * mean.astype(stats_dtype)
+      running_var.value = m * running_var.value + (1 - m) * var.astype(stats_dtype)
+    return y

@@ -16,7 +16,7 @@ BLOCK_SCANS = ('auto', 'unrolled', 'rolled')
 # Dtype of the coupling streams (`blocks.stream_dtype`).
 STREAM_DTYPES = ('float32', 'bfloat16')
 # Fields that configs written before they existed lack, with the value they then had.
-OPTIONAL_FIELDS = {'block_scan': 'auto', 'stream_dtype': 'float32'}
+OPTIONAL_FIELDS = {'block_scan': 'auto', 'stream_dtype': 'float32', 'fused_bn_relu': True}
 
 
 def int_tuple(config, field: str, length: Optional[int] = None) -> Tuple[int, ...]:
@@ -66,6 +66,13 @@ def block_scan(config) -> str:
   if not (k.isdigit() and int(k) >= 2):
     raise UserError(f"model.block_scan={value!r} is not one of {BLOCK_SCANS} or 'unroll:<k>' "
                     "(k >= 2 blocks per loop iteration, e.g. 'unroll:4').")
+  return value
+
+
+def check_bool(config, field: str) -> bool:
+  value = get(config, field)
+  if not isinstance(value, bool):
+    raise ValueError(f'model.{field}={value!r} must be True or False.')
   return value
 
 
