@@ -28,8 +28,8 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-import irevnet_jax
 from benchmarks import common
+from irevnet_jax import nets
 from irevnet_jax.model import blocks, compiler_options, presets
 
 MB = 1e6
@@ -83,7 +83,7 @@ def scan_row(model_config, stage: int, batch: int, fused: bool, scanned: int = 4
   config.dtype, config.fused_bn_relu, config.block_scan = 'bfloat16', fused, 'rolled'
   config.backprop = 'autodiff'
   config.blocks = tuple(1 + scanned if i == stage else 1 for i in range(len(config.blocks)))
-  net = irevnet_jax.build(config)
+  net = nets.build(config)
   image = lambda n: jax.ShapeDtypeStruct((n, *net.input_shape), jnp.float32)
   variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), image(1))
 

@@ -72,7 +72,7 @@ def block_scan(config) -> str:
 def check_bool(config, field: str) -> bool:
   value = get(config, field)
   if not isinstance(value, bool):
-    raise ValueError(f'model.{field}={value!r} must be True or False.')
+    raise UserError(f'model.{field}={value!r} must be True or False.')
   return value
 
 
