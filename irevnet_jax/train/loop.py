@@ -22,7 +22,7 @@ from irevnet_jax.run import checkpoints, metrics, workdir as workdir_lib
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
-from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
+from irevnet_jax.train import memory_fit, parallel, peers, resume, state as state_lib, steps
 from irevnet_jax.train.preemption import Preempted, StopWatch
 
 
@@ -113,7 +113,10 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
                     'or fewer devices (num_devices).', per_device, MIN_BN_EXAMPLES * num_global)
 
   # Input.
-  input_shape = tuple(irevnet_jax.build(config.model).input_shape)   # validates the model
+  model = config.model
+  if model.backprop == memory_fit.AUTO:   # decided below, once the compiled steps are known
+    model = memory_fit.with_backprop(config, 'autodiff').model
+  input_shape = tuple(irevnet_jax.build(model).input_shape)   # validates the model
   input_pipeline.check_model_fits(config.dataset, input_shape, config.model.num_classes)
   source = input_pipeline.get_source(config.dataset, input_shape)
   if source.num_classes > config.model.num_classes:
@@ -121,8 +124,10 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
                      f'set model.num_classes={source.num_classes}.')
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
 
-  # Model, optimizer and the compiled steps.
-  prog = program.build_program(config, source.num_train_examples, normalization, devices)
+  # Model, optimizer and the compiled steps: the train step compiled now, from shapes, ends
+  # the run in one line if it does not fit in memory (before anything is read or written).
+  prog, config = memory_fit.fitting_program(config, source.num_train_examples, normalization,
+                                            devices, local_batch)
   backend, total_steps = prog.backend, prog.total_steps
 
   # State: the latest usable checkpoint, or a fresh start.
