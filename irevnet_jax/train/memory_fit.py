@@ -73,14 +73,14 @@ def available(config, device) -> Optional[Memory]:
   if override is not None:
     return Memory(int(override * GIB), f'--config.device_memory_gib={override:g}')
   if device.platform == 'cpu':
-    measured, what = host_available_bytes(), "the host's available memory"
+    measured, what = host_available_bytes(), "the host's available {}"
   else:
-    measured, what = (device.memory_stats() or {}).get('bytes_limit'), f'{device.platform} memory'
+    measured = (device.memory_stats() or {}).get('bytes_limit')
+    what = f"the {device.platform.upper()}'s {{}} (bytes_limit)"
   if not measured:
     return None
-  return Memory(int(PLAN_SHARE * measured),
-                f'{PLAN_SHARE:.0%} of {what} ({gib(measured)}; --config.device_memory_gib '
-                f'sets it)')
+  return Memory(int(PLAN_SHARE * measured), f'{PLAN_SHARE:.0%} of {what.format(gib(measured))}'
+                                            f'; --config.device_memory_gib sets it')
 
 
 def line_through(peak: int, temp: int, param_bytes: int, examples: int):
