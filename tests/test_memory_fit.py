@@ -67,7 +67,7 @@ def test_a_step_that_does_not_fit_ends_in_one_line_naming_what_fits_and_writes_n
   # What it names fits: the batch (compiled here at that batch) and reversible backprop.
   batch = int(re.search(r'--config\.batch_size=(\d+) ', line).group(1))
   assert 4 <= batch < 64 and batch % 4 == 0, line
-  assert re.search(r'--config\.model\.backprop=reversible \([\d.]+ MiB at batch_size=64\)',
+  assert re.search(r'--config\.model\.backprop=reversible \(about [\d.]+ MiB at batch_size=64\)',
                    line), line
   budget = int(TIGHT_GIB * memory_fit.GIB)
   source = input_pipeline.get_source(small_config().dataset, (16, 16, 3))
@@ -82,7 +82,7 @@ def test_auto_picks_reversible_when_autodiff_does_not_fit_and_autodiff_when_it_d
   prog, config = fitting(small_config(model__backprop='auto', device_memory_gib=TIGHT_GIB))
   assert config.model.backprop == 'reversible' == prog.train_net.arch.backprop
   assert re.search(r'model\.backprop=auto: reversible \(autodiff needs [\d.]+ MiB, '
-                   r'reversible [\d.]+ MiB, of the 20\.5 MiB planned with', caplog.text)
+                   r'reversible about [\d.]+ MiB, of the 20\.5 MiB planned with', caplog.text)
 
   caplog.clear()
   prog, config = fitting(small_config(model__backprop='auto', device_memory_gib=LOOSE_GIB))
