@@ -142,7 +142,7 @@ class _Check:
     return program_lib.build_program(config, self.num_train_examples, self.normalization,
                                      self.devices)
 
-  def need(self, config, train_net, tx, train_step, backend, fast: bool) -> Optional[Need]:
+  def need(self, train_net, tx, train_step, backend, fast: bool) -> Optional[Need]:
     """Compiles `train_step` for this run's shapes (`fast`: for its memory analysis only)."""
     shapes = state_lib.state_shapes(train_net, tx)
     batch = {'image': jax.ShapeDtypeStruct((self.local_batch, *train_net.input_shape),
@@ -152,8 +152,9 @@ class _Check:
     compiled = backend.compiled(train_step, state, batch, fast=fast)
     return need(compiled, shapes, self.local_batch // backend.num_local)
 
-  def need_of_program(self, config, prog) -> Optional[Need]:
-    return self.need(config, prog.train_net, prog.tx, prog.train_step, prog.backend, False)
+  def need_of_program(self, prog) -> Optional[Need]:
+    """Of `prog`'s train step: the executable that training then runs."""
+    return self.need(prog.train_net, prog.tx, prog.train_step, prog.backend, False)
 
   def need_of_mode(self, config, mode) -> Optional[Need]:
     """Of `config` in backprop `mode`, compiled for the analysis only, with the block scans
@@ -167,7 +168,7 @@ class _Check:
     backend = parallel.make_backend(config.parallel, self.devices)
     train_net, tx, _, step = program_lib.train_step_of(config, self.num_train_examples,
                                                        self.normalization, backend)
-    return self.need(config, train_net, tx, step, backend, True)
+    return self.need(train_net, tx, step, backend, True)
 
 
 def _sharing(devices) -> int:
@@ -180,23 +181,21 @@ def fitting_program(config, num_train_examples: int, normalization, devices,
   """(the `program.Program` to train, its config: model.backprop 'auto' resolved) once its
   compiled train step is known to fit; ValueError naming what fits when it does not."""
   check = _Check(num_train_examples, normalization, devices, local_batch)
-  memory = available(config, devices[0])
+  memory, share = available(config, devices[0]), _sharing(devices)
   auto = config.model.backprop == AUTO
   if auto:
     config = with_backprop(config, 'autodiff')
   prog = check.program(config)
-  if memory is None:
-    logging.debug('Memory to plan with unknown: the train step is not checked.')
+  needed = check.need_of_program(prog) if memory else None
+  if needed is None:   # no figure of the memory or no memory analysis: nothing to check
     return prog, config
-  share = _sharing(devices)
-  needed = check.need_of_program(config, prog)
-  if needed is None or needed.bytes * share <= memory.bytes and not auto:
+  fits = lambda n: n.bytes * share <= memory.bytes
+  if fits(needed) and not auto:
     return prog, config
-  mode, saving = config.model.backprop, saving_mode(config.model)
-  other = check.need_of_mode(config, saving) if mode != saving else None
+  saving = saving_mode(config.model)
+  other = check.need_of_mode(config, saving) if config.model.backprop != saving else None
   if auto:
-    fits = needed.bytes * share <= memory.bytes
-    chosen = 'autodiff' if fits or other is None else saving
+    chosen = 'autodiff' if fits(needed) or other is None else saving
     logging.info('model.backprop=auto: %s (autodiff needs %s, %s about %s, of the %s planned '
                  'with: %s).', chosen, gib(needed.bytes * share), saving,
                  gib(other.bytes * share) if other else '?', gib(memory.bytes), memory.what)
@@ -204,8 +203,8 @@ def fitting_program(config, num_train_examples: int, normalization, devices,
       return prog, config
     config = with_backprop(config, saving)
     prog = check.program(config)
-    needed, other = check.need_of_program(config, prog), None
-    if needed is None or needed.bytes * share <= memory.bytes:
+    needed, other = check.need_of_program(prog), None
+    if needed is None or fits(needed):
       return prog, config
   raise ValueError(_does_not_fit(config, needed, other, saving, memory, share,
                                  len(devices) * jax.process_count()))
