@@ -18,6 +18,7 @@ import pytest
 from experiments.configs import cifar10
 from irevnet_jax import train
 from irevnet_jax.data import input_pipeline
+from irevnet_jax.run import run_config
 from irevnet_jax.train import memory_fit, parallel, program, state as state_lib, steps
 import in_process
 import train_testlib as lib
@@ -120,3 +121,13 @@ def test_a_device_memory_gib_that_cannot_work_is_refused(value):
     config.device_memory_gib = value
   with pytest.raises(ValueError, match=r'device_memory_gib=.* must be a positive number'):
     train.check_config(config)
+
+
+def test_a_resume_may_change_device_memory_gib_and_the_backprop_mode():
+  """config.json records the mode a run trained with ('auto' resolved): a resume with
+  'auto' or another memory figure is the same training."""
+  old = small_config(model__backprop='reversible')
+  new = small_config(model__backprop='auto', device_memory_gib=0.5)
+  assert run_config.config_changes(old, new) == {}
+  assert run_config.config_changes(old, small_config(batch_size=32)) == {
+      'batch_size': (64, 32)}
