@@ -121,6 +121,9 @@ class PmapBackend:
     """The executable of `step` (from `compile`) for `state` / `batch` like `abstract`'s;
     the one training then runs (compiled once), or with `fast` one for its memory analysis
     only (`FAST_ANALYSIS`)."""
+    if jax.process_count() > 1:   # pmap lowers several processes' steps from arrays only
+      state, batch = jax.tree_util.tree_map(
+          lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding), (state, batch))
     if fast:
       return step.lower(state, batch).compile(
           compiler_options={**step.compiler_options, **FAST_ANALYSIS})
@@ -129,11 +132,15 @@ class PmapBackend:
   def abstract(self, state_shapes, local_batch_shapes):
     """(state, batch) `jax.ShapeDtypeStruct`s laid out as `put_state` / `prefetch` lay out
     host trees of these shapes (batch: this process's rows)."""
-    state = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct((self.num_local, *s.shape), s.dtype), state_shapes)
+    local = NamedSharding(Mesh(np.array(self.local_devices), (AXIS,)), PartitionSpec(AXIS))
+
+    def stacked(shape, dtype):   # one row per local device, as pmap's host-local arrays
+      return jax.ShapeDtypeStruct((self.num_local, *shape), dtype, sharding=local)
+
+    state = jax.tree_util.tree_map(lambda s: stacked(s.shape, s.dtype), state_shapes)
     batch = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct((self.num_local, s.shape[0] // self.num_local,
-                                        *s.shape[1:]), s.dtype), local_batch_shapes)
+        lambda s: stacked((s.shape[0] // self.num_local, *s.shape[1:]), s.dtype),
+        local_batch_shapes)
     return state, batch
 
   def put_state(self, host_state):
