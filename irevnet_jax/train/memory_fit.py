@@ -12,7 +12,9 @@ their bytes add up). A step that does not fit ends the run in one ValueError tha
 what fits: the largest batch (estimated from the compiled step), and for autodiff or remat
 the memory-saving mode with its figure. `model.backprop='auto'` picks autodiff when it
 fits, else the memory-saving mode (`saving_mode`: reversible, remat for ResNet), and logs
-which and why. The executable compiled for the check is the one training runs (pmap).
+which and why. The executable compiled for the check is the one training runs (pmap; with
+shard_map the first step loads it from the compilation cache); the other mode's figure is
+compiled for its analysis only, with the block scans rolled (`_Check.need_of_mode`).
 """
 import math
 from typing import NamedTuple, Optional
