@@ -13,6 +13,7 @@ import ml_collections
 from irevnet_jax.baselines import presets as baseline_presets
 from irevnet_jax.model import compiler_options, presets
 from irevnet_jax.train import config as config_lib
+from irevnet_jax.train import memory_fit
 from irevnet_jax.train import program as program_lib
 from irevnet_jax.train import state as state_lib
 from irevnet_jax.train import steps as steps_lib
@@ -100,18 +101,7 @@ class Compiled:
   batch_size: int = 0
 
 
-def _memory_analysis(compiled):
-  """(temp bytes, peak bytes): of one record, a list of them or (None, None) for none."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # noqa: BLE001  (not implemented on some back ends)
-    m = None
-  m = (m or [None])[0] if isinstance(m, (list, tuple)) else m
-  if m is None:
-    return None, None
-  peak = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-          - m.alias_size_in_bytes)
-  return int(m.temp_size_in_bytes), int(peak)
+_memory_analysis = memory_fit.temp_and_peak
 
 
 _HOST_STATE = {}   # one host train state (of the last layout): a 193M-parameter one is 1.5 GB

@@ -39,22 +39,16 @@ import sys
 import jax
 
 from benchmarks import common, tables
+from irevnet_jax.train import memory_fit
 
 MODES = ('autodiff', 'remat', 'reversible')
 SAFETY = 0.92   # share of the allocator's limit a step may plan to use (fragmentation)
 
 
-def round_batch(batch: int) -> int:
-  """Down to a multiple of 64 (>= 512), 8 (>= 64) or 1: shapes that suit GPU kernels."""
-  multiple = 64 if batch >= 512 else 8 if batch >= 64 else 1
-  return max(1, batch // multiple * multiple)
-
 
 def _line_from_one(c: common.Compiled):
-  """(bytes that do not grow with the batch, bytes per image) from one compile: of the
-  temporaries, about the parameters' size is gradient buffers (fixed), at most half."""
-  fixed = c.peak_bytes - max(c.temp_bytes - c.param_bytes, c.temp_bytes // 2)
-  return fixed, max(1.0, (c.peak_bytes - fixed) / c.batch_size)
+  """(bytes that do not grow with the batch, bytes per image) from one compile."""
+  return memory_fit.line_through(c.peak_bytes, c.temp_bytes, c.param_bytes, c.batch_size)
 
 
 def _fits(limit_bytes, fixed, slope):
@@ -73,7 +67,7 @@ def fit_batch(step: common.TrainStep, limit_bytes: int, probe: common.Compiled, 
                       f'{limit_bytes / common.GIB:.2f} GiB planned with')
   fixed, slope = _line_from_one(probe)
   for _ in range(3):
-    batch = round_batch(min(cap, _fits(limit_bytes, fixed, slope)))
+    batch = memory_fit.round_batch(min(cap, _fits(limit_bytes, fixed, slope)))
     if batch == probe.batch_size and probe.fn is not None:
       return probe, _fits(limit_bytes, fixed, slope)
     try:

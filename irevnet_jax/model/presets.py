@@ -39,7 +39,8 @@ def base() -> ml_collections.ConfigDict:
   # TF32-like, and a network run that way does not invert to float32 rounding
   # (`model/precision.py`). For fast training use dtype='bfloat16' instead.
   c.precision = 'highest'
-  c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'
+  c.backprop = 'autodiff'         # 'autodiff' | 'reversible' | 'remat'; the runner also
+                                  # takes 'auto' (train/memory_fit.py: autodiff if it fits)
   # How each stage's scan over its alike blocks compiles: 'auto' unrolls it on CPU
   # (XLA:CPU runs convolution gradients in a loop far slower) and keeps it rolled
   # on GPU/TPU (one compiled body: short compiles); 'unrolled' | 'rolled' force it;

@@ -10,6 +10,7 @@ Modules, each with one job:
   steps      what one device computes per train / eval / inversion step
   parallel   pmap and jit + shard_map back ends: state, batches, compiled steps
   program    what a config compiles to (nets, optimizer, compiled steps)
+  memory_fit whether the compiled train step fits in memory; model.backprop='auto'
   evaluate   evaluation over a split (inversion on a fixed subset)
   preemption SIGTERM / Ctrl-C / preemption notices as a flag read between steps; Preempted
   peers      several processes: a refusal on every process alike; one that stops stops the others

@@ -19,6 +19,7 @@ import math
 
 import jax
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from irevnet_jax.errors import UserError
 from irevnet_jax.model import precision, validation
@@ -73,13 +74,17 @@ def base_config(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                                    # bijective_released: 1.006x at 8 devices, 1.06x at 64);
                                    # False: the native all-reduce, for pods beyond ~64 devices
                                    # (docs/training.md)
+  # The memory a train step may use, in GiB: of each GPU/TPU, or on CPU of the host (shared
+  # by its devices). None: 90% of what the device reports (bytes_limit) or of the host's
+  # available memory. The compiled step's needs are checked against it before training.
+  c.device_memory_gib = placeholder(float)
   return c
 
 
 CONFIG_FIELDS = frozenset(base_config(ml_collections.ConfigDict()).keys())
 # Fields that the config.json of runs written before they existed lacks, with the value that
 # those runs trained with (`with_added_fields`).
-ADDED_FIELDS = {'restart_momentum_each_epoch': False}
+ADDED_FIELDS = {'restart_momentum_each_epoch': False, 'device_memory_gib': None}
 
 
 def with_added_fields(config) -> ml_collections.ConfigDict:
@@ -149,6 +154,11 @@ def check_config(config):
           f'trains in train_dtype; set --config.train_dtype=bfloat16 (or float32) instead.')
   if config.parallel not in ('pmap', 'shard_map'):
     _fail(f"parallel={config.parallel!r} is not 'pmap' or 'shard_map'.")
+  memory = config.get('device_memory_gib')
+  if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float))
+                             or not 0 < memory < math.inf):
+    _fail(f'device_memory_gib={memory!r} must be a positive number of GiB, e.g. 16, or None '
+          f'(what the device or host reports).')
   if not isinstance(config.eval_inversion_examples, int) or config.eval_inversion_examples < -1:
     _fail(f'eval_inversion_examples={config.eval_inversion_examples!r} must be -1 (all), 0 '
           f'(none) or a positive count, e.g. 1024.')

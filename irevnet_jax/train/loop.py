@@ -23,7 +23,8 @@ from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir as 
 from irevnet_jax.run import workdir_lock
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
-from irevnet_jax.train import parallel, peers, program, resume, state as state_lib, steps
+from irevnet_jax.train import memory_fit, parallel, peers, program, resume, state as state_lib
+from irevnet_jax.train import steps
 from irevnet_jax.train.preemption import Preempted, StopWatch
 
 
@@ -105,11 +106,16 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
                     config_lib.MIN_BN_EXAMPLES * num_global)
 
   # Input.
-  source = program.source_for(config)
+  checked = config
+  if config.model.backprop == memory_fit.AUTO:   # decided below, once the compiled steps are known
+    checked = memory_fit.with_backprop(config, 'autodiff')
+  source = program.source_for(checked)
   normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
 
-  # Model, optimizer and the compiled steps.
-  prog = program.build_program(config, source.num_train_examples, normalization, devices)
+  # Model, optimizer and the compiled steps: the train step compiled now, from shapes, ends
+  # the run in one line if it does not fit in memory (before anything is read or written).
+  prog, config = memory_fit.fitting_program(config, source.num_train_examples, normalization,
+                                            devices, local_batch)
   backend, total_steps = prog.backend, prog.total_steps
 
   # State: the latest usable checkpoint, or a fresh start.

@@ -58,19 +58,16 @@ def build_program(config, num_train_examples: int, normalization: steps.Normaliz
   if key in _CACHE:
     _CACHE.move_to_end(key)
     return _CACHE[key]
+  backend = parallel.make_backend(config.parallel, devices)
+  train_net, tx, schedule, train_step = train_step_of(config, num_train_examples,
+                                                      normalization, backend)
   train_model = config_lib.train_model_config(config)
-  train_net = nets.build(train_model, bn_axis_name=steps.AXIS)
   eval_net = nets.build(train_model)          # per-device BN statistics are unused
   exact_net = None
   if train_net.invertible:
     exact_net = nets.build(precision.exact_model_config(config.model))
   total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
-  schedule, tx = optimizer.schedule_and_optimizer(config, total_steps, steps_per_epoch)
-  backend = parallel.make_backend(config.parallel, devices)
   common = {'normalize': normalization, 'ordered': bool(config.ordered_reductions)}
-  train_step = backend.compile(
-      functools.partial(steps.train_step, net=train_net, tx=tx, schedule=schedule, **common),
-      donate_state=True)
   eval_step = backend.compile(functools.partial(steps.eval_step, net=eval_net, **common))
   inversion_step = None
   if exact_net is not None:
@@ -83,3 +80,17 @@ def build_program(config, num_train_examples: int, normalization: steps.Normaliz
   while len(_CACHE) > 2:
     _CACHE.popitem(last=False)
   return program
+
+
+def train_step_of(config, num_train_examples: int, normalization: steps.Normalization,
+                  backend):
+  """(train net, optimizer, schedule, the train step on `backend`) of `config`; nothing
+  compiled yet."""
+  train_net = nets.build(config_lib.train_model_config(config), bn_axis_name=steps.AXIS)
+  total_steps, steps_per_epoch = config_lib.training_steps(config, num_train_examples)
+  schedule, tx = optimizer.schedule_and_optimizer(config, total_steps, steps_per_epoch)
+  train_step = backend.compile(
+      functools.partial(steps.train_step, net=train_net, tx=tx, schedule=schedule,
+                        normalize=normalization, ordered=bool(config.ordered_reductions)),
+      donate_state=True)
+  return train_net, tx, schedule, train_step

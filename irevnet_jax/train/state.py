@@ -14,12 +14,8 @@ def initial_keys(seed: int):
   return init_key, dropout_key
 
 
-def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
-  """A fresh host train state, the same on every process for the same seed.
-
-  abstract=True: numpy zeros of the right shapes and dtypes, without running
-  (and compiling) the initialisers: the target for restoring a checkpoint.
-  """
+def _initializer(net, tx):
+  """seed -> a fresh train state (traceable)."""
   def init(seed):
     init_key, dropout_key = initial_keys(seed)
     x = jnp.zeros((1, *net.input_shape), jnp.float32)
@@ -27,9 +23,23 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
     return {'step': jnp.zeros((), jnp.int32), 'params': variables['params'],
             'batch_stats': variables['batch_stats'],
             'opt_state': tx.init(variables['params']), 'rng': dropout_key}
+  return init
+
+
+def state_shapes(net, tx) -> dict:
+  """The train state's `jax.ShapeDtypeStruct`s (nothing computed or allocated)."""
+  return jax.eval_shape(_initializer(net, tx), 0)
+
+
+def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
+  """A fresh host train state, the same on every process for the same seed.
+
+  abstract=True: numpy zeros of the right shapes and dtypes, without running
+  (and compiling) the initialisers: the target for restoring a checkpoint.
+  """
   if abstract:
-    shapes = jax.eval_shape(init, seed)
-    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), state_shapes(net, tx))
+  init = _initializer(net, tx)
   lowered = jax.jit(init, static_argnums=0).lower(seed)
   try:  # runs once: compile without backend optimisation (the same values, a shorter compile)
     compiled = lowered.compile(compiler_options={'xla_backend_optimization_level': 0})
