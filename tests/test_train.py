@@ -4,7 +4,6 @@ import math
 import os
 import shutil
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
@@ -189,7 +188,7 @@ def test_a_run_killed_during_a_save_records_what_an_uninterrupted_run_records(
   assert [r['step'] for r in lines if 'train/loss' in r] == [10, 20, 24]
   assert [s for s, _ in points['train/loss']] == [10, 20, 24]
   if store == 'gs':
-    time.sleep(float(os.environ['IREVNET_LEASE_SECONDS']))   # the killed run's lease expires
+    lib.wait_for_lease_to_expire()   # the killed run's lease
   train.train_and_evaluate(lib.make_config(**NOT_DIVIDING), workdir)
   lines, points = _records(workdir)
   want_lines, want_points = _records(not_dividing_run)

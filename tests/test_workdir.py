@@ -135,7 +135,7 @@ def test_a_gs_workdir_is_locked_survives_sigkill_and_ends_bit_identical(gcs, tin
   assert checkpoints.Checkpointer(workdir, keep=3, read_only=True).all_steps() == [8]
   # Rerun by 2 processes sharing the workdir once the killed run's lease has expired: both
   # restore step 8 (the loop checks that they agree), only process 0 writes.
-  time.sleep(float(os.environ['IREVNET_LEASE_SECONDS']))
+  lib.wait_for_lease_to_expire()
   results = _two_processes(args)
   for index, (code, output) in enumerate(results):
     assert code == 0, f'process {index}:\n{output[-3000:]}'

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -110,3 +111,9 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
   assert tree_a == tree_b
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def wait_for_lease_to_expire():
+  """Sleeps until a killed run's gs:// lease is stale: its lease ($IREVNET_LEASE_SECONDS) plus
+  1.5 s, as the store's time is its answers' `Date`, whole seconds behind by up to 1 s."""
+  time.sleep(float(os.environ['IREVNET_LEASE_SECONDS']) + 1.5)
