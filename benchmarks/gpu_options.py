@@ -1,6 +1,6 @@
 """The train step's options on one card (issue 29 item 2), each against the baseline row of
-the same run: bfloat16 coupling streams, XLA's command buffers (CUDA graphs) off / extended
-to loops, block scans partly unrolled / unrolled.
+the same run: BN and ReLU unfused (the baseline fuses them), bfloat16 coupling streams, XLA's
+command buffers (CUDA graphs) off / extended to loops, block scans partly unrolled / unrolled.
 
     python -m benchmarks.gpu_options                  # on the GPU: bijective_released, batch 256
     python -m benchmarks.gpu_options --smoke          # the logic on CPU (shrunken model)
@@ -27,6 +27,7 @@ _LOOPS_IN_GRAPHS = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'
 # name -> (environment, speed.py arguments)
 VARIANTS = {
     'baseline': ({}, ['--block_scan=rolled']),
+    'plain BN-ReLU': ({}, ['--block_scan=rolled', '--model_field=fused_bn_relu=False']),
     'bf16 streams': ({}, ['--block_scan=rolled', '--model_field=stream_dtype=bfloat16']),
     'graphs off': ({'XLA_FLAGS': '--xla_gpu_enable_command_buffer='}, ['--block_scan=rolled']),
     'graphs + loops': ({'XLA_FLAGS': f'--xla_gpu_enable_command_buffer={_LOOPS_IN_GRAPHS}'},
