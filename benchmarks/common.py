@@ -101,9 +101,6 @@ class Compiled:
   batch_size: int = 0
 
 
-_memory_analysis = memory_fit.temp_and_peak
-
-
 _HOST_STATE = {}   # one host train state (of the last layout): a 193M-parameter one is 1.5 GB
 
 
@@ -146,7 +143,7 @@ class TrainStep:
     compiled = self.program.train_step.lower(self.state, batch).compile(
         compiler_options=options)
     seconds = time.perf_counter() - start
-    return Compiled(compiled, seconds, *_memory_analysis(compiled), self.param_bytes,
+    return Compiled(compiled, seconds, *memory_fit.temp_and_peak(compiled), self.param_bytes,
                     batch_size)
 
   def time(self, compiled: Compiled, min_seconds: float = 2.0, max_steps: int = 50,

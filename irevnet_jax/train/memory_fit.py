@@ -8,7 +8,7 @@ and XLA's memory analysis says the bytes it needs per device: arguments + tempor
 outputs not aliased to donated arguments. They are compared with the memory to plan
 with (`available`): `device_memory_gib` when set, else 90% of the device's `bytes_limit`
 (GPU/TPU) or of the host's available memory (CPU, where the local devices share it:
-their bytes add up). A step that does not fit ends the run in one ValueError that names
+their bytes add up). A step that does not fit ends the run in one UserError that names
 what fits: the largest batch (estimated from the compiled step), and for autodiff or remat
 the memory-saving mode with its figure. `model.backprop='auto'` picks autodiff when it
 fits, else the memory-saving mode (`saving_mode`: reversible, remat for ResNet), and logs
@@ -182,7 +182,7 @@ def _sharing(devices) -> int:
 def fitting_program(config, num_train_examples: int, normalization, devices,
                     local_batch: int):
   """(the `program.Program` to train, its config: model.backprop 'auto' resolved) once its
-  compiled train step is known to fit; ValueError naming what fits when it does not."""
+  compiled train step is known to fit; a UserError naming what fits when it does not."""
   check = _Check(num_train_examples, normalization, devices, local_batch)
   memory, share = available(config, devices[0]), _sharing(devices)
   auto = config.model.backprop == AUTO
