@@ -23,7 +23,7 @@ import optax
 
 from benchmarks import common, tables
 from irevnet_jax import nets
-from irevnet_jax.train import config as config_lib
+from irevnet_jax.model import precision
 
 DTYPES = ('bfloat16', 'float32')
 STREAMS = ('float32',)
@@ -39,7 +39,8 @@ def gradients(model: str, dtype: str, backprop: str, size: int, batch: int,
   config.model.input_shape = (size, size, config.model.input_shape[-1])
   config.model.block_scan = block_scan
   config.model.stream_dtype = streams
-  net = nets.build(config_lib.train_model_config(config))
+  net = nets.build(precision.train_model_config(config.model, config.train_dtype,
+                                                    config.train_precision))
   x, labels = common.synthetic_batch(net, batch)
   if variables is None:
     variables = jax.jit(net.init)(jax.random.PRNGKey(0), x[:1])

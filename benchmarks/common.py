@@ -11,12 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from irevnet_jax.baselines import presets as baseline_presets
-from irevnet_jax.model import compiler_options, presets
+from irevnet_jax.model import compiler_options, precision, presets
 from irevnet_jax.train import config as config_lib
-from irevnet_jax.train import memory_fit
+from irevnet_jax.train import memory_fit, parallel
 from irevnet_jax.train import program as program_lib
 from irevnet_jax.train import state as state_lib
-from irevnet_jax.train import steps as steps_lib
 
 IMAGENET_MODELS = ('bijective', 'bijective_released', 'injective')
 GIB = 2.0 ** 30
@@ -77,10 +76,9 @@ def config_blocks(name: str) -> int:
 
 def runner_program(config, num_devices: int = 1):
   """(source, `irevnet_jax.train.program.Program`) of `config` on `num_devices` devices."""
-  source = program_lib.source_for(config)
-  normalization = steps_lib.Normalization(source.pixel_mean, source.pixel_std)
-  return source, program_lib.build_program(config, source.num_train_examples, normalization,
-                                           jax.local_devices()[:num_devices])
+  prog = program_lib.build_program(
+      config, parallel.make_backend(config.parallel, jax.local_devices()[:num_devices]))
+  return prog.source, prog
 
 
 def synthetic_batch(net, batch_size: int, seed: int = 0):
@@ -113,7 +111,7 @@ class TrainStep:
     self.compiler_options = compiler_options   # e.g. a lower optimisation level in tests
     self.source, self.program = runner_program(config, num_devices)
     self.backend = self.program.backend
-    self.train_dtype = config_lib.resolved_train_dtype(config)
+    self.train_dtype = precision.resolved_train_dtype(config.train_dtype)
     self.param_bytes = sum(a.size * a.dtype.itemsize
                            for a in jax.tree_util.tree_leaves(self._host_state()['params']))
     self.state = self.backend.put_state(self._host_state())

@@ -105,7 +105,8 @@ def pipeline_rows(label: str, data_dir: str, args):
   config = importlib.import_module(f'experiments.configs.{args.config}').get_config()
   dataset = {k: v for k, v in config.dataset.items() if k in tfds_options.FIELDS}
   dataset.update(data_dir=data_dir, cpu_threads=args.threads)
-  source = tfds_pipeline.get_tfds_source(dataset, (args.size, args.size, 3))
+  source = tfds_pipeline.TfdsSource(
+      tfds_options.parse_options(dataset, (args.size, args.size, 3)))
   yield label, 'train', time_batches(lambda: source.train_batches(args.batch, 0, 1, seed=0),
                                      args.batch, args.timed_images, args.repeats)
   yield label, 'eval', time_batches(lambda: source.eval_batches(args.batch, 0, 1),

@@ -34,7 +34,6 @@ from benchmarks import common, tables
 from experiments.configs import bijective, bijective_released, cifar10, digits
 from irevnet_jax import nets
 from irevnet_jax.model import presets
-from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import optimizer
 from irevnet_jax.train import state as state_lib
 
@@ -73,7 +72,7 @@ def schedule_table():
   rows = []
   for name, config, theirs, their_total, their_rate in _recipes():
     n = TRAIN_EXAMPLES[config.dataset.name]
-    total, per_epoch = config_lib.training_steps(config, n)
+    total, per_epoch = optimizer.training_steps(config, n)
     ours = np.asarray(jax.vmap(optimizer.learning_rate_schedule(config, total, per_epoch))(
         jnp.arange(total)))
     theirs_rates = their_rate(np.arange(their_total))
@@ -140,7 +139,7 @@ def restart_cost_table(repeats=50):
   params = jax.jit(net.init)(jax.random.PRNGKey(0),
                              jnp.zeros((1, *net.input_shape)))['params']
   n = TRAIN_EXAMPLES['cifar10']
-  total, per_epoch = config_lib.training_steps(config, n)
+  total, per_epoch = optimizer.training_steps(config, n)
   schedule = optimizer.learning_rate_schedule(config, total, per_epoch)
   sides = {'one SGD (default)': optimizer.make_optimizer(config, schedule),
            'restart each epoch': optimizer.make_optimizer(

@@ -18,7 +18,7 @@ from irevnet_jax.run import checkpoints, metrics
 
 from irevnet_jax import train
 from irevnet_jax.interop import authors, pickled_classes, runs
-from irevnet_jax.train import config as config_lib, evaluate_run
+from irevnet_jax.train import evaluate_run, parallel
 from authors_fixture import NPZ
 import in_process
 import train_testlib as lib
@@ -134,16 +134,16 @@ def test_a_second_evaluate_compiles_nothing_that_the_cache_holds(tmp_path, tiny_
 
 
 def test_batch_size_suggestions_keep_eight_examples_per_device():
-  assert config_lib.suggested_batch_size(7, 4, config_lib.MIN_BN_EXAMPLES) == 32
-  assert config_lib.suggested_batch_size(50, 4, config_lib.MIN_BN_EXAMPLES) == 52
-  assert config_lib.suggested_batch_size(18, 4) == 20      # eval batches: the nearest multiple
-  assert config_lib.suggested_batch_size(3, 4) == 4
+  assert parallel.suggested_batch_size(7, 4, parallel.MIN_BN_EXAMPLES) == 32
+  assert parallel.suggested_batch_size(50, 4, parallel.MIN_BN_EXAMPLES) == 52
+  assert parallel.suggested_batch_size(18, 4) == 20      # eval batches: the nearest multiple
+  assert parallel.suggested_batch_size(3, 4) == 4
   with pytest.raises(ValueError, match=r'batch_size=18 is not divisible by the 4 devices \(x\); '
                      'use a multiple of 4, e.g. batch_size=20.'):
-    config_lib.check_batch_size('batch_size', 18, 4, 'devices (x)')
+    parallel.check_batch_size('batch_size', 18, 4, 'devices (x)')
   with pytest.raises(ValueError, match='batch_size=0 is not positive; .* e.g. batch_size=4.'):
-    config_lib.check_batch_size('batch_size', 0, 4, 'devices')
-  config_lib.check_batch_size('batch_size', 32, 4, 'devices', config_lib.MIN_BN_EXAMPLES)
+    parallel.check_batch_size('batch_size', 0, 4, 'devices')
+  parallel.check_batch_size('batch_size', 32, 4, 'devices', parallel.MIN_BN_EXAMPLES)
 
 
 def test_evaluate_caps_its_batches_shows_progress_and_records_once(imported_imagenet_run, caplog):

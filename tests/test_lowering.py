@@ -18,9 +18,8 @@ import jax.numpy as jnp
 import pytest
 
 import irevnet_jax
-from irevnet_jax.data import input_pipeline
 from irevnet_jax.model import presets
-from irevnet_jax.train import program, state as state_lib, steps
+from irevnet_jax.train import parallel, program, state as state_lib
 
 PLATFORMS = ('cuda', 'tpu')
 CONFIGS = ('bijective_released', 'injective')   # bijective.py: bijective_released's code path
@@ -45,10 +44,8 @@ def _steps_and_arguments(name, monkeypatch):
   program built as on an accelerator."""
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   config = _config(name)
-  source = input_pipeline.get_source(config.dataset, (SIZE, SIZE, 3))
-  normalization = steps.Normalization(source.pixel_mean, source.pixel_std)
-  prog = program.build_program(config, source.num_train_examples, normalization,
-                               jax.local_devices()[:2])
+  prog = program.build_program(
+      config, parallel.make_backend(config.parallel, jax.local_devices()[:2]))
   replicated, rows = prog.backend._replicated, prog.backend._batch_sharding
   state = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

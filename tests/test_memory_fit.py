@@ -19,7 +19,7 @@ from experiments.configs import cifar10
 from irevnet_jax import train
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.run import run_config
-from irevnet_jax.train import memory_fit, parallel, program, state as state_lib, steps
+from irevnet_jax.train import memory_fit, parallel, program, state as state_lib
 import in_process
 import train_testlib as lib
 
@@ -45,10 +45,8 @@ def small_config(**fields) -> ml_collections.ConfigDict:
 
 def fitting(config):
   """memory_fit.fitting_program of `config` as the runner calls it (4 devices)."""
-  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
-  normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
-  return memory_fit.fitting_program(config, source.num_train_examples, normalization,
-                                    jax.local_devices(), config.batch_size)
+  prog = program.build_program(config, parallel.make_backend('pmap', jax.local_devices()))
+  return memory_fit.fitting_program(prog, config, config.batch_size)
 
 
 def test_a_step_that_does_not_fit_ends_in_one_line_naming_what_fits_and_writes_nothing(
@@ -71,11 +69,9 @@ def test_a_step_that_does_not_fit_ends_in_one_line_naming_what_fits_and_writes_n
   assert re.search(r'--config\.model\.backprop=reversible \(about [\d.]+ MiB at batch_size=64\)',
                    line), line
   config = small_config(batch_size=batch)
-  normalization = steps.Normalization((0.0,) * 3, (255.0,) * 3)   # synthetic's
-  check = memory_fit._Check(1024, normalization, jax.local_devices(), batch)
-  backend = parallel.make_backend('pmap', jax.local_devices())
-  net, tx, _, step = program.train_step_of(config, 1024, normalization, backend)
-  assert 4 * check.need(net, tx, step, backend, fast=True).bytes <= TIGHT_GIB * memory_fit.GIB
+  prog = program.build_program(config, parallel.make_backend('pmap', jax.local_devices()))
+  needed = memory_fit.need_of_program(prog, batch, fast=True)
+  assert 4 * needed.bytes <= TIGHT_GIB * memory_fit.GIB
 
 
 def test_auto_picks_reversible_when_autodiff_does_not_fit_and_autodiff_when_it_does(

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 import irevnet_jax
-from irevnet_jax.data import input_pipeline
-from irevnet_jax.model import presets
+from irevnet_jax.model import precision, presets
 from irevnet_jax.train import config as config_lib
-from irevnet_jax.train import evaluate, program, state as state_lib, steps
+from irevnet_jax.train import evaluate, parallel, program, state as state_lib
 import train_testlib as lib
 
 CONV = re.compile(r'stablehlo\.convolution\(.*')
@@ -32,11 +31,9 @@ def _imagenet_config(**overrides):
 
 
 def _program(config):
-  source = input_pipeline.get_source(config.dataset, tuple(config.model.input_shape))
-  normalization = steps.Normalization(source.pixel_mean, source.pixel_std)
-  prog = program.build_program(config, source.num_train_examples, normalization,
-                               jax.local_devices()[:1])
-  return prog, source
+  prog = program.build_program(
+      config, parallel.make_backend(config.parallel, jax.local_devices()[:1]))
+  return prog, prog.source
 
 
 def _convolutions(lowered):
@@ -46,11 +43,12 @@ def _convolutions(lowered):
 def test_auto_trains_in_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
   config = _imagenet_config()
   assert config.train_dtype == 'auto' and config.train_precision == 'default'
-  assert config_lib.resolved_train_dtype(config) == 'float32'          # this CPU
+  assert precision.resolved_train_dtype(config.train_dtype) == 'float32'          # this CPU
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  assert config_lib.resolved_train_dtype(config) == 'bfloat16'
+  assert precision.resolved_train_dtype(config.train_dtype) == 'bfloat16'
   monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
-  assert config_lib.train_model_config(config).dtype == 'bfloat16'
+  assert precision.train_model_config(config.model, config.train_dtype,
+                                      config.train_precision).dtype == 'bfloat16'
 
 
 def test_train_step_is_bfloat16_at_default_precision_and_inversion_is_highest():

@@ -25,7 +25,7 @@ import irevnet_jax
 from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
 from irevnet_jax.data import input_pipeline
 from irevnet_jax.interop import authors, runs
-from irevnet_jax.train import evaluate_run, program, state as state_lib, steps
+from irevnet_jax.train import evaluate_run, parallel, program, state as state_lib
 from authors_fixture import NPZ, PTH_TAR, needs_torch, torch
 from model_utils import assert_same_state_dict
 import in_process
@@ -87,8 +87,8 @@ def test_import_writes_a_run_at_step_0_that_main_restores(imported):
   assert set(record['num_batches_tracked'].values()) == {3}
 
   # Restored as experiments.main restores it: against the target of a fresh run.
-  prog = program.build_program(config, 32, steps.Normalization((0.0,) * 3, (255.0,) * 3),
-                               jax.local_devices())            # compiles nothing
+  prog = program.build_program(config, parallel.make_backend('pmap', jax.local_devices()))
+  # (compiles nothing)
   target = state_lib.create_state(prog.train_net, prog.tx, config.seed, abstract=True)
   checkpointer = checkpoints.Checkpointer(workdir, keep=2, use_async=False, read_only=True)
   state, step = checkpointer.restore(target=target)

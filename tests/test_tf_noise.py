@@ -26,22 +26,23 @@ def start(module, *args, **env):
 
 
 def test_the_missing_folder_is_found_from_the_file_system(tmp_path):
+  def refuse(fields, shape=(64, 64, 3)):
+    return tfds_records.refuse_missing_imagenet(tfds_options.parse_options(fields, shape))
+
   fields = {'name': 'imagenet', 'data_dir': str(tmp_path)}
   with pytest.raises(UserError) as info:
-    input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3))
+    refuse(fields)
   assert f'Error: {info.value}\n' == guide(str(tmp_path))
   assert str(info.value).endswith('use random images instead: --config.dataset.name=synthetic.')
   with tfds_options.flag_prefix('--dataset.'):   # evaluate, analyze: experiments/dataset_flag.py
     with pytest.raises(UserError, match=r'instead: --dataset\.name=synthetic\.$'):
-      input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3))
-  with pytest.raises(ValueError, match='model.input_shape'):   # the shape's error comes first
-    input_pipeline.refuse_missing_imagenet(fields, (8, 8, 1))
+      refuse(fields)
+  with pytest.raises(UserError, match='model.input_shape'):   # the shape's error comes first
+    input_pipeline.get_source(fields, (8, 8, 1), 1000)
   os.mkdir(tmp_path / 'imagenet2012')             # something is there: TFDS decides
-  assert input_pipeline.refuse_missing_imagenet(fields, (64, 64, 3)) is None
-  assert input_pipeline.refuse_missing_imagenet(
-      {'name': 'imagenet2012', 'data_dir': 'gs://bucket/tfds'}, (64, 64, 3)) is None
-  assert input_pipeline.refuse_missing_imagenet(
-      {'name': 'cifar10', 'data_dir': str(tmp_path / 'none')}, (32, 32, 3)) is None
+  assert refuse(fields) is None
+  assert refuse({'name': 'imagenet2012', 'data_dir': 'gs://bucket/tfds'}) is None
+  assert refuse({'name': 'cifar10', 'data_dir': str(tmp_path / 'none')}, (32, 32, 3)) is None
 
 
 def test_the_commands_print_the_guide_alone(tmp_path):

@@ -92,13 +92,20 @@ def tiny_imagenet(tmp_path_factory):
 def _mock_data(num_examples):
   """`tfds.testing.mock_data` with a working batched read: TFDS 4.9.10 sets the mocked
   reader's `__getitems__` as an instance attribute (MagicMock binds only the dunders it
-  knows), so it is called without `self` and fails; this gives it the signature it gets."""
+  knows), so it is called without `self` and fails; this gives it the signature it gets.
+  The mocked datasets are there: the file-system check for ImageNet's folder is off."""
   def getitems(record_keys, generator, serialized=False):
     del serialized
     return [generator[int(k)] for k in record_keys]
   with mock.patch('tensorflow_datasets.testing.mocking._getitems', getitems), \
+      mock.patch.object(tfds_records, 'refuse_missing_imagenet', lambda opts: None), \
       tfds.testing.mock_data(num_examples=num_examples):
     yield
+
+
+def _source(dataset_config, model_input_shape):
+  """The TFDS source of `dataset_config` for a model of `model_input_shape`."""
+  return tfds_pipeline.TfdsSource(tfds_options.parse_options(dataset_config, model_input_shape))
 
 
 def _take(iterator, n):
@@ -163,7 +170,7 @@ def _check_eval_pass(source, labels, count):
 
 def test_imagenet_eval_counts_every_image_once_over_1_2_3_processes(tiny_imagenet):
   config, labels, _ = tiny_imagenet
-  source = tfds_pipeline.get_tfds_source(config, SHAPE)
+  source = _source(config, SHAPE)
   assert (source.num_train_examples, source.num_eval_examples) == (NUM_TRAIN, NUM_VAL)
   numbering = [_check_eval_pass(source, labels, count) for count in (1, 2, 3)]
   assert numbering[0] == numbering[1] == numbering[2]
@@ -171,7 +178,7 @@ def test_imagenet_eval_counts_every_image_once_over_1_2_3_processes(tiny_imagene
 
 def test_imagenet_train_epochs_slices_and_resume(tiny_imagenet):
   config, _, _ = tiny_imagenet
-  source = tfds_pipeline.get_tfds_source(dict(config, **NO_JITTER), SHAPE)
+  source = _source(dict(config, **NO_JITTER), SHAPE)
   one_process = None
   for count in (1, 2, 3):                    # global batch 6: 3 steps per epoch
     local = 6 // count
@@ -199,7 +206,7 @@ def test_imagenet_train_epochs_slices_and_resume(tiny_imagenet):
 
 def test_imagenet_augmentation_is_a_function_of_seed_example_and_epoch(tiny_imagenet):
   config, _, _ = tiny_imagenet
-  source = tfds_pipeline.get_tfds_source(config, SHAPE)   # default jitter: the paper's
+  source = _source(config, SHAPE)   # default jitter: the paper's
   batches = _take(source.train_batches(6, 0, 1, seed=1), 6)   # 2 epochs of 3 steps
   order = data_order.TrainOrder(NUM_TRAIN, 1, 6)
   images = {}
@@ -215,7 +222,7 @@ def test_imagenet_augmentation_is_a_function_of_seed_example_and_epoch(tiny_imag
 def test_resume_reads_no_record_before_its_step():
   n, batch, start = 200, 4, 10
   with _mock_data(num_examples=n):
-    source = tfds_pipeline.get_tfds_source({'name': 'imagenet2012'}, SHAPE)
+    source = _source({'name': 'imagenet2012'}, SHAPE)
     uninterrupted = _take(source.train_batches(batch, 0, 1, seed=2), start + 2)
     counted = _CountingReads(source.data_sources['train'])
     source.data_sources['train'] = counted
@@ -263,10 +270,10 @@ def test_tfrecord_dataset_is_refused_until_prepare_adds_array_record(tiny_imagen
   config, labels, root = tiny_imagenet
   old = dict(config, data_dir=str(root / 'tfrecord'))
   with pytest.raises(UserError, match='TFRecord only.*launch/prepare_data.py'):
-    tfds_pipeline.get_tfds_source(old, SHAPE)
+    _source(old, SHAPE)
   builder = tfds_records.prepare('imagenet2012', old['data_dir'])
   assert tfds_prepare.file_formats(builder) == {'tfrecord', 'array_record'}
-  source = tfds_pipeline.get_tfds_source(dict(old, **NO_JITTER), SHAPE)
+  source = _source(dict(old, **NO_JITTER), SHAPE)
   _check_eval_pass(source, labels, 2)
   train = np.concatenate([b['image'] for b in _take(source.train_batches(6, 0, 1, 0), 3)])
   assert sorted(_ids(train, 1)) == [_train_value(k) for k in range(NUM_TRAIN)]
@@ -277,7 +284,7 @@ def test_small_copy_shrinks_the_jpegs_and_keeps_the_examples(tiny_imagenet):
   builder = tfds_prepare.open_builder('imagenet2012', config['data_dir'])
   tfds_prepare.write_small_copy(builder, str(root / 'small'), short_side=24)
   small = dict(config, data_dir=str(root / 'small'))
-  source = tfds_pipeline.get_tfds_source(small, SHAPE)
+  source = _source(small, SHAPE)
   for split in ('train', 'validation'):
     for key in range(len(source.data_sources[split])):
       example = tf.io.parse_single_example(source.data_sources[split][key],
@@ -290,7 +297,7 @@ def test_missing_imagenet_explains_the_manual_download(tmp_path):
   config = {'name': 'imagenet2012', 'data_dir': str(tmp_path / 'data'),
             'manual_dir': str(tmp_path / 'manual')}
   with pytest.raises(UserError) as error:
-    tfds_pipeline.get_tfds_source(config, (224, 224, 3))
+    _source(config, (224, 224, 3))
   message = str(error.value)
   for needle in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar', str(tmp_path / 'manual'),
                  'download_and_prepare', 'tfds build imagenet2012', 'launch/prepare_data.py'):
@@ -301,15 +308,15 @@ def test_missing_imagenet_explains_the_manual_download(tmp_path):
 
 def test_missing_cifar_without_download_says_how_to_prepare(tmp_path):
   with pytest.raises(UserError, match='prepare_data.py --dataset=cifar10'):
-    tfds_pipeline.get_tfds_source(
+    _source(
         {'name': 'cifar10', 'data_dir': str(tmp_path), 'download': False}, SHAPE)
 
 
 def test_wrong_model_input_shape_or_fields_are_value_errors():
   with pytest.raises(ValueError, match=r'model.input_shape=\(224, 224, 3\).*\(32, 32, 3\)'):
-    tfds_pipeline.get_tfds_source({'name': 'cifar10'}, (224, 224, 3))
+    _source({'name': 'cifar10'}, (224, 224, 3))
   with pytest.raises(ValueError, match='model.input_shape'):
-    tfds_pipeline.get_tfds_source({'name': 'imagenet2012'}, (224, 224, 1))
+    _source({'name': 'imagenet2012'}, (224, 224, 1))
   with pytest.raises(ValueError, match='dataset.normalization'):
     tfds_options.parse_options({'name': 'cifar10', 'normalization': 'zca'})
   with pytest.raises(ValueError, match='dataset.name'):
@@ -336,7 +343,7 @@ def test_wrong_model_input_shape_or_fields_are_value_errors():
     ('imagenet2012', (48, 40, 3), None), ('imagenet2012', SHAPE, 'mean_std')])
 def test_mock_batches_have_shapes_dtypes_and_pixel_stats(name, shape, normalization):
   with _mock_data(num_examples=10):
-    source = tfds_pipeline.get_tfds_source({'name': name, 'normalization': normalization}, shape)
+    source = _source({'name': name, 'normalization': normalization}, shape)
     train = _take(source.train_batches(4, 0, 1, seed=0), 3)
     evals = list(source.eval_batches(4, 0, 1))
   assert source.num_classes == {'cifar10': 10, 'cifar100': 100, 'imagenet2012': 1000}[name]
@@ -365,7 +372,7 @@ def test_mock_batches_have_shapes_dtypes_and_pixel_stats(name, shape, normalizat
 def test_mock_resume_gives_the_uninterrupted_batches(name):
   jitter = {'jitter_brightness': 0.4} if name == 'cifar10' else {}
   with _mock_data(num_examples=10):
-    source = tfds_pipeline.get_tfds_source(dict(name=name, **jitter), SHAPE)
+    source = _source(dict(name=name, **jitter), SHAPE)
     uninterrupted = _take(source.train_batches(4, 0, 1, seed=3), 5)   # 2.5 steps an epoch
     resumed = _take(source.train_batches(4, 0, 1, seed=3, start_step=3), 2)
     other_seed = next(source.train_batches(4, 0, 1, seed=4))
@@ -376,7 +383,7 @@ def test_mock_resume_gives_the_uninterrupted_batches(name):
 
 def test_mock_eval_splits_cover_the_split_once():
   with _mock_data(num_examples=11):
-    source = tfds_pipeline.get_tfds_source({'name': 'cifar10'}, SHAPE)
+    source = _source({'name': 'cifar10'}, SHAPE)
     counted = _CountingReads(source.data_sources['test'])
     source.data_sources['test'] = counted
     whole = np.concatenate([b['image'][b['mask'] == 1] for b in source.eval_batches(3, 0, 1)])

@@ -16,7 +16,6 @@ training step normalises them there with the source's `pixel_mean` / `pixel_std`
 
 TensorFlow is imported only for TFDS names (`irevnet_jax.data.tfds_pipeline`).
 """
-import os
 from typing import Iterator, Protocol, Tuple
 
 import numpy as np
@@ -201,88 +200,19 @@ def _check_fields(dataset_config):
         f'dataset has no field(s) {unknown}; dataset fields are {sorted(DATASET_FIELDS)}.')
 
 
-def _tfds_mismatches(name, input_shape, num_classes):
-  """['model.<field>=... (why)', ...] for a TFDS dataset and a model that cannot use it, and
-  the values that fit, without TensorFlow."""
-  spec = tfds_options.SPECS[name]
-  wrong, fits = [], []
-  try:
-    tfds_options.check_input_shape(name, spec, input_shape)
-  except ValueError:
-    need = spec.image_shape or (224, 224, 3)
-    why = ('its images are ' + str(spec.image_shape) if spec.image_shape
-           else 'its RGB images are resized to (H, W, 3)')
-    wrong.append(f'model.input_shape={input_shape} ({why})')
-    fits.append(f'model.input_shape={need}')
-  if num_classes is not None and int(num_classes) < spec.num_classes:
-    wrong.append(f'model.num_classes={num_classes} (it has {spec.num_classes} classes)')
-    fits.append(f'model.num_classes={spec.num_classes}')
-  return wrong, fits
-
-
-def check_model_fits(dataset_config, model_input_shape, model_num_classes=None):
-  """A UserError naming every model field that does not fit the TFDS dataset named by
-  `dataset_config.name` (input_shape and num_classes together), before TensorFlow loads."""
-  name = dataset_config.get('name', None)
-  if name not in TFDS_NAMES:
-    return
-  wrong, fits = _tfds_mismatches(name, tuple(int(d) for d in model_input_shape),
-                                 model_num_classes)
-  if wrong:
-    raise UserError(f'dataset.name={name!r} does not fit the model: {" and ".join(wrong)}; '
-                    f'set {" and ".join(fits)}, or start from a config made for it '
-                    '(experiments/configs/).')
-
-
-def refuse_missing_imagenet(tfds_fields, model_input_shape):
-  """A UserError with the guide that prepares ImageNet when the file system alone shows
-  it is not there: a local data dir without an `<data_dir>/imagenet2012` folder.
-
-  Checked before TensorFlow is imported: its import prints C++ log lines (oneDNN, absl's
-  pre-init warning) that TF_CPP_MIN_LOG_LEVEL does not hide, above the guide. Other cases
-  (gs:// data dirs, a folder that exists, CIFAR) are left to TFDS.
-  """
-  opts = tfds_options.parse_options(tfds_fields)
-  spec = tfds_options.SPECS[opts.name]
-  if spec.kind != 'imagenet':
-    return
-  tfds_options.check_input_shape(opts.name, spec, model_input_shape)  # its error comes first
-  root = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
-  folder = os.path.join(os.path.expanduser(root), opts.name)
-  if '://' in root or os.path.isdir(folder):
-    return
-  from irevnet_jax.data import tfds_records  # pylint: disable=g-import-not-at-top  (no TF at import)
-  raise UserError(tfds_records.imagenet_missing_message(opts, folder))
-
-
-TFDS_EXTRA = "pip install -e '.[tfds]'"
-
-
-def _check_tfds_installed(name: str):
-  """A UserError naming the extra to install when TensorFlow Datasets' packages are missing."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  missing = [package for package in ('tensorflow', 'tensorflow_datasets', 'array_record')
-             if importlib.util.find_spec(package) is None]
-  if missing:
-    raise UserError(f'dataset.name={name!r} reads TensorFlow Datasets, which needs '
-                    f'{", ".join(missing)} (not installed): install the extra with '
-                    f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
-
-
 def get_source(dataset_config, model_input_shape, model_num_classes=None) -> DataSource:
   """The `DataSource` named by `dataset_config.name`, checked against the model.
 
   `model_input_shape` (H, W, C): synthetic images take it; TFDS sources resize
   to it; digits must match it (8, 8, 1). With `model_num_classes`, every model field
-  that does not fit a TFDS dataset is named before TensorFlow loads (`check_model_fits`),
-  and a dataset with more classes than the model is refused. ValueError naming the fix.
+  that does not fit a TFDS dataset is named before TensorFlow loads
+  (`tfds_options.parse_options`), and a dataset with more classes than the model is
+  refused. UserError naming the fix.
   """
   name = dataset_config.get('name', None)
   model_input_shape = tuple(int(d) for d in model_input_shape)
   _check_fields(dataset_config)
-  if model_num_classes is not None:
-    check_model_fits(dataset_config, model_input_shape, model_num_classes)
-  source = _open_source(name, dataset_config, model_input_shape)
+  source = _open_source(name, dataset_config, model_input_shape, model_num_classes)
   if model_num_classes is not None and source.num_classes > model_num_classes:
     hint = f' or dataset.num_classes={model_num_classes}' if name == 'synthetic' else ''
     raise UserError(f'dataset.name={name!r} has {source.num_classes} classes, the model '
@@ -290,7 +220,7 @@ def get_source(dataset_config, model_input_shape, model_num_classes=None) -> Dat
   return source
 
 
-def _open_source(name, dataset_config, model_input_shape) -> DataSource:
+def _open_source(name, dataset_config, model_input_shape, model_num_classes) -> DataSource:
   if name == 'digits':
     source = digits_source()
   elif name == 'synthetic':
@@ -298,11 +228,10 @@ def _open_source(name, dataset_config, model_input_shape) -> DataSource:
     source = SyntheticSource(model_input_shape, fields['num_classes'] or 10,
                              fields['num_train_examples'], fields['num_eval_examples'])
   elif name in TFDS_NAMES:
-    _check_tfds_installed(name)
-    from irevnet_jax.data import tfds_pipeline  # needs TensorFlow; only for these names
     tfds_fields = {k: v for k, v in dataset_config.items() if k in tfds_options.FIELDS}
-    refuse_missing_imagenet(tfds_fields, model_input_shape)
-    return tfds_pipeline.get_tfds_source(tfds_fields, model_input_shape)
+    opts = tfds_options.parse_options(tfds_fields, model_input_shape, model_num_classes)
+    from irevnet_jax.data import tfds_pipeline  # pylint: disable=g-import-not-at-top
+    return tfds_pipeline.TfdsSource(opts)   # TensorFlow loads only there
   else:
     raise UserError(
         f'Unknown dataset.name={name!r}; known names are {list(LOCAL_NAMES + TFDS_NAMES)} '

@@ -1,8 +1,10 @@
 """What a TFDS `dataset` config asks for: the datasets known, their fields, defaults and checks.
 
-`parse_options(dataset_config)` turns the `dataset` sub-config into checked `Options`
-(a UserError names the field and a value that works); `SPECS` holds what the pipeline
-knows of each dataset (classes, image size, normalisation constants, default recipe).
+`parse_options(dataset_config, model_input_shape, model_num_classes)` turns the `dataset`
+sub-config into checked `Options`, the model's shape and classes checked against the
+dataset (a UserError names every field that does not fit and a value that works); `SPECS`
+holds what the pipeline knows of each dataset (classes, image size, normalisation
+constants, default recipe).
 `flag('name=synthetic')` names a dataset field as the running command's flag.
 No TensorFlow here: `irevnet_jax.data.input_pipeline` reads the names without importing it.
 """
@@ -89,6 +91,9 @@ class Options:
   jitter: Tuple[float, float, float, float]   # brightness, contrast, saturation, hue
   eval_crop_fraction: float
   cpu_threads: int
+  input_shape: Optional[Tuple[int, int, int]]   # the model's (H, W, C), checked; None: unset
+  pixel_mean: Tuple[float, float, float]   # uint8 units: the model's input is
+  pixel_std: Tuple[float, float, float]    # (image - pixel_mean) / pixel_std
 
 
 def _get(dataset_config, field, default):
@@ -97,8 +102,11 @@ def _get(dataset_config, field, default):
   return default if value is None else value
 
 
-def parse_options(dataset_config) -> Options:
-  """Reads the `dataset` config (ConfigDict or dict) into `Options`; UserError on bad fields."""
+def parse_options(dataset_config, model_input_shape=None, model_num_classes=None) -> Options:
+  """Reads the `dataset` config (ConfigDict or dict) into `Options`; UserError on bad fields.
+
+  With `model_input_shape` (H, W, C) and `model_num_classes`, every model field that does
+  not fit the dataset is named in one UserError (before anything of TensorFlow loads)."""
   name = ALIASES.get(dataset_config.get('name', None), dataset_config.get('name', None))
   if name not in SPECS:
     raise UserError(f'dataset.name={name!r} is not a TFDS dataset this pipeline knows; '
@@ -108,12 +116,17 @@ def parse_options(dataset_config) -> Options:
     raise UserError(f'dataset.name={name!r} has no field(s) {unknown}; its fields are '
                     f'{list(FIELDS)}.')
   spec = SPECS[name]
+  if model_input_shape is not None:
+    model_input_shape = tuple(int(d) for d in model_input_shape)
+    _check_model_fits(name, spec, model_input_shape, model_num_classes)
   get = lambda field, default: _get(dataset_config, field, default)  # noqa: E731
+  normalization = get('normalization', spec.normalization)
+  pixel_mean, pixel_std = pixel_stats(spec, normalization)
   opts = Options(
       name=name,
       data_dir=_path_or_none(get('data_dir', None)),
       manual_dir=_path_or_none(get('manual_dir', None)),
-      normalization=get('normalization', spec.normalization),
+      normalization=normalization,
       download=bool(get('download', True)),
       train_split=str(get('train_split', 'train')),
       eval_split=str(get('eval_split', spec.eval_split)),
@@ -123,9 +136,33 @@ def parse_options(dataset_config) -> Options:
       jitter=tuple(float(get(f, d)) for f, d in zip(JITTER_FIELDS, spec.jitter)),
       eval_crop_fraction=float(get('eval_crop_fraction', 0.875)),
       cpu_threads=int(get('cpu_threads', 0)),
+      input_shape=model_input_shape,
+      pixel_mean=pixel_mean,
+      pixel_std=pixel_std,
   )
   _check_options(opts)
   return opts
+
+
+def _check_model_fits(name: str, spec: Spec, input_shape, num_classes) -> None:
+  """A UserError naming every model field that does not fit the dataset (input_shape and
+  num_classes together) and the values that do."""
+  wrong, fits = [], []
+  try:
+    check_input_shape(name, spec, input_shape)
+  except UserError:
+    need = spec.image_shape or (224, 224, 3)
+    why = ('its images are ' + str(spec.image_shape) if spec.image_shape
+           else 'its RGB images are resized to (H, W, 3)')
+    wrong.append(f'model.input_shape={input_shape} ({why})')
+    fits.append(f'model.input_shape={need}')
+  if num_classes is not None and int(num_classes) < spec.num_classes:
+    wrong.append(f'model.num_classes={num_classes} (it has {spec.num_classes} classes)')
+    fits.append(f'model.num_classes={spec.num_classes}')
+  if wrong:
+    raise UserError(f'dataset.name={name!r} does not fit the model: {" and ".join(wrong)}; '
+                    f'set {" and ".join(fits)}, or start from a config made for it '
+                    '(experiments/configs/).')
 
 
 def _check_options(opts: Options) -> None:
@@ -179,6 +216,6 @@ def check_input_shape(name: str, spec: Spec, input_shape) -> Tuple[int, int, int
 
 def pixel_stats(spec: Spec, normalization: str):
   """(mean, std), per channel in uint8 pixel units, that the model input is normalised by."""
-  if normalization == 'unit':
-    return (0.0,) * 3, (255.0,) * 3
-  return tuple(255.0 * m for m in spec.mean), tuple(255.0 * s for s in spec.std)
+  if normalization == 'mean_std':
+    return tuple(255.0 * m for m in spec.mean), tuple(255.0 * s for s in spec.std)
+  return (0.0,) * 3, (255.0,) * 3

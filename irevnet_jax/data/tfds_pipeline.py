@@ -1,8 +1,8 @@
 """TFDS input pipelines for ImageNet (imagenet2012) and CIFAR-10/100: a global shuffle in
 the arithmetic data order, and padded exactly-once evaluation.
 
-`get_tfds_source(dataset_config, model_input_shape)` returns a data source for the
-training loop (the protocol of `irevnet_jax.data.input_pipeline`): `train_batches` is an
+`TfdsSource(tfds_options.parse_options(dataset_config, model_input_shape))` is a data
+source for the training loop (the protocol of `irevnet_jax.data.input_pipeline`): `train_batches` is an
 endless, seeded iterator that can start at any step, and `eval_batches` one padded pass
 in which every eval example appears exactly once over all processes. Batches are numpy:
   train: {'image': uint8 (B, H, W, C), 'label': int32 (B,)}
@@ -24,16 +24,16 @@ Fields of the `dataset` config: `irevnet_jax.data.tfds_options` and docs/data_an
 (only `name` is required; None means the default).
 """
 import itertools
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator
 
 import numpy as np
 
 from irevnet_jax.data import data_order
-from irevnet_jax.data.tfds_options import SPECS, Options, check_input_shape, parse_options, pixel_stats
+from irevnet_jax.data.tfds_options import SPECS, Options
 from irevnet_jax.data.tfds_records import TfdsRecords, import_tf
 from irevnet_jax.errors import UserError
 
-__all__ = ['TfdsSource', 'get_tfds_source']
+__all__ = ['TfdsSource']
 
 
 class TfdsSource:
@@ -45,18 +45,24 @@ class TfdsSource:
   serialized examples}.
   """
 
-  def __init__(self, opts: Options, input_shape: Tuple[int, int, int]):
+  def __init__(self, opts: Options):
+    """`opts`: `tfds_options.parse_options` of the `dataset` config with the model's input
+    shape (the images' shape here). Raises UserError, with the steps that prepare it, if
+    the dataset is not prepared."""
+    if opts.input_shape is None:
+      raise UserError('TfdsSource needs the model input shape: '
+                      'tfds_options.parse_options(dataset_config, model_input_shape).')
     self.opts = opts
     self.spec = SPECS[opts.name]
     self.name = opts.name
-    self.input_shape = input_shape
+    self.input_shape = opts.input_shape
     self.num_classes = self.spec.num_classes
-    self.pixel_mean, self.pixel_std = pixel_stats(self.spec, opts.normalization)
+    self.pixel_mean, self.pixel_std = opts.pixel_mean, opts.pixel_std
     self.pixel_max = 255.0
     self.records = TfdsRecords(opts)
     self.data_sources = self.records.data_sources
-    self.num_train_examples = self.records.num_examples(opts.train_split)
-    self.num_eval_examples = self.records.num_examples(opts.eval_split)
+    self.num_train_examples = len(self.data_sources[opts.train_split])
+    self.num_eval_examples = len(self.data_sources[opts.eval_split])
 
   # -- training -------------------------------------------------------------------------------
 
@@ -157,15 +163,3 @@ class TfdsSource:
     ds = ds.unbatch().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.concatenate(padding).batch(local_batch_size).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(self.records.dataset_options()).as_numpy_iterator()
-
-
-def get_tfds_source(dataset_config, model_input_shape) -> TfdsSource:
-  """The data source for `dataset_config` (fields: `tfds_options.FIELDS`; see
-  docs/data_and_launch.md).
-
-  Raises UserError if `model_input_shape` (model.input_shape) does not fit the dataset,
-  or if the dataset is not prepared (with the steps that prepare it).
-  """
-  opts = parse_options(dataset_config)
-  shape = check_input_shape(opts.name, SPECS[opts.name], model_input_shape)
-  return TfdsSource(opts, shape)

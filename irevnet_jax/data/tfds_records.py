@@ -13,6 +13,7 @@ batch touches in parallel, local or on `gs://`. What the batches hold and in whi
 TensorFlow is imported only through `import_tf` (and by the modules imported after it:
 `tfds_augment`, `tfds_prepare`), and never sees a GPU or TPU.
 """
+import importlib.util
 import os
 from typing import Optional
 
@@ -20,6 +21,36 @@ import numpy as np
 
 from irevnet_jax.data.tfds_options import IMAGENET_TARS, SPECS, Options, flag, parse_options
 from irevnet_jax.errors import UserError
+
+
+TFDS_EXTRA = "pip install -e '.[tfds]'"
+
+
+def check_installed(name: str):
+  """A UserError naming the extra to install when TensorFlow Datasets' packages are missing."""
+  missing = [package for package in ('tensorflow', 'tensorflow_datasets', 'array_record')
+             if importlib.util.find_spec(package) is None]
+  if missing:
+    raise UserError(f'dataset.name={name!r} reads TensorFlow Datasets, which needs '
+                    f'{", ".join(missing)} (not installed): install the extra with '
+                    f'`{TFDS_EXTRA}`, or train on dataset.name=digits or synthetic.')
+
+
+def refuse_missing_imagenet(opts: Options):
+  """A UserError with the guide that prepares ImageNet when the file system alone shows
+  it is not there: a local data dir without an `<data_dir>/imagenet2012` folder.
+
+  Checked before TensorFlow is imported: its import prints C++ log lines (oneDNN, absl's
+  pre-init warning) that TF_CPP_MIN_LOG_LEVEL does not hide, above the guide. Other cases
+  (gs:// data dirs, a folder that exists, CIFAR) are left to TFDS.
+  """
+  if SPECS[opts.name].kind != 'imagenet':
+    return
+  root = opts.data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join('~', 'tensorflow_datasets')
+  folder = os.path.join(os.path.expanduser(root), opts.name)
+  if '://' in root or os.path.isdir(folder):
+    return
+  raise UserError(imagenet_missing_message(opts, folder))
 
 
 def import_tf():
@@ -90,13 +121,24 @@ class TfdsRecords:
   """
 
   def __init__(self, opts: Options):
+    check_installed(opts.name)
+    refuse_missing_imagenet(opts)   # before TensorFlow loads
     self.opts = opts
     self.spec = SPECS[opts.name]
     self._builder = self._open()
     self.data_sources = {}
+    _, tfds = import_tf()
     for split, field in ((opts.eval_split, 'dataset.eval_split'),
                          (opts.train_split, 'dataset.train_split')):
-      self.data_sources.setdefault(split, self._data_source(split, field))
+      if split in self.data_sources:
+        continue
+      try:   # TFDS's random-access reader of `split` (serialized examples), or a clear error
+        self.data_sources[split] = self._builder.as_data_source(
+            split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+      except NotImplementedError as e:   # no ArrayRecord files: not prepared, or TFRecord only
+        raise UserError(self._not_prepared_message()) from e
+      except (ValueError, KeyError) as e:
+        raise self._missing_split(split, field) from e
 
   def _open(self):
     """The TFDS builder; CIFAR is downloaded and prepared if missing and allowed."""
@@ -113,17 +155,6 @@ class TfdsRecords:
           f'{tfds.builder(opts.name, data_dir=opts.data_dir).data_dir}: {e}. On a machine '
           f'without internet access, run `python launch/prepare_data.py --dataset={opts.name} '
           '--data_dir=DIR` elsewhere, copy DIR over and set dataset.data_dir=DIR.') from e
-
-  def _data_source(self, split: str, field: str):
-    """TFDS's random-access reader of `split` (serialized examples), or a clear error."""
-    _, tfds = import_tf()
-    try:
-      return self._builder.as_data_source(
-          split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    except NotImplementedError as e:   # no ArrayRecord files: not prepared, or TFRecord only
-      raise UserError(self._not_prepared_message()) from e
-    except (ValueError, KeyError) as e:
-      raise self._missing_split(split, field) from e
 
   def _not_prepared_message(self) -> str:
     opts, data_dir = self.opts, self._builder.data_dir

@@ -31,6 +31,7 @@ import numpy as np
 
 from irevnet_jax import nets
 from irevnet_jax.errors import UserError
+from irevnet_jax.model import precision
 from irevnet_jax.run import checkpoints, paths, run_config, workdir as workdir_lib, workdir_lock
 from irevnet_jax.interop import authors, state_dict_files
 from irevnet_jax.train import config as config_lib
@@ -85,7 +86,8 @@ def train_state(config, variables) -> dict:
   `variables` ({'params', 'batch_stats'} of `config.model`): step 0, the optimizer state
   of a fresh start, the rng of a fresh run with `config.seed`; what `experiments.main`
   restores for `config`."""
-  net = nets.build(config_lib.train_model_config(config))
+  net = nets.build(precision.train_model_config(config.model, config.train_dtype,
+                                                    config.train_precision))
   # The optimizer's initial state does not depend on the schedule's values.
   tx = optimizer.make_optimizer(config, optimizer.learning_rate_schedule(config, 1, 1.0))
   return state_lib.state_from_variables(net, tx, variables, int(config.seed))

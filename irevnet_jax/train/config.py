@@ -1,30 +1,23 @@
-"""The experiment config: its fields and defaults, their checks, and the precision policy.
+"""The experiment config: its fields and defaults, and their checks.
 
 An experiment config is an `ml_collections.ConfigDict`: `base_config(model)` sets
 every field (experiments/configs/*.py start from it and override a few), and
 `check_config` rejects unknown or missing fields and values that cannot work,
-naming the field and a fix.
-
-Precision policy (`train_model_config`; the exact rule: `model.precision`):
-- training computes in `train_dtype` ('auto': bfloat16 on GPU/TPU, float32 on CPU)
-  with F's convolutions at `train_precision` ('default': the backend's fastest,
-  TF32-like for float32 on GPUs); parameters, optimizer state and the coupling
-  streams stay float32;
-- whatever trained, the inversion error of evaluation, `experiments.analyze` and
-  `invert` run the model in float32 at precision 'highest' (float64 stays
-  float64): exact inversion needs F to compute the same function in both
-  directions, to float32 rounding.
+naming the field and a fix. What the fields mean elsewhere has one home each: the
+training numerics and the exact rule in `model/precision.py` (whatever trained, the
+inversion error of evaluation, `experiments.analyze` and `invert` run the model in
+float32 at precision 'highest'), the training length in `train/optimizer.py`, the batch
+sizes against the devices in `train/parallel.py`.
 """
 import math
 
-import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 from irevnet_jax.errors import UserError
 from irevnet_jax.model import precision, validation
 
-TRAIN_DTYPES = ('auto', 'float32', 'bfloat16')
+TRAIN_DTYPES = precision.TRAIN_DTYPES
 LR_SCHEDULES = ('step', 'cosine')
 
 
@@ -162,46 +155,3 @@ def check_config(config):
   if not isinstance(config.eval_inversion_examples, int) or config.eval_inversion_examples < -1:
     _fail(f'eval_inversion_examples={config.eval_inversion_examples!r} must be -1 (all), 0 '
           f'(none) or a positive count, e.g. 1024.')
-
-
-def resolved_train_dtype(config) -> str:
-  """'float32' or 'bfloat16': `train_dtype` with 'auto' resolved for the default backend."""
-  if config.train_dtype != 'auto':
-    return config.train_dtype
-  return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
-
-
-def train_model_config(config) -> ml_collections.ConfigDict:
-  """The model as trained: `train_dtype` compute, `train_precision` convolutions."""
-  return precision.with_numerics(config.model, resolved_train_dtype(config),
-                                 config.train_precision)
-
-
-def training_steps(config, num_train_examples):
-  """(total steps, steps per epoch) from num_train_steps or num_epochs."""
-  steps_per_epoch = num_train_examples / config.batch_size
-  if config.num_train_steps > 0:
-    return int(config.num_train_steps), steps_per_epoch
-  return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
-
-
-MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
-
-
-def suggested_batch_size(value: int, num_devices: int, min_per_device: int = 1) -> int:
-  """The multiple of `num_devices` nearest to `value` with at least `min_per_device`
-  examples per device (ties: the larger), for an error's suggestion: batch_size=7 on 4
-  devices suggests 32 (8 per device, below which the run warns), not 4."""
-  per_device = max(min_per_device, 1, math.floor(value / num_devices + 0.5))
-  return per_device * num_devices
-
-
-def check_batch_size(field: str, value: int, num_devices: int, what: str,
-                     min_per_device: int = 1):
-  """ValueError naming `field` and a `suggested_batch_size` unless `value` is a positive
-  multiple of `num_devices` (`what`: how the devices are counted, for the message)."""
-  if value < 1 or value % num_devices:
-    problem = 'is not positive' if value < 1 else f'is not divisible by the {num_devices} {what}'
-    suggestion = suggested_batch_size(value, num_devices, min_per_device)
-    raise UserError(f'{field}={value} {problem}; use a multiple of {num_devices}, '
-                    f'e.g. {field}={suggestion}.')

@@ -27,10 +27,11 @@ from typing import Dict, NamedTuple, Optional
 from absl import logging
 import ml_collections
 
+from irevnet_jax.model import precision as precision_lib
 from irevnet_jax.run import checkpoints, metrics, run_config, workdir_lock
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
-from irevnet_jax.train import parallel, program, steps
+from irevnet_jax.train import parallel, program
 
 PREFIX = 'evaluate'
 
@@ -88,15 +89,14 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)
-  source = program.source_for(config)
   devices = parallel.select_devices(int(config.num_devices))
   batch_size = int(config.eval_batch_size if batch_size is None else batch_size)
-  config_lib.check_batch_size('batch_size', batch_size, len(devices), 'devices')
+  parallel.check_batch_size('batch_size', batch_size, len(devices), 'devices')
+  prog = program.build_program(config, parallel.make_backend(config.parallel, devices))
+  source = prog.source
   batch_size = capped_batch(batch_size, source.num_eval_examples, len(devices))
   if inversion_examples is None:
     inversion_examples = int(config.eval_inversion_examples)
-  normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
-  prog = program.build_program(config, source.num_train_examples, normalization, devices)
   state = prog.backend.put_state(variables)        # the steps read params and batch_stats only
   result = evaluate_lib.evaluate(prog, state, source, batch_size, int(inversion_examples),
                                  int(config.seed), progress=_log_progress)
@@ -152,7 +152,7 @@ def table(result: Result) -> str:
   m, c = result.metrics, result.config
   count = int(m['eval/num_examples'])
   lines = [f'{result.workdir}: checkpoint step {result.step}, {result.dataset} eval split '
-           f'({count} examples), {config_lib.resolved_train_dtype(c)} with precision '
+           f'({count} examples), {precision_lib.resolved_train_dtype(c.train_dtype)} with precision '
            f'{c.train_precision!r} on {result.num_devices} device(s)',
            f'  {"loss":<26} {m["eval/loss"]:.4f}',
            f'  {"top-1 accuracy":<26} {100 * m["eval/accuracy"]:.3f}%  '

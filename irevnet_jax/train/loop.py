@@ -17,14 +17,12 @@ from absl import logging
 import jax
 import ml_collections
 
-from irevnet_jax import nets
 from irevnet_jax.errors import UserError
 from irevnet_jax.run import checkpoints, metrics, paths, run_config, workdir as workdir_lib
 from irevnet_jax.run import workdir_lock
 from irevnet_jax.train import config as config_lib
 from irevnet_jax.train import evaluate as evaluate_lib
 from irevnet_jax.train import memory_fit, parallel, peers, program, resume, state as state_lib
-from irevnet_jax.train import steps
 from irevnet_jax.train.preemption import Preempted, StopWatch
 
 
@@ -89,34 +87,28 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
     if lock is not None:
       lock.check()
 
-  # Devices and batch sizes.
+  # Devices, batch sizes and the back end.
   devices = parallel.select_devices(int(config.num_devices))
   num_global = len(devices) * process_count
   what = f'devices ({process_count} process(es) x {len(devices)} local devices)'
-  config_lib.check_batch_size('batch_size', config.batch_size, num_global, what,
-                              config_lib.MIN_BN_EXAMPLES)
-  config_lib.check_batch_size('eval_batch_size', config.eval_batch_size, num_global, what)
+  parallel.check_batch_size('batch_size', config.batch_size, num_global, what,
+                            parallel.MIN_BN_EXAMPLES)
+  parallel.check_batch_size('eval_batch_size', config.eval_batch_size, num_global, what)
+  backend = parallel.make_backend(config.parallel, devices)
   local_batch = config.batch_size // process_count
   local_eval_batch = config.eval_batch_size // process_count
   per_device = config.batch_size // num_global
-  if per_device < config_lib.MIN_BN_EXAMPLES and is_chief:
+  if per_device < parallel.MIN_BN_EXAMPLES and is_chief:
     logging.warning('Each device sees %d example(s) per step: BatchNorm statistics over so few '
                     'are noise, and training (and inversion) may fail. Use batch_size >= %d '
                     'or fewer devices (num_devices).', per_device,
-                    config_lib.MIN_BN_EXAMPLES * num_global)
+                    parallel.MIN_BN_EXAMPLES * num_global)
 
-  # Input.
-  checked = config
-  if config.model.backprop == memory_fit.AUTO:   # decided below, once the compiled steps are known
-    checked = memory_fit.with_backprop(config, 'autodiff')
-  source = program.source_for(checked)
-  normalization = steps.Normalization(tuple(source.pixel_mean), tuple(source.pixel_std))
-
-  # Model, optimizer and the compiled steps: the train step compiled now, from shapes, ends
-  # the run in one line if it does not fit in memory (before anything is read or written).
-  prog, config = memory_fit.fitting_program(config, source.num_train_examples, normalization,
-                                            devices, local_batch)
-  backend, total_steps = prog.backend, prog.total_steps
+  # Model, data, optimizer and steps; the train step, compiled now from shapes, ends the run
+  # in one line if it does not fit in memory (before any data is read or file written).
+  prog = program.build_program(config, backend)
+  prog, config = memory_fit.fitting_program(prog, config, local_batch)
+  source, total_steps = prog.source, prog.total_steps
 
   # State: the latest usable checkpoint, or a fresh start.
   checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints),
@@ -139,9 +131,8 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   if is_chief:
     logging.info('Model: %s\n%d parameters; %d steps of global batch %d on %d device(s) '
                  '(%s, %s), %.1f steps per epoch.', prog.train_net.arch.describe(),
-                 nets.count_params(prog.train_net), total_steps, config.batch_size,
-                 num_global, backend.name, config_lib.resolved_train_dtype(config),
-                 prog.steps_per_epoch)
+                 prog.num_params, total_steps, config.batch_size, num_global, backend.name,
+                 prog.train_net.arch.dtype, prog.steps_per_epoch)
   writer = metrics.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
   progress = metrics.Progress(start_step, total_steps, enabled=is_chief)
 

@@ -1,7 +1,7 @@
 """Whether a run's train step fits in memory, known from the compiled step before it runs.
 
-    program, config = memory_fit.fitting_program(config, num_train_examples, normalization,
-                                                 devices, local_batch)
+    prog, config = memory_fit.fitting_program(program.build_program(config, backend), config,
+                                              local_batch)
 
 The train step is compiled from the shapes of the state and batch (no data, no state)
 and XLA's memory analysis says the bytes it needs per device: arguments + temporaries +
@@ -14,7 +14,7 @@ the memory-saving mode with its figure. `model.backprop='auto'` picks autodiff w
 fits, else the memory-saving mode (`saving_mode`: reversible, remat for ResNet), and logs
 which and why. The executable compiled for the check is the one training runs (pmap; with
 shard_map the first step loads it from the compilation cache); the other mode's figure is
-compiled for its analysis only, with the block scans rolled (`_Check.need_of_mode`).
+compiled for its analysis only, with the block scans rolled (`_need_of_mode`).
 """
 import math
 from typing import NamedTuple, Optional
@@ -24,11 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from irevnet_jax.errors import UserError
-from irevnet_jax.train import parallel, program as program_lib, state as state_lib
+from irevnet_jax.train import program as program_lib
 
 GIB = 2 ** 30
 PLAN_SHARE = 0.9   # of the reported memory: allocator fragmentation, the input pipeline
-AUTO = 'auto'
 
 
 class Memory(NamedTuple):
@@ -126,77 +125,53 @@ def saving_mode(model_config) -> str:
   return 'remat' if model_config.get('arch', 'irevnet') == 'resnet' else 'reversible'
 
 
-def with_backprop(config, mode: str):
-  """A copy of `config` with model.backprop=`mode`."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.model.backprop = mode
-  return config
-
-
-class _Check:
-  """The train steps of one run's shapes, compiled and measured per backprop mode."""
-
-  def __init__(self, num_train_examples, normalization, devices, local_batch):
-    self.num_train_examples, self.normalization = num_train_examples, normalization
-    self.devices, self.local_batch = devices, local_batch
-
-  def program(self, config):
-    return program_lib.build_program(config, self.num_train_examples, self.normalization,
-                                     self.devices)
-
-  def need(self, train_net, tx, train_step, backend, fast: bool) -> Optional[Need]:
-    """Compiles `train_step` for this run's shapes (`fast`: for its memory analysis only)."""
-    shapes = state_lib.state_shapes(train_net, tx)
-    batch = {'image': jax.ShapeDtypeStruct((self.local_batch, *train_net.input_shape),
-                                           jnp.uint8),
-             'label': jax.ShapeDtypeStruct((self.local_batch,), jnp.int32)}
-    state, batch = backend.abstract(shapes, batch)
-    compiled = backend.compiled(train_step, state, batch, fast=fast)
-    return need(compiled, shapes, self.local_batch // backend.num_local)
-
-  def need_of_program(self, prog) -> Optional[Need]:
-    """Of `prog`'s train step: the executable that training then runs."""
-    return self.need(prog.train_net, prog.tx, prog.train_step, prog.backend, False)
-
-  def need_of_mode(self, config, mode) -> Optional[Need]:
-    """Of `config` in backprop `mode`, compiled for the analysis only, with the block scans
-    rolled (as on GPU/TPU): unrolled, as on CPU, the bijective ImageNet model's reversible
-    step compiles in 271 s instead of 19 s, and needs 2.27 GiB at batch 256 instead of
-    2.03 (the CIFAR-10 model at 64: 0.18 GiB instead of 0.17), so it is 'about' there."""
-    config = with_backprop(config, mode)
-    if 'block_scan' in config.model:
-      with config.unlocked():
-        config.model.block_scan = 'rolled'
-    backend = parallel.make_backend(config.parallel, self.devices)
-    train_net, tx, _, step = program_lib.train_step_of(config, self.num_train_examples,
-                                                       self.normalization, backend)
-    return self.need(train_net, tx, step, backend, True)
-
-
 def _sharing(devices) -> int:
   """How many of `devices` share one memory: the host's on CPU, each its own elsewhere."""
   return len(devices) if devices[0].platform == 'cpu' else 1
 
 
-def fitting_program(config, num_train_examples: int, normalization, devices,
-                    local_batch: int):
-  """(the `program.Program` to train, its config: model.backprop 'auto' resolved) once its
-  compiled train step is known to fit; a UserError naming what fits when it does not."""
-  check = _Check(num_train_examples, normalization, devices, local_batch)
+def need_of_program(prog, local_batch: int, fast: bool = False) -> Optional[Need]:
+  """The `Need` of `prog`'s train step at `local_batch` examples per process, compiled from
+  shapes (`fast`: for its memory analysis only; else the executable that training runs)."""
+  backend, shapes = prog.backend, prog.state_shapes
+  batch = {'image': jax.ShapeDtypeStruct((local_batch, *prog.input_shape), jnp.uint8),
+           'label': jax.ShapeDtypeStruct((local_batch,), jnp.int32)}
+  state, batch = backend.abstract(shapes, batch)
+  compiled = backend.compiled(prog.train_step, state, batch, fast=fast)
+  return need(compiled, shapes, local_batch // backend.num_local)
+
+
+def _need_of_mode(config, backend, local_batch: int, mode: str) -> Optional[Need]:
+  """Of `config` in backprop `mode`, compiled for the analysis only, with the block scans
+  rolled (as on GPU/TPU): unrolled, as on CPU, the bijective ImageNet model's reversible
+  step compiles in 271 s instead of 19 s, and needs 2.27 GiB at batch 256 instead of
+  2.03 (the CIFAR-10 model at 64: 0.18 GiB instead of 0.17), so it is 'about' there."""
+  config = program_lib.with_backprop(config, mode)
+  if 'block_scan' in config.model:
+    with config.unlocked():
+      config.model.block_scan = 'rolled'
+  return need_of_program(program_lib.build_program(config, backend), local_batch, fast=True)
+
+
+def fitting_program(prog, config, local_batch: int):
+  """(the `program.Program` to train, its config: model.backprop 'auto' resolved) once the
+  compiled train step of `prog` (`program.build_program(config, ...)`) is known to fit; a
+  UserError naming what fits when it does not. `local_batch`: this process's examples
+  per step."""
+  devices = prog.backend.local_devices
   memory, share = available(config, devices[0]), _sharing(devices)
-  auto = config.model.backprop == AUTO
+  auto = config.model.backprop == program_lib.AUTO
   if auto:
-    config = with_backprop(config, 'autodiff')
-  prog = check.program(config)
-  needed = check.need_of_program(prog) if memory else None
+    config = program_lib.with_backprop(config, 'autodiff')
+  needed = need_of_program(prog, local_batch) if memory else None
   if needed is None:   # no figure of the memory or no memory analysis: nothing to check
     return prog, config
   fits = lambda n: n.bytes * share <= memory.bytes
   if fits(needed) and not auto:
     return prog, config
   saving = saving_mode(config.model)
-  other = check.need_of_mode(config, saving) if config.model.backprop != saving else None
+  other = (_need_of_mode(config, prog.backend, local_batch, saving)
+           if config.model.backprop != saving else None)
   if auto:
     chosen = 'autodiff' if fits(needed) or other is None else saving
     logging.info('model.backprop=auto: %s (autodiff needs %s, %s about %s, of the %s planned '
@@ -204,9 +179,9 @@ def fitting_program(config, num_train_examples: int, normalization, devices,
                  gib(other.bytes * share) if other else '?', gib(memory.bytes), memory.what)
     if chosen == 'autodiff':
       return prog, config
-    config = with_backprop(config, saving)
-    prog = check.program(config)
-    needed, other = check.need_of_program(prog), None
+    config = program_lib.with_backprop(config, saving)
+    prog = program_lib.build_program(config, prog.backend)
+    needed, other = need_of_program(prog, local_batch), None
     if needed is None or fits(needed):
       return prog, config
   raise UserError(_does_not_fit(config, needed, other, saving, memory, share,

@@ -1,10 +1,20 @@
-"""The learning-rate schedule and the optimizer of an experiment config (optax)."""
+"""The training length, the learning-rate schedule and the optimizer of an experiment
+config (optax)."""
+import math
 from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+
+def training_steps(config, num_train_examples: int) -> Tuple[int, float]:
+  """(total steps, steps per epoch) from num_train_steps or num_epochs."""
+  steps_per_epoch = num_train_examples / config.batch_size
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps), steps_per_epoch
+  return int(math.ceil(config.num_epochs * steps_per_epoch)), steps_per_epoch
 
 
 def epoch_start_step(epoch: float, steps_per_epoch: float) -> int:

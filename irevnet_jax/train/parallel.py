@@ -21,6 +21,7 @@ Each process hands its own rows of the global batch (B / processes, ...) to
 """
 import collections
 import itertools
+import math
 from typing import Callable, Iterable, Iterator, Sequence
 
 from flax import jax_utils
@@ -37,6 +38,29 @@ PREFETCH = 2   # batches on the devices ahead of the step: overlaps a transfer w
 # Compiles whose memory analysis is all that is needed: XLA's buffers are planned before
 # code generation, so skipping LLVM's optimisation gives the same bytes, ~3x sooner on CPU.
 FAST_ANALYSIS = {'xla_backend_optimization_level': 0}
+
+
+MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
+
+
+def suggested_batch_size(value: int, num_devices: int, min_per_device: int = 1) -> int:
+  """The multiple of `num_devices` nearest to `value` with at least `min_per_device`
+  examples per device (ties: the larger), for an error's suggestion: batch_size=7 on 4
+  devices suggests 32 (8 per device, below which the run warns), not 4."""
+  per_device = max(min_per_device, 1, math.floor(value / num_devices + 0.5))
+  return per_device * num_devices
+
+
+def check_batch_size(field: str, value: int, num_devices: int, what: str,
+                     min_per_device: int = 1):
+  """A UserError naming `field` and a `suggested_batch_size` unless `value` is a positive
+  multiple of `num_devices` (`what`: how the devices are counted, for the message); the
+  one batch-versus-devices check of training and evaluation."""
+  if value < 1 or value % num_devices:
+    problem = 'is not positive' if value < 1 else f'is not divisible by the {num_devices} {what}'
+    suggestion = suggested_batch_size(value, num_devices, min_per_device)
+    raise UserError(f'{field}={value} {problem}; use a multiple of {num_devices}, '
+                    f'e.g. {field}={suggestion}.')
 
 
 def select_devices(num_devices: int):
