@@ -163,11 +163,13 @@ def _jitted(fn, *args):
   return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)(*args)
 
 
-@pytest.mark.parametrize('backprop', ['autodiff', 'reversible'])
-def test_tiny_irevnet_same_loss_gradients_and_inverse(backprop, x64):
+def test_tiny_irevnet_same_loss_gradients_and_inverse(x64):
   """fused_kernel='pallas' against 'none', in float64: the same variables, loss, gradients
   (parameters and input) and running statistics; and it still inverts (evaluation mode).
-  Kernels (1, 3, 1), the paper's: fewer taps for the interpreter to compile."""
+  Kernels (1, 3, 1), the paper's: fewer taps for the interpreter to compile. Autodiff only
+  (the reversible and remat engines call the same F; reversible passed when run once by
+  hand, left out for the suite's time)."""
+  backprop = 'autodiff'
   config = lambda kind: tiny_config(fused_kernel=kind, backprop=backprop, dropout_rate=0.1,
                                     blocks=(1, 2), kernel_sizes=(1, 3, 1), dtype='float64')
   nets = {kind: irevnet_jax.build(config(kind)) for kind in ('none', 'pallas')}

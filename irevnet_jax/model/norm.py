@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from irevnet_jax.errors import UserError
-from irevnet_jax.model import bn_relu, pallas_conv
+from irevnet_jax.model import bn_relu
 
 EPSILON = 1e-5              # PyTorch's default
 BLOCK_MOMENTUM = 0.9        # every BN inside F and the baselines: PyTorch momentum 0.1
@@ -60,6 +60,8 @@ class BatchNorm(nn.Module):
     if conv_kernel is not None and not self.relu:
       raise UserError('BatchNorm(conv_kernel=...) fuses BN, ReLU and the convolution: '
                       'give it relu=True.')
+    if conv_kernel is not None:   # Pallas is experimental and opt-in: loaded only when used
+      from irevnet_jax.model import pallas_conv  # pylint: disable=g-import-not-at-top
     features = x.shape[-1]
     stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), stats_dtype)
