@@ -28,7 +28,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from benchmarks import common
+from benchmarks import common, tables
 from irevnet_jax import nets
 from irevnet_jax.model import blocks, compiler_options, presets
 
@@ -75,12 +75,15 @@ def f_row(model_config, stage: int, batch: int, fused: bool):
           'temp_mb_img': temp / batch / MB}
 
 
-def scan_row(model_config, stage: int, batch: int, fused: bool, scanned: int = 4):
+def scan_row(model_config, stage: int, batch: int, fused: bool, scanned: int = 4,
+             model_fields=None):
   """The activations that autodiff of the network keeps per alike block of stage `stage`
   (the rolled scan's stacked residuals; `scanned` such blocks, one block in other stages),
-  from shapes alone (`jax.eval_shape` of `jax.vjp`): nothing is compiled or run."""
+  from shapes alone (`jax.eval_shape` of `jax.vjp`): nothing is compiled or run.
+  `model_fields`: {field: value} set in the model config too."""
   config = model_config.copy_and_resolve_references()
   config.dtype, config.fused_bn_relu, config.block_scan = 'bfloat16', fused, 'rolled'
+  config.update(model_fields or {})
   config.backprop = 'autodiff'
   config.blocks = tuple(1 + scanned if i == stage else 1 for i in range(len(config.blocks)))
   net = nets.build(config)
@@ -199,7 +202,7 @@ def main(argv=None):
       add(per_block_row(shallow, deep, added, stage))
   print(f'\n{args.model}, bfloat16 training, {args.stream_dtype} streams, '
         f'{common.device_name()}, jax {jax.__version__}')
-  print(common.format_table(add_ratios(rows), COLUMNS, markdown=args.markdown))
+  print(tables.format_table(add_ratios(rows), COLUMNS, markdown=args.markdown))
 
 
 if __name__ == '__main__':

@@ -1,10 +1,13 @@
 """The train step's options on one card (issue 29 item 2), each against the baseline row of
-the same run: BN and ReLU unfused (the baseline fuses them), bfloat16 coupling streams, XLA's
-command buffers (CUDA graphs) off / extended to loops, block scans partly unrolled / unrolled.
+the same run: BN and ReLU unfused (the baseline fuses them), F's BN-ReLU-convolution pairs as
+one Pallas kernel (model.fused_kernel='pallas', Triton; not yet timed on a GPU), bfloat16
+coupling streams, XLA's command buffers (CUDA graphs) off / extended to loops, block scans
+partly unrolled / unrolled.
 
     python -m benchmarks.gpu_options                  # on the GPU: bijective_released, batch 256
     python -m benchmarks.gpu_options --smoke          # the logic on CPU (shrunken model)
     python -m benchmarks.gpu_options --variants=baseline,unroll:4 --batch=512
+    python -m benchmarks.gpu_options --variants='baseline,pallas kernel' --timeout_s=300
 
 Every row is `benchmarks.speed --json` in a fresh process (XLA reads its flags once, at
 start): the runner's train step of experiments/configs/<model>.py, bfloat16 compute, autodiff
@@ -28,6 +31,7 @@ _LOOPS_IN_GRAPHS = 'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL'
 VARIANTS = {
     'baseline': ({}, ['--block_scan=rolled']),
     'plain BN-ReLU': ({}, ['--block_scan=rolled', '--model_field=fused_bn_relu=False']),
+    'pallas kernel': ({}, ['--block_scan=rolled', '--model_field=fused_kernel=pallas']),
     'bf16 streams': ({}, ['--block_scan=rolled', '--model_field=stream_dtype=bfloat16']),
     'graphs off': ({'XLA_FLAGS': '--xla_gpu_enable_command_buffer='}, ['--block_scan=rolled']),
     'graphs + loops': ({'XLA_FLAGS': f'--xla_gpu_enable_command_buffer={_LOOPS_IN_GRAPHS}'},

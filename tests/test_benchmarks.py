@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import bn_relu, common, gpu_suite, speed
+from benchmarks import bn_relu, common, gpu_options, gpu_suite, pallas_conv, speed
 
 FAST = {'xla_backend_optimization_level': 0}   # compiles several times faster on CPU
 
@@ -113,3 +113,10 @@ def test_bn_relu_benchmark_shows_fewer_saved_bytes_fused():
   model = common.experiment_config('cifar10', batch_size=4, smoke=True).model
   before, after = (bn_relu.f_row(model, 1, 4, fused) for fused in (False, True))
   assert after['saved_mb_img'] < 0.6 * before['saved_mb_img'], (before, after)
+
+
+def test_pallas_kernel_keeps_fewer_activations_and_has_a_gpu_row():
+  none, pallas = pallas_conv.rows_of('cifar10', [1], 4)
+  assert (none['kernel'], pallas['kernel']) == ('none', 'pallas')
+  assert pallas['saved_mb_img'] < 0.7 * none['saved_mb_img'], (none, pallas)
+  assert '--model_field=fused_kernel=pallas' in gpu_options.VARIANTS['pallas kernel'][1]

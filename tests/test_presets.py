@@ -79,3 +79,13 @@ def test_fused_bn_relu_is_optional_in_older_configs_and_must_be_a_bool():
   fields['fused_bn_relu'] = 'no'
   with pytest.raises(ValueError, match=r"model.fused_bn_relu='no' must be True or False"):
     presets.layout(ml_collections.ConfigDict(fields))
+
+
+def test_fused_kernel_is_optional_in_older_configs_and_one_of_its_choices():
+  fields = presets.cifar10().to_dict()
+  del fields['fused_kernel']         # a config written before the field existed
+  assert presets.layout(ml_collections.ConfigDict(fields)).fused_kernel == 'none'
+  fields['fused_kernel'] = 'triton'
+  with pytest.raises(irevnet_jax.UserError,
+                     match=r"model.fused_kernel='triton' is not one of \('none', 'pallas'\)"):
+    presets.layout(ml_collections.ConfigDict(fields))

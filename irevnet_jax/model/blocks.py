@@ -7,7 +7,7 @@ parameters, so a block is `block_forward(spec, f, pair)` with `f` a closure
 over F's variables, and `block_inverse` sits right below it.
 """
 import functools
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -57,12 +57,27 @@ def conv_and_norm(dtype: str, precision: str, train: bool, bn_axis_name: Optiona
   return conv, norm
 
 
+class ConvKernel(nn.Module):
+  """The variable of a bias-free `nn.Conv` (its name, shape and initial values) for a
+  convolution computed elsewhere: C_in -> kernel (k, k, C_in, features)."""
+  features: int
+  kernel_size: int
+  param_dtype: Any
+  kernel_init: Callable = torch_default_init
+
+  @nn.compact
+  def __call__(self, in_channels: int):
+    shape = (self.kernel_size, self.kernel_size, in_channels, self.features)
+    return self.param('kernel', self.kernel_init, shape, self.param_dtype)
+
+
 class Bottleneck(nn.Module):
   """F, the pre-activation bottleneck: (N, H, W, C_in) -> (N, H/s, W/s, width).
 
   [BN -> ReLU ->] conv k1 (stride s, C_in -> hidden) -> BN -> ReLU -> conv k2
   -> Dropout -> BN -> ReLU -> conv k3 (hidden -> width); no conv biases. The
-  network's first block omits the leading BN-ReLU.
+  network's first block omits the leading BN-ReLU. With fused_kernel='pallas' each
+  stride-1 BN-ReLU-conv is one Pallas kernel (`pallas_conv`; the same variables).
   """
   width: int
   hidden: int
@@ -74,21 +89,27 @@ class Bottleneck(nn.Module):
   precision: str = 'highest'
   bn_axis_name: Optional[str] = None
   fused_bn_relu: bool = True      # BN-ReLU's lean backward (norm.BatchNorm's `fused`)
+  fused_kernel: str = 'none'      # 'pallas': stride-1 BN-ReLU-conv pairs in one kernel
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv, norm = conv_and_norm(self.dtype, self.precision, train, self.bn_axis_name)
-    norm_relu = functools.partial(norm, relu=True, fused=self.fused_bn_relu)
-    k1, k2, k3 = self.kernel_sizes
-    if not self.first:
-      x = norm_relu()(x)
-    x = conv(self.hidden, (k1, k1), strides=(self.stride, self.stride),
-             padding=centred_padding(k1))(x)
-    x = norm_relu()(x)
-    x = conv(self.hidden, (k2, k2), padding=centred_padding(k2))(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = norm_relu()(x)
-    return conv(self.width, (k3, k3), padding=centred_padding(k3))(x)
+    layers = ((self.hidden, self.stride), (self.hidden, 1), (self.width, 1))
+    for i, ((features, stride), k) in enumerate(zip(layers, self.kernel_sizes)):
+      if i == 2:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      conv_i = functools.partial(conv, features, (k, k), strides=(stride, stride),
+                                 padding=centred_padding(k), name=f'Conv_{i}')
+      if i == 0 and self.first:
+        x = conv_i()(x)
+        continue
+      bn_relu = norm(relu=True, fused=self.fused_bn_relu, name=f'BatchNorm_{i - self.first}')
+      if self.fused_kernel == 'pallas' and stride == 1:
+        kernel = ConvKernel(features, k, param_dtype(self.dtype), name=f'Conv_{i}')(x.shape[-1])
+        x = bn_relu(x, conv_kernel=kernel, conv_precision=self.precision)
+      else:
+        x = conv_i()(bn_relu(x))
+    return x
 
 
 def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> Bottleneck:
@@ -97,7 +118,7 @@ def make_bottleneck(arch: Architecture, spec: BlockSpec, bn_axis_name=None) -> B
       width=spec.width, hidden=spec.width // arch.bottleneck_mult, stride=spec.stride,
       first=spec.first, kernel_sizes=arch.kernel_sizes, dropout_rate=arch.dropout_rate,
       dtype=arch.dtype, precision=arch.precision, bn_axis_name=bn_axis_name,
-      fused_bn_relu=arch.fused_bn_relu, parent=None)
+      fused_bn_relu=arch.fused_bn_relu, fused_kernel=arch.fused_kernel, parent=None)
 
 
 def init_bottleneck(f: Bottleneck, spec: BlockSpec, rng) -> dict:

@@ -43,10 +43,20 @@ def normalise(x, mean, inv_std, scale, bias):
   return (x - mean) * (inv_std * scale) + bias
 
 
-def _forward(x, scale, bias, epsilon, dtype, axis_name, ordered):
+def activate(x, mean, inv_std, scale, bias, dtype):
+  """relu(normalise(x)) in `dtype`: (..., C) -> (..., C); what every fused op forms."""
+  return jnp.maximum(normalise(x, mean, inv_std, scale, bias), 0).astype(dtype)
+
+
+def batch_statistics(x, epsilon, axis_name=None, ordered=None):
+  """(mean, var, 1/sqrt(var + epsilon)) of x's batch (`batch_moments`): each (C,)."""
   mean, var = batch_moments(x, axis_name, ordered)
-  inv_std = lax.rsqrt(var + epsilon)
-  y = jnp.maximum(normalise(x, mean, inv_std, scale, bias), 0).astype(dtype)
+  return mean, var, lax.rsqrt(var + epsilon)
+
+
+def _forward(x, scale, bias, epsilon, dtype, axis_name, ordered):
+  mean, var, inv_std = batch_statistics(x, epsilon, axis_name, ordered)
+  y = activate(x, mean, inv_std, scale, bias, dtype)
   return (y, mean, var), (x, scale, bias, mean, inv_std)
 
 
@@ -55,12 +65,16 @@ def _batch_norm_relu(x, scale, bias, epsilon, dtype, axis_name, ordered):
   return _forward(x, scale, bias, epsilon, dtype, axis_name, ordered)[0]
 
 
-def _backward(epsilon, dtype, axis_name, ordered, residuals, cotangents):
-  # The statistics outputs only feed the running averages: their cotangents are dropped.
+def input_gradients(residuals, g_y, axis_name=None, ordered=None):
+  """(g_x, g_scale, g_bias) of y = relu(BN(x)) with batch statistics, from y's gradient g_y.
+
+  residuals: (x, scale, bias, mean, inv_std) of the forward (x (..., C), the rest (C,)); the
+  gradient through the batch statistics is included (over the devices of `axis_name`).
+  """
   x, scale, bias, mean, inv_std = residuals
   stat = mean.dtype
   pre = normalise(x, mean, inv_std, scale, bias)     # the forward's expression: its mask
-  g = jnp.where(pre > 0, cotangents[0].astype(stat), 0)
+  g = jnp.where(pre > 0, g_y.astype(stat), 0)
   x_hat = (x - mean) * inv_std
   axes = tuple(range(x.ndim - 1))
   g_bias = g.sum(axes)
@@ -71,6 +85,11 @@ def _backward(epsilon, dtype, axis_name, ordered, residuals, cotangents):
     means = collectives.mean(means, axis_name, ordered)
   g_x = (inv_std * scale) * (g - means[0] - x_hat * means[1])
   return g_x.astype(x.dtype), g_scale.astype(scale.dtype), g_bias.astype(bias.dtype)
+
+
+def _backward(epsilon, dtype, axis_name, ordered, residuals, cotangents):
+  # The statistics outputs only feed the running averages: their cotangents are dropped.
+  return input_gradients(residuals, cotangents[0], axis_name, ordered)
 
 
 _batch_norm_relu.defvjp(_forward, _backward)

@@ -47,6 +47,7 @@ class Architecture:
   block_scan: str = 'auto'
   stream_dtype: str = 'float32'   # 'bfloat16': bfloat16 streams where dtype is bfloat16
   fused_bn_relu: bool = True    # BN-ReLU pairs with the lean backward (model/bn_relu.py)
+  fused_kernel: str = 'none'    # 'pallas': BN-ReLU-conv pairs in one kernel (pallas_conv.py)
   invertible = True
 
   @property

@@ -14,7 +14,9 @@ clipped at 0), with two differences:
 - `relu=True` applies a ReLU after it; in training that is one op with a lean
   backward (`bn_relu.batch_norm_relu`: it saves x and per-channel numbers where
   autodiff saves ~4 full-size tensors), or with `fused=False` autodiff of BN then
-  `nn.relu`, the reference. The variables are the same either way.
+  `nn.relu`, the reference. The variables are the same either way;
+- with a `conv_kernel` at call time (relu=True), the stride-1 convolution that follows
+  joins them in one Pallas kernel (`pallas_conv`: training and evaluation alike).
 
 PyTorch's momentum m is Flax's 1 - m.
 """
@@ -24,6 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from irevnet_jax.errors import UserError
 from irevnet_jax.model import bn_relu
 
 EPSILON = 1e-5              # PyTorch's default
@@ -48,9 +51,17 @@ class BatchNorm(nn.Module):
   fused: bool = True                   # relu=True in training: bn_relu's lean backward
 
   @nn.compact
-  def __call__(self, x, use_running_average: Optional[bool] = None):
+  def __call__(self, x, use_running_average: Optional[bool] = None, conv_kernel=None,
+               conv_precision=None):
+    """relu=True and `conv_kernel` (k, k, C, C_out): returns conv(relu(BN(x))) (stride 1,
+    centred padding) from one Pallas kernel (`pallas_conv`): (..., C) -> (..., C_out)."""
     use_running_average = nn.merge_param(
         'use_running_average', self.use_running_average, use_running_average)
+    if conv_kernel is not None and not self.relu:
+      raise UserError('BatchNorm(conv_kernel=...) fuses BN, ReLU and the convolution: '
+                      'give it relu=True.')
+    if conv_kernel is not None:   # Pallas is experimental and opt-in: loaded only when used
+      from irevnet_jax.model import pallas_conv  # pylint: disable=g-import-not-at-top
     features = x.shape[-1]
     stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
     running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), stats_dtype)
@@ -58,7 +69,12 @@ class BatchNorm(nn.Module):
 
     scale = self.param('scale', self.scale_init, (features,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
-    if not use_running_average and self.relu and self.fused:
+    lean = not use_running_average and self.relu and self.fused
+    if lean and conv_kernel is not None:
+      y, mean, var = pallas_conv.batch_norm_relu_conv(
+          x, scale, bias, conv_kernel, epsilon=self.epsilon, dtype=self.dtype,
+          precision=conv_precision, axis_name=self.axis_name)
+    elif lean:
       y, mean, var = bn_relu.batch_norm_relu(x, scale, bias, epsilon=self.epsilon,
                                              dtype=self.dtype, axis_name=self.axis_name)
     else:
@@ -66,9 +82,14 @@ class BatchNorm(nn.Module):
         mean, var = running_mean.value, running_var.value
       else:
         mean, var = bn_relu.batch_moments(x, self.axis_name)
-      y = bn_relu.normalise(x, mean, lax.rsqrt(var + self.epsilon), scale, bias)
-      y = y if self.dtype is None else jnp.asarray(y, self.dtype)
-      y = nn.relu(y) if self.relu else y
+      inv_std = lax.rsqrt(var + self.epsilon)
+      if conv_kernel is not None:
+        y = pallas_conv.normalise_relu_conv(x, mean, inv_std, scale, bias, conv_kernel,
+                                            dtype=self.dtype, precision=conv_precision)
+      else:
+        y = bn_relu.normalise(x, mean, inv_std, scale, bias)
+        y = y if self.dtype is None else jnp.asarray(y, self.dtype)
+        y = nn.relu(y) if self.relu else y
     if not use_running_average and not self.is_initializing():
       m = self.momentum
       running_mean.value = m * running_mean.value + (1 - m) * mean.astype(stats_dtype)

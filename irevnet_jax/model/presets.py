@@ -51,6 +51,10 @@ def base() -> ml_collections.ConfigDict:
   # gradients to rounding (bfloat16 autodiff: 16.5 instead of 8 bytes per value of F's
   # input kept per block).
   c.fused_bn_relu = True
+  # 'pallas': each stride-1 BN-ReLU-convolution pair of F as one Pallas kernel that never
+  # writes the activation to memory (model/pallas_conv.py; Triton on GPU, Pallas's
+  # interpreter on CPU: slow, for tests). Opt-in, untimed on a GPU so far; 'none': XLA.
+  c.fused_kernel = 'none'
   return c
 
 
@@ -159,6 +163,7 @@ def layout(config) -> Architecture:
   block_scan = validation.block_scan(config)
   stream_dtype = validation.check_choice(config, 'stream_dtype', validation.STREAM_DTYPES)
   fused_bn_relu = validation.check_bool(config, 'fused_bn_relu')
+  fused_kernel = validation.check_choice(config, 'fused_kernel', validation.FUSED_KERNELS)
   if not 0.0 <= float(config.dropout_rate) < 1.0:
     raise UserError(f'model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 
@@ -205,4 +210,4 @@ def layout(config) -> Architecture:
       bottleneck_mult=mult, dropout_rate=float(config.dropout_rate), dtype=config.dtype,
       precision=config.precision, num_classes=int(config.num_classes),
       backprop=config.backprop, block_scan=block_scan, stream_dtype=stream_dtype,
-      fused_bn_relu=fused_bn_relu)
+      fused_bn_relu=fused_bn_relu, fused_kernel=fused_kernel)

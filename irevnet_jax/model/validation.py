@@ -15,8 +15,11 @@ DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
 BLOCK_SCANS = ('auto', 'unrolled', 'rolled')
 # Dtype of the coupling streams (`blocks.stream_dtype`).
 STREAM_DTYPES = ('float32', 'bfloat16')
+# What computes F's stride-1 BN-ReLU-convolution pairs (`model/pallas_conv.py`).
+FUSED_KERNELS = ('none', 'pallas')
 # Fields that configs written before they existed lack, with the value they then had.
-OPTIONAL_FIELDS = {'block_scan': 'auto', 'stream_dtype': 'float32', 'fused_bn_relu': True}
+OPTIONAL_FIELDS = {'block_scan': 'auto', 'stream_dtype': 'float32', 'fused_bn_relu': True,
+                   'fused_kernel': 'none'}
 
 
 def int_tuple(config, field: str, length: Optional[int] = None) -> Tuple[int, ...]:

@@ -25,7 +25,8 @@ CHANGEABLE_FIELDS = frozenset({
     'log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
     'async_checkpoints', 'eval_batch_size', 'eval_inversion_examples', 'num_devices',
     'parallel', 'model.backprop', 'model.block_scan', 'model.fused_bn_relu',
-    'dataset.data_dir', 'dataset.manual_dir', 'dataset.cpu_threads', 'device_memory_gib',
+    'model.fused_kernel', 'dataset.data_dir', 'dataset.manual_dir', 'dataset.cpu_threads',
+    'device_memory_gib',
 })
 
 
