@@ -22,6 +22,8 @@ import sys
 import tempfile
 import types
 
+import ml_collections
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, 'irevnet_jax') + os.sep
 NOT_FOLLOWED = ('model' + os.sep,)
@@ -73,7 +75,7 @@ class Walk:
     items = ()
     if isinstance(value, (tuple, list)):
       items = value
-    elif isinstance(value, dict) or hasattr(value, 'items') and hasattr(value, 'to_dict'):
+    elif isinstance(value, (dict, ml_collections.ConfigDict)):
       items = list(value.values())   # dicts and ConfigDicts: the whole config tree
       depth -= 1
     if depth < 2:
@@ -86,7 +88,7 @@ class Walk:
     if isinstance(value, (tuple, list)) and len(value) < 50:
       return any(id(v) in self.values for v in value)
     if isinstance(value, dict) and len(value) < 50:
-      return any(id(v) in self.values for v in value.values())
+      return any(id(v) in self.values for v in dict.values(value))
     return False
 
   def _passes_config(self, frame):
@@ -129,6 +131,12 @@ class Walk:
     return False
 
   def __call__(self, frame, event, arg):
+    try:   # a hook inside every call of the program: it must never break one
+      self._see(frame, event, arg)
+    except Exception:  # noqa: BLE001  (objects half built, proxies that refuse isinstance)
+      pass
+
+  def _see(self, frame, event, arg):
     if event == 'return':
       self.followed.discard(id(frame))
       if id(frame) in self.returning:
