@@ -101,6 +101,9 @@ def _pallas(x, mean, inv_std, scale, bias, kernel, dtype, precision, tiles=None)
   stat = mean.dtype
   stats = jnp.stack([mean, inv_std, scale.astype(stat), bias.astype(stat)])
   backend = jax.default_backend()
+  if backend not in ('cpu', 'gpu'):
+    raise UserError(f"model.fused_kernel='pallas' runs on GPUs (Triton) and in Pallas's "
+                    f"interpreter on CPU, not on {backend!r}: use model.fused_kernel='none'.")
   call = pl.pallas_call(
       functools.partial(_kernel, image=(height, width), dtype=dtype, precision=precision,
                         tiles=tiles),
