@@ -210,3 +210,10 @@ def test_kernel_lowers_through_pallas_triton_for_cuda(monkeypatch):
   exported = export.export(fn, platforms=['cuda'], disabled_checks=[
       export.DisabledSafetyCheck.custom_call(triton)])(*args)
   assert exported.mlir_module().count(f'@{triton}') == 1
+
+
+def test_other_back_ends_are_refused_in_one_line_naming_the_fix(monkeypatch):
+  x, stats, kernel = _inputs(*CASES['k1'][:3], 'float32')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'tpu')
+  with pytest.raises(irevnet_jax.UserError, match=r"not on 'tpu': use model.fused_kernel='none'"):
+    pallas_conv.normalise_relu_conv(x, *stats, kernel)
