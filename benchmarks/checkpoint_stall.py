@@ -27,7 +27,7 @@ def device_state(name: str):
   host = jax.tree_util.tree_map(
       lambda a: rng.standard_normal(a.shape, np.float32).astype(a.dtype)
       if a.dtype.kind == 'f' else a,
-      state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True))
+      state_lib.host_zeros(prog.state_shapes))
   nbytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(host))
   state = prog.backend.put_state(host)
   jax.block_until_ready(state)

@@ -30,7 +30,6 @@ import numpy as np
 from benchmarks import common
 from irevnet_jax import nets
 from irevnet_jax.model import collectives as model_collectives, presets
-from irevnet_jax.train import state as state_lib
 
 KINDS = ('all-reduce', 'all-gather', 'all-to-all', 'collective-permute', 'reduce-scatter')
 _OP = re.compile(r'^\s*\S+ = (?P<shape>\(.*?\)|\S+) (?P<kind>' + '|'.join(KINDS) +
@@ -95,14 +94,13 @@ def train_step_hlo(ordered, num_devices, blocks=(1, 1, 1, 1), input_size=32,
   config.model.input_shape = (input_size, input_size, 3)
   config.ordered_reductions = ordered
   _, prog = common.runner_program(config, n)
-  host_state = state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True)
   per_device = lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype)
-  state = jax.tree_util.tree_map(per_device, host_state)
+  state = jax.tree_util.tree_map(per_device, prog.state_shapes)
   batch = {'image': jax.ShapeDtypeStruct((n, per_device_batch, input_size, input_size, 3),
                                          jnp.uint8),
            'label': jax.ShapeDtypeStruct((n, per_device_batch), jnp.int32)}
   text = prog.train_step.lower(state, batch).as_text(dialect='hlo', debug_info=True)
-  return text, len(jax.tree_util.tree_leaves(host_state['params']))
+  return text, len(jax.tree_util.tree_leaves(prog.state_shapes['params']))
 
 
 def measure(num_devices, blocks=(1, 1, 1, 1)):

@@ -19,7 +19,7 @@ import pytest
 
 import irevnet_jax
 from irevnet_jax.model import presets
-from irevnet_jax.train import parallel, program, state as state_lib
+from irevnet_jax.train import parallel, program
 
 PLATFORMS = ('cuda', 'tpu')
 CONFIGS = ('bijective_released', 'injective')   # bijective.py: bijective_released's code path
@@ -49,7 +49,7 @@ def _steps_and_arguments(name, monkeypatch):
   replicated, rows = prog.backend._replicated, prog.backend._batch_sharding
   state = jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True))
+      prog.state_shapes)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
   train_batch = {'image': spec((BATCH, SIZE, SIZE, 3), jnp.uint8),
                  'label': spec((BATCH,), jnp.int32)}

@@ -53,7 +53,7 @@ def test_auto_trains_in_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch)
 
 def test_train_step_is_bfloat16_at_default_precision_and_inversion_is_highest():
   prog, source = _program(_imagenet_config(train_dtype='bfloat16'))
-  host_state = state_lib.create_state(prog.train_net, prog.tx, 0, abstract=True)
+  host_state = state_lib.host_zeros(prog.state_shapes)
   state = prog.backend.put_state(host_state)
   batch = prog.backend.put_batch(next(source.train_batches(8, 0, 1, 0, 0)))
   assert batch['image'].dtype == jnp.uint8            # uint8 reaches the step

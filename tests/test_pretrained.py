@@ -89,7 +89,7 @@ def test_import_writes_a_run_at_step_0_that_main_restores(imported):
   # Restored as experiments.main restores it: against the target of a fresh run.
   prog = program.build_program(config, parallel.make_backend('pmap', jax.local_devices()))
   # (compiles nothing)
-  target = state_lib.create_state(prog.train_net, prog.tx, config.seed, abstract=True)
+  target = state_lib.host_zeros(prog.state_shapes)
   checkpointer = checkpoints.Checkpointer(workdir, keep=2, use_async=False, read_only=True)
   state, step = checkpointer.restore(target=target)
   checkpointer.close()

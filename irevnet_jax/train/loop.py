@@ -113,8 +113,7 @@ def _train(config, workdir, allow_config_change, process_index, process_count, l
   # State: the latest usable checkpoint, or a fresh start.
   checkpointer = checkpoints.Checkpointer(workdir, keep=int(config.keep_checkpoints),
                                           use_async=bool(config.async_checkpoints))
-  restored, restored_step = checkpointer.restore(
-      target=state_lib.create_state(prog.train_net, prog.tx, int(config.seed), abstract=True))
+  restored, restored_step = checkpointer.restore(target=state_lib.host_zeros(prog.state_shapes))
   resume.check_same_step(restored_step)
   still_owner()   # a restore can outlast the lease
   if is_chief:   # a refused resume stops here, before it says anything about resuming

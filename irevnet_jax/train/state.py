@@ -31,14 +31,14 @@ def state_shapes(net, tx) -> dict:
   return jax.eval_shape(_initializer(net, tx), 0)
 
 
-def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
-  """A fresh host train state, the same on every process for the same seed.
+def host_zeros(shapes) -> dict:
+  """Numpy zeros of a state's `state_shapes`: the target a checkpoint is restored into, made
+  without running (or compiling) the initialisers."""
+  return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
-  abstract=True: numpy zeros of the right shapes and dtypes, without running
-  (and compiling) the initialisers: the target for restoring a checkpoint.
-  """
-  if abstract:
-    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), state_shapes(net, tx))
+
+def create_state(net, tx, seed: int) -> dict:
+  """A fresh host train state, the same on every process for the same seed."""
   init = _initializer(net, tx)
   lowered = jax.jit(init, static_argnums=0).lower(seed)
   try:  # runs once: compile without backend optimisation (the same values, a shorter compile)
@@ -51,9 +51,9 @@ def create_state(net, tx, seed: int, abstract: bool = False) -> dict:
 def state_from_variables(net, tx, variables: dict, seed: int) -> dict:
   """A host train state at step 0 that holds `variables` ({'params', 'batch_stats'}, e.g.
   converted from another framework): a fresh optimizer state and the `rng` of a fresh run
-  with `seed`; tree and dtypes those of `create_state(net, tx, seed, abstract=True)`, the
-  target a resumed run restores. RuntimeError if `variables` do not fit `net`."""
-  target = create_state(net, tx, seed, abstract=True)
+  with `seed`; tree and dtypes those of `host_zeros(state_shapes(net, tx))`, the target a
+  resumed run restores. RuntimeError if `variables` do not fit `net`."""
+  target = host_zeros(state_shapes(net, tx))
   pieces = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
   if (jax.tree_util.tree_structure(pieces) !=
       jax.tree_util.tree_structure({k: target[k] for k in pieces})):
