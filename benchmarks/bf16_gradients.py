@@ -23,11 +23,10 @@ import optax
 
 from benchmarks import common, tables
 from irevnet_jax import nets
-from irevnet_jax.model import precision
+from irevnet_jax.model import compiler_options, precision
 
 DTYPES = ('bfloat16', 'float32')
 STREAMS = ('float32',)
-FAST_COMPILE = {'xla_backend_optimization_level': 0}   # same arithmetic, compiles far faster
 
 
 def gradients(model: str, dtype: str, backprop: str, size: int, batch: int,
@@ -51,10 +50,10 @@ def gradients(model: str, dtype: str, backprop: str, size: int, batch: int,
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
   grads = jax.jit(jax.grad(loss)).lower(variables['params']).compile(
-      compiler_options=FAST_COMPILE)(variables['params'])
+      compiler_options=compiler_options.NO_BACKEND_OPTIMIZATION)(variables['params'])
   images = np.asarray(x, np.float64)
-  x_back = jax.jit(lambda v, x: net.invert(v, net.forward(v, x)[1])).lower(
-      variables, x).compile(compiler_options=FAST_COMPILE)(variables, x)
+  x_back = jax.jit(lambda v, x: net.invert(v, net.forward(v, x)[1])).lower(variables, x).compile(
+      compiler_options=compiler_options.NO_BACKEND_OPTIMIZATION)(variables, x)
   inversion = float(np.linalg.norm(np.asarray(x_back, np.float64) - images) /
                     np.linalg.norm(images))
   return variables, jax.tree_util.tree_map(lambda g: np.asarray(g, np.float64), grads), inversion

@@ -20,6 +20,10 @@ from typing import Optional
 import jax
 
 KEEP_BARRIERS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+# For programs compiled to be run once or only analysed: the same arithmetic and the same
+# buffer plan (XLA plans buffers before code generation), without LLVM's optimisation,
+# several times sooner to compile on CPU.
+NO_BACKEND_OPTIMIZATION = {'xla_backend_optimization_level': 0}
 
 
 def for_platform(platform: Optional[str] = None) -> dict:

@@ -35,9 +35,6 @@ from irevnet_jax.model import compiler_options
 from irevnet_jax.train.steps import AXIS
 
 PREFETCH = 2   # batches on the devices ahead of the step: overlaps a transfer with a step
-# Compiles whose memory analysis is all that is needed: XLA's buffers are planned before
-# code generation, so skipping LLVM's optimisation gives the same bytes, ~3x sooner on CPU.
-FAST_ANALYSIS = {'xla_backend_optimization_level': 0}
 
 
 MIN_BN_EXAMPLES = 8   # fewer examples per device make BatchNorm's batch statistics noise
@@ -146,13 +143,13 @@ class PmapBackend:
   def compiled(self, step: CompiledPmap, state, batch, fast: bool = False) -> jax.stages.Compiled:
     """The executable of `step` (from `compile`) for `state` / `batch` like `abstract`'s;
     the one training then runs (compiled once), or with `fast` one for its memory analysis
-    only (`FAST_ANALYSIS`)."""
+    only (`compiler_options.NO_BACKEND_OPTIMIZATION`: the same buffer plan)."""
     if jax.process_count() > 1:   # pmap lowers several processes' steps from arrays only
       state, batch = jax.tree_util.tree_map(
           lambda s: jax.device_put(np.zeros(s.shape, s.dtype), s.sharding), (state, batch))
     if fast:
       return step.lower(state, batch).compile(
-          compiler_options={**step.compiler_options, **FAST_ANALYSIS})
+          compiler_options={**step.compiler_options, **compiler_options.NO_BACKEND_OPTIMIZATION})
     return step.compiled(state, batch)
 
   def abstract(self, state_shapes, local_batch_shapes):
@@ -221,7 +218,8 @@ class ShardMapBackend:
     executable from JAX's compilation cache)."""
     lowered = step.lower(state, batch)
     if fast:
-      return lowered.compile(compiler_options={**_options(self.local_devices), **FAST_ANALYSIS})
+      return lowered.compile(compiler_options={**_options(self.local_devices),
+                                               **compiler_options.NO_BACKEND_OPTIMIZATION})
     return lowered.compile()
 
   def abstract(self, state_shapes, local_batch_shapes):

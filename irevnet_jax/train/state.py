@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irevnet_jax.model import compiler_options
+
 
 def initial_keys(seed: int):
   """(parameter init key, the train state's dropout `rng`) of a fresh run with `seed`."""
@@ -42,7 +44,7 @@ def create_state(net, tx, seed: int) -> dict:
   init = _initializer(net, tx)
   lowered = jax.jit(init, static_argnums=0).lower(seed)
   try:  # runs once: compile without backend optimisation (the same values, a shorter compile)
-    compiled = lowered.compile(compiler_options={'xla_backend_optimization_level': 0})
+    compiled = lowered.compile(compiler_options=compiler_options.NO_BACKEND_OPTIMIZATION)
   except Exception:  # pylint: disable=broad-except
     compiled = lowered.compile()
   return jax.device_get(compiled())
