@@ -83,8 +83,8 @@ def restore(manager: ocp.CheckpointManager, workdir: str, directory: str,
     the manager then); `bookkeeping` is the dict saved with that state ({} if none).
     (None, None, False, {}) when there are no checkpoints.
   Raises:
-    ValueError: no checkpoint at `step`, or none restores; `CheckpointMismatch` (a
-    ValueError) for another model's or optimizer's checkpoint; `CheckpointUnreadable`
+    UserError: no checkpoint at `step`, or none restores; `CheckpointMismatch` (a
+    UserError) for another model's or optimizer's checkpoint; `CheckpointUnreadable`
     for a failure that is no sign of corruption; `store_errors.StoreUnavailable`.
   """
   available = sorted(manager.all_steps(), reverse=True)

@@ -85,7 +85,7 @@ def evaluate_run(workdir: str, step: Optional[int] = None, dataset: Optional[dic
   Returns:
     A `Result`: the checkpoint's step, the dataset, `evaluate.evaluate`'s metrics, the
     config with the overrides, the number of devices.
-  Raises ValueError (naming the fix) for a config, dataset or batch that cannot work.
+  Raises UserError (naming the fix) for a config, dataset or batch that cannot work.
   """
   config, variables, step = checkpoints.load_run(workdir, step)
   config = with_overrides(config, dataset, dtype, precision)
