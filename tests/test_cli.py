@@ -171,11 +171,10 @@ def test_checksums_and_non_finite_values_are_verified():
 def test_infinite_batch_norm_statistics_stop_the_run_without_being_saved(tmp_path, monkeypatch):
   create = state_lib.create_state
 
-  def with_infinite_variance(net, tx, seed, abstract=False):
-    state = create(net, tx, seed, abstract)
-    if not abstract:
-      state['batch_stats']['head_norm']['var'] = np.full_like(
-          state['batch_stats']['head_norm']['var'], np.inf)
+  def with_infinite_variance(net, tx, seed):
+    state = create(net, tx, seed)
+    state['batch_stats']['head_norm']['var'] = np.full_like(
+        state['batch_stats']['head_norm']['var'], np.inf)
     return state
 
   monkeypatch.setattr(state_lib, 'create_state', with_infinite_variance)
