@@ -123,6 +123,7 @@ def test_auto_block_scan_is_decided_for_the_platform_it_is_lowered_for():
   assert _exported_whiles('auto', ('cpu',), 'grad') == _exported_whiles('unrolled', ('cpu',), 'grad')
 
 
+@pytest.mark.compile_heavy   # a step of .ci/run of its own (setup.cfg), not the README's command
 def test_partly_unrolled_block_scan_loops_fewer_times_with_the_same_numbers():
   """block_scan='unroll:2' on a stage scanning 4 alike blocks: for cuda one while loop whose
   body runs two blocks' F (rolled: one); on this CPU the same inversion as 'rolled',

@@ -74,6 +74,7 @@ def test_a_step_that_does_not_fit_ends_in_one_line_naming_what_fits_and_writes_n
   assert 4 * needed.bytes <= TIGHT_GIB * memory_fit.GIB
 
 
+@pytest.mark.compile_heavy   # a step of .ci/run of its own (setup.cfg), not the README's command
 def test_auto_picks_reversible_when_autodiff_does_not_fit_and_autodiff_when_it_does(
     caplog):
   caplog.set_level('INFO')

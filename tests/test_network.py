@@ -57,6 +57,7 @@ def test_network_inverse_is_exact(dtype, tol, request):
   assert rel_error(x_back, x) <= tol
 
 
+@pytest.mark.compile_heavy   # a step of .ci/run of its own (setup.cfg), not the README's command
 def test_cifar10_model_at_full_depth_inverts_in_float32():
   net, variables, x = _setup(presets.cifar10(), n=2)
   assert net.arch.num_blocks == 54

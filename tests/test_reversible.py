@@ -132,7 +132,8 @@ def test_parameter_tree_is_the_same_in_every_mode():
     assert jax.tree_util.tree_leaves(other) == jax.tree_util.tree_leaves(shapes[0])
 
 
-@pytest.mark.parametrize('layout', sorted(LAYOUTS))
+@pytest.mark.parametrize('layout', [
+    'cifar_like', pytest.param('imagenet_like', marks=pytest.mark.compile_heavy)])
 def test_float64_gradients_and_running_stats_equal_autodiff(layout, x64):
   variables = jax.tree_util.tree_map(lambda a: a.astype(np.float64), _float32_variables(layout))
   results = {m: _grads(LAYOUTS[layout](backprop=m, dtype='float64'), variables, jnp.float64)

@@ -11,6 +11,9 @@ from irevnet_jax.model import presets
 
 from model_utils import FAST_COMPILE
 
+# Several compiles of deep programs per test: a step of .ci/run of its own (setup.cfg).
+pytestmark = pytest.mark.compile_heavy
+
 BATCH_MEMORY = 16
 
 
